@@ -1,0 +1,457 @@
+"""Typed, frozen run configuration loaded from YAML.
+
+Every YAML section maps 1:1 onto a frozen dataclass so that a typo fails at load time, naming the key, its
+section and the valid keys, instead of silently falling back to a default hours into a cluster job.
+Model hyperparameters live in each model's own dataclass (looked up in the model registry), so the
+``model`` section accepts exactly the keys of the model it names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+STAGES = ("data", "extract", "train", "tune", "report")
+SPLITS = ("temporal_ratio", "random_ratio", "leave_last_out", "global_temporal", "predefined")
+SOURCES = ("synthetic", "mmrec", "amazon", "movielens")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the file, section and key."""
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Sizes of the built-in synthetic dataset (users with attribute tastes, items with images and text)."""
+
+    num_users: int = 400
+    num_items: int = 300
+    interactions_per_user: int = 20
+    image_size: int = 64
+    popularity_skew: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("num_users", "num_items", "interactions_per_user", "image_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """Where a dataset comes from and how it is filtered and split.
+
+    ``path`` is the raw input of an importer: the MMRec folder, the Amazon reviews file, or the MovieLens
+    folder. ``metadata_path`` is Amazon's item-metadata file; ``images_dir`` holds item images keyed by
+    source id; ``text_path`` is MovieLens's optional overview CSV. ``split: predefined`` keeps a split the
+    source ships (MMRec's ``x_label``). ``on_unknown_item``: ``error`` stops on an interaction whose item is not
+    in the item file; ``skip`` drops such rows and counts them in ``dataset.json``.
+    """
+
+    name: str = "synthetic"
+    source: str = "synthetic"
+    path: str | None = None
+    metadata_path: str | None = None
+    images_dir: str | None = None
+    text_path: str | None = None
+    user_core: int = 5
+    item_core: int = 5
+    split: str = "temporal_ratio"
+    on_unknown_item: str = "error"
+    split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 2024
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"source must be one of {list(SOURCES)}, got {self.source!r}")
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {list(SPLITS)}, got {self.split!r}")
+        if len(self.split_ratios) != 3 or abs(sum(self.split_ratios) - 1.0) > 1e-6:
+            raise ValueError(f"split_ratios must be three numbers summing to 1, got {list(self.split_ratios)}")
+        if self.source != "synthetic" and not self.path:
+            raise ValueError(f"source {self.source!r} needs dataset.path (the raw input)")
+        if self.on_unknown_item not in ("error", "skip"):
+            raise ValueError(f"on_unknown_item must be error or skip, got {self.on_unknown_item!r}")
+        if self.user_core < 0 or self.item_core < 0:
+            raise ValueError("user_core and item_core must be >= 0")
+
+
+@dataclass(frozen=True)
+class ExtractorConfig:
+    """One feature to extract into the store under ``name``.
+
+    ``kind`` picks the extractor (see ``rmm.features.extractors.EXTRACTORS``); ``model`` is a hub id, a local
+    path, or ``tiny:<arch>`` for a tiny randomly initialised offline model of that architecture.
+    """
+
+    name: str
+    kind: str
+    model: str | None = None
+    pooling: str = "mean"
+    layer: int = -1
+    dtype: str = "float32"
+    prompt: str = "default"
+    max_image_size: int = 224
+    batch_size: int = 8
+    concurrency: int = 1
+    num_cpus: float = 0.5
+    num_gpus: float = 0.0
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("every extractor needs a name")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    extractors: tuple[ExtractorConfig, ...] = ()
+
+    def __post_init__(self) -> None:
+        names = [e.name for e in self.extractors]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"extractor names must be unique, repeated: {duplicated}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One recommender to train: its registry name, the store features it reads, how they are fused, and
+    its own hyperparameters (``params``, an instance of the model's config dataclass)."""
+
+    name: str
+    features: tuple[str, ...] = ()
+    fusion: str = "concat"
+    params: Any = None
+
+    @property
+    def label(self) -> str:
+        """Readable identity used in results and reports, e.g. ``vbpr[image+text_minilm|concat]``."""
+        return f"{self.name}[{'+'.join(self.features) or 'id'}|{self.fusion}]" if self.features else self.name
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 50
+    batch_size: int = 2048
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    eval_every: int = 1
+    patience: int = 10
+    topk: tuple[int, ...] = (10, 20, 50)
+    metric: str = "recall@20"
+    seed: int = 2024
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.5
+    checkpoint_every: int = 5
+    max_failures: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        name, _, k = self.metric.partition("@")
+        if not k.isdigit() or int(k) not in self.topk:
+            raise ValueError(f"metric {self.metric!r} must be '<name>@K' with K in topk {list(self.topk)}")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """A Ray Tune sweep. ``search`` maps dotted keys (``train.learning_rate``) to one distribution each,
+    e.g. ``{"loguniform": [1e-4, 1e-1]}``; ``models`` names the configured models to sweep (all if empty)."""
+
+    models: tuple[str, ...] = ()
+    search: Mapping[str, Any] = field(default_factory=dict)
+    num_samples: int = 1
+    scheduler: str = "fifo"
+    search_alg: str = "random"
+    max_concurrent_trials: int = 1
+    cpus_per_trial: float = 0.25
+    gpus_per_trial: float = 0.0
+    num_workers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.scheduler not in ("fifo", "asha"):
+            raise ValueError(f"scheduler must be fifo or asha, got {self.scheduler!r}")
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """``address`` None starts a local Ray; ``num_cpus`` is the logical CPU count of that local Ray."""
+
+    address: str | None = None
+    num_cpus: int | None = None
+    num_gpus: int | None = None
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: str = "runs/default"
+
+
+@dataclass(frozen=True)
+class Config:
+    stages: tuple[str, ...] = STAGES
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    model: tuple[ModelConfig, ...] = ()
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.stages if s not in STAGES]
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}; valid stages: {list(STAGES)}")
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.output.dir)
+
+    @property
+    def dataset_dir(self) -> Path:
+        """The dataset-directory contract: ``<out>/data/<dataset>/``."""
+        return self.out_dir / "data" / self.dataset.name
+
+    @property
+    def feature_root(self) -> Path:
+        """The feature-store contract: ``<out>/features/<dataset>/``."""
+        return self.out_dir / "features" / self.dataset.name
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML-able form with model params flattened back into their section."""
+        data = _to_plain(dataclasses.asdict(self))
+        data["model"] = [model_to_dict(m) for m in self.model]
+        return data
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+def model_to_dict(model: ModelConfig) -> dict[str, Any]:
+    params = _to_plain(dataclasses.asdict(model.params)) if model.params is not None else {}
+    return {"name": model.name, "features": list(model.features), "fusion": model.fusion, **params}
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+_SECTIONS: dict[str, type] = {
+    "dataset": DatasetConfig,
+    "features": FeaturesConfig,
+    "train": TrainConfig,
+    "tune": TuneConfig,
+    "ray": RayConfig,
+    "output": OutputConfig,
+}
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """Read a YAML config, apply ``a.b=value`` overrides, and validate every section.
+
+    Raises:
+        ConfigError: unreadable or malformed YAML, an unknown key, a bad value or override; the message
+            names the file and the offending section/key.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read config {path}: {err.strerror}") from err
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"malformed YAML in {path}{where}: {problem}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        return config_from_dict(apply_overrides(raw, overrides))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each ``a.b.c=value`` applied; the value is parsed as YAML
+    (so ``3``, ``1e-3``, ``true``, ``[a, b]`` get their types). Numeric parts index lists."""
+    data = json.loads(json.dumps(raw))
+    for item in overrides:
+        key, sep, value_text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        try:
+            value = yaml.safe_load(value_text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: value is not valid YAML") from err
+        set_dotted(data, key, value)
+    return data
+
+
+def set_dotted(data: Any, key: str, value: Any) -> None:
+    """Set ``data[a][b]...`` for ``key='a.b...'``, creating mappings on the way; digits index lists.
+
+    A single-model ``model`` section (a mapping) is addressed as ``model.key``."""
+    parts = key.split(".")
+    node = data
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"override {key!r}: {part!r} is not an index of a list of {len(node)}")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+        else:
+            raise ConfigError(f"override {key!r}: {'.'.join(parts[:depth])!r} is a value, not a section")
+
+
+def config_from_dict(raw: Mapping[str, Any]) -> Config:
+    """Build and validate a :class:`Config` from plain data (parsed YAML with overrides applied)."""
+    known = set(_SECTIONS) | {"model", "stages"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"unknown section(s) {unknown}; valid sections: {sorted(known)}")
+    kwargs: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        if raw.get(name) is not None:
+            kwargs[name] = build_dataclass(cls, raw[name], name)
+    if raw.get("model") is not None:
+        entries = raw["model"] if isinstance(raw["model"], list) else [raw["model"]]
+        kwargs["model"] = tuple(build_model_config(e, f"model[{i}]") for i, e in enumerate(entries))
+    if raw.get("stages") is not None:
+        kwargs["stages"] = tuple(_coerce(raw["stages"], tuple[str, ...], "stages"))
+    try:
+        return Config(**kwargs)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+
+
+def build_model_config(entry: Any, section: str) -> ModelConfig:
+    """Validate one ``model`` entry: name/features/fusion plus the keys of that model's own config."""
+    from rmm.models import get_model_class  # the registry imports torch; only needed here
+
+    if not isinstance(entry, Mapping) or "name" not in entry:
+        raise ConfigError(f"section {section!r} must be a mapping with a 'name' key, got {entry!r}")
+    try:
+        model_cls = get_model_class(str(entry["name"]))
+    except KeyError as err:
+        raise ConfigError(f"section {section!r}: {err.args[0]}") from err
+    params_raw = {k: v for k, v in entry.items() if k not in ("name", "features", "fusion")}
+    params = build_dataclass(model_cls.config_class, params_raw, f"{section} ({entry['name']})",
+                             extra_valid=("name", "features", "fusion"))
+    features = _coerce(entry.get("features", ()), tuple[str, ...], f"{section}.features")
+    fusion = str(entry.get("fusion", "concat"))
+    model_cls.check_inputs(features, fusion)
+    return ModelConfig(name=str(entry["name"]), features=features, fusion=fusion, params=params)
+
+
+def build_dataclass(cls: type, data: Any, section: str, extra_valid: Sequence[str] = ()) -> Any:
+    """Instantiate frozen dataclass ``cls`` from a mapping, rejecting unknown keys and coercing types."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"section {section!r} must be a mapping, got {type(data).__name__}: {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        valid = sorted(set(fields) | set(extra_valid))
+        raise ConfigError(f"unknown key {unknown[0]!r} in section {section!r}; valid keys: {', '.join(valid)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"section {section!r}: {err}") from err
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Convert a YAML value to the annotated type, raising ConfigError naming ``where`` on mismatch."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0])
+    if dataclasses.is_dataclass(hint):
+        return build_dataclass(hint, value, where)
+    if origin is tuple:
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+            value = [value]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where} must have {len(args)} items, got {list(value)}")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin in (Mapping, dict) or hint in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is Any:
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def save_snapshot(cfg: Config, directory: str | Path, name: str = "config.yaml") -> Path:
+    """Write the resolved config (after overrides and defaults) next to a stage's outputs."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / name
+    target.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return target

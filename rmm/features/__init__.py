@@ -1,0 +1,1 @@
+"""Item representations: LVLM embeddings and descriptions, classic encoders, and the feature store."""

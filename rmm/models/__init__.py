@@ -1,0 +1,13 @@
+"""Model registry: a new model is one file plus one import line here.
+
+Importing this package imports torch but never ray, so models run in a plain Python process.
+"""
+
+from __future__ import annotations
+
+from rmm.models.base import MODELS, Recommender, get_model_class, register
+
+# One line per model file: importing it registers the model under its lowercase name.
+from rmm.models import bprmf, lightgcn, vbpr  # noqa: E402,F401
+
+__all__ = ["MODELS", "Recommender", "get_model_class", "register"]
