@@ -357,9 +357,26 @@ def config_from_dict(raw: Mapping[str, Any]) -> Config:
     if raw.get("stages") is not None:
         kwargs["stages"] = tuple(_coerce(raw["stages"], tuple[str, ...], "stages"))
     try:
-        return Config(**kwargs)
+        cfg = Config(**kwargs)
     except ValueError as err:
         raise ConfigError(str(err)) from err
+    if cfg.tune.search:
+        from rmm.tune.space import check_search_space
+
+        check_search_space(cfg.tune.search, tuned_models(cfg))
+    return cfg
+
+
+def tuned_models(cfg: Config) -> tuple[ModelConfig, ...]:
+    """The configured models a sweep covers: those ``tune.models`` names (a model name, or a label such as
+    ``vbpr[image_stats+text_minilm|concat]`` to pick one of several entries of the same model), or all."""
+    wanted = set(cfg.tune.models)
+    known = {m.name for m in cfg.model} | {m.label for m in cfg.model}
+    unknown = sorted(wanted - known)
+    if unknown:
+        raise ConfigError(f"tune.models names {unknown}, which the model section does not configure; "
+                          f"configured: {sorted(known)}")
+    return tuple(m for m in cfg.model if not wanted or m.name in wanted or m.label in wanted)
 
 
 def build_model_config(entry: Any, section: str) -> ModelConfig:

@@ -1,0 +1,135 @@
+"""The ``rmm`` command line: argument parsing only; the work lives in :mod:`rmm.stages` and friends."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rmm.config import Config, ConfigError, load_config
+
+log = logging.getLogger("rmm")
+
+# Errors that mean "the input is wrong", answered with one line instead of a traceback (RMM_DEBUG=1 shows it).
+_USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ValueError, KeyError, FileNotFoundError)
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML config file")
+    _add_common_args(parser)
+
+
+def _add_common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set output.dir=runs/demo (repeatable)")
+    parser.add_argument("--ray-address", default=None,
+                        help="join this Ray cluster instead of starting a local one (e.g. auto, ray://host:10001)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rmm", description="Multimodal recommendation at cluster scale on Ray.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run all stages the config names, in order")
+    _add_config_args(run)
+
+    data = sub.add_parser("data", help="prepare a dataset or show its statistics")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    _add_config_args(data_sub.add_parser("prepare", help="import/generate, filter, split and write a dataset"))
+    stats = data_sub.add_parser("stats", help="statistics of a prepared dataset (CONFIG or dataset DIR)")
+    stats.add_argument("target", help="a config file or a prepared dataset directory")
+    _add_common_args(stats)
+
+    _add_config_args(sub.add_parser("extract", help="Ray Data feature extraction into the feature store"))
+    _add_config_args(sub.add_parser("train", help="train each configured model (Ray Train)"))
+    _add_config_args(sub.add_parser("tune", help="hyperparameter sweep (Ray Tune)"))
+
+    report = sub.add_parser("report", help="tables from OUT_DIR/results.json")
+    report.add_argument("out_dir", help="output directory of a run")
+
+    recommend = sub.add_parser("recommend", help="top-K items for a user, with titles")
+    recommend.add_argument("out_dir", help="output directory of a run")
+    recommend.add_argument("--user", type=int, required=True, help="user_id (dense id of the prepared dataset)")
+    recommend.add_argument("-k", type=int, default=10, help="how many items")
+    recommend.add_argument("--run", default=None, help="run_name from results.json (default: best test recall@20)")
+
+    submit = sub.add_parser("submit", help="submit a config as a job to a Ray cluster (Job Submission API)")
+    submit.add_argument("config", nargs="?", help="YAML config file to run on the cluster")
+    submit.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://HEAD:8265")
+    submit.add_argument("--command", dest="job_command", default="run",
+                        choices=["run", "extract", "train", "tune"], help="rmm command the job runs")
+    submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    submit.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    submit.add_argument("--status", metavar="JOB_ID", help="print a job's status")
+    submit.add_argument("--logs", metavar="JOB_ID", help="print a job's logs")
+    submit.add_argument("--stop", metavar="JOB_ID", help="stop a job")
+    return parser
+
+
+def _load(args: argparse.Namespace, path: str | None = None) -> Config:
+    cfg = load_config(path or args.config, args.overrides)
+    if getattr(args, "ray_address", None):
+        cfg = cfg.replace(ray=dataclasses.replace(cfg.ray, address=args.ray_address))
+    return cfg
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    from rmm import stages
+
+    if args.command == "run":
+        cfg = _load(args)
+        stages.run_stages(cfg)
+        print(f"done: outputs in {cfg.out_dir.resolve()} (report: {cfg.out_dir.resolve() / 'report.md'})")
+    elif args.command == "data" and args.data_command == "prepare":
+        print(f"dataset written to {stages.run_data(_load(args))}")
+    elif args.command == "data":
+        from rmm.data.prepare import dataset_stats
+
+        target = Path(args.target)
+        directory = _load(args, args.target).dataset_dir if target.is_file() else target
+        print(json.dumps(dataset_stats(directory), indent=2))
+    elif args.command in ("extract", "train", "tune"):
+        cfg = _load(args)
+        from rmm.config import save_snapshot
+
+        save_snapshot(cfg, cfg.out_dir)
+        result = stages.STAGE_RUNNERS[args.command](cfg)
+        print(f"{args.command} done: outputs in {cfg.out_dir.resolve()}")
+        return 0 if result is not None else 1
+    elif args.command == "report":
+        from rmm.report.tables import write_report
+
+        print(f"report written to {write_report(args.out_dir)}")
+    elif args.command == "recommend":
+        from rmm.recommend import format_recommendations, recommend_for_user
+
+        print(format_recommendations(recommend_for_user(args.out_dir, args.user, args.k, args.run)))
+    elif args.command == "submit":
+        from rmm.submit import submit_command
+
+        return submit_command(args)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return dispatch(args)
+    except _USER_ERRORS as err:
+        if os.environ.get("RMM_DEBUG"):
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"rmm: error: {' '.join(str(message).split())}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""The stages of a run, in order: data -> extract -> train -> tune -> report.
+
+Each stage reads and writes directories under ``output.dir`` only, so it can run alone, be resumed, or be
+submitted as its own Ray job. Ray-using modules are imported inside the stage that needs them, so
+``rmm data`` and ``rmm report`` start without Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rmm.config import Config, ModelConfig, save_snapshot
+
+log = logging.getLogger(__name__)
+
+
+def run_name(stage: str, index: int, model: ModelConfig) -> str:
+    """Stable, filesystem-safe name of one training run, e.g. ``train-01-vbpr-image_stats+text_minilm-concat``."""
+    features = "+".join(model.features) or "id"
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{stage}-{index:02d}-{model.name}-{features}-{model.fusion}")
+
+
+def run_data(cfg: Config) -> Path:
+    from rmm.data.prepare import prepare_dataset
+
+    path = prepare_dataset(cfg)
+    log.info("dataset written to %s", path)
+    return path
+
+
+def run_extract(cfg: Config) -> dict[str, Path]:
+    from rmm.features.pipeline import extract_features
+
+    return extract_features(cfg)
+
+
+def run_train(cfg: Config) -> list[dict[str, Any]]:
+    """Train every configured model once (Ray Train) and record the runs in results.json."""
+    from rmm.report.results import record_runs
+    from rmm.train.ray_trainer import train_model
+
+    if not cfg.model:
+        raise ValueError("no model to train: add a `model:` section to the config")
+    records = []
+    for index, model in enumerate(cfg.model):
+        name = run_name("train", index, model)
+        record = {**train_model(cfg, model, run_name=name), "stage": "train", "run_name": name}
+        record_runs(cfg.out_dir, [record])
+        records.append(record)
+    return records
+
+
+def run_tune(cfg: Config) -> list[dict[str, Any]]:
+    """Sweep the configured search space (Ray Tune) and record the best run of each model."""
+    from rmm.report.results import record_runs
+    from rmm.tune.search import tune_models
+
+    records = tune_models(cfg)
+    record_runs(cfg.out_dir, records)
+    return records
+
+
+def run_report(cfg: Config) -> Path:
+    from rmm.report.tables import write_report
+
+    return write_report(cfg.out_dir)
+
+
+STAGE_RUNNERS: dict[str, Callable[[Config], Any]] = {
+    "data": run_data,
+    "extract": run_extract,
+    "train": run_train,
+    "tune": run_tune,
+    "report": run_report,
+}
+
+
+def run_stages(cfg: Config, stages: tuple[str, ...] | None = None) -> None:
+    """Run ``stages`` (default: those the config names) in order, snapshotting the resolved config first."""
+    save_snapshot(cfg, cfg.out_dir)
+    for stage in stages or cfg.stages:
+        log.info("stage %s", stage)
+        STAGE_RUNNERS[stage](cfg)

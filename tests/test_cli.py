@@ -1,0 +1,69 @@
+"""The command line: help lists every command; bad input ends with one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rmm.cli import main
+
+
+def test_help_lists_every_command() -> None:
+    out = subprocess.run([sys.executable, "-m", "rmm.cli", "--help"], capture_output=True, text=True, check=True)
+    for command in ("run", "data", "extract", "train", "tune", "report", "recommend", "submit"):
+        assert f"    {command}" in out.stdout
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(args)
+    return code, capsys.readouterr().err
+
+
+def test_malformed_yaml_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("dataset:\n  name: [unclosed\n")
+    code, err = run_cli(["data", "prepare", str(path)], capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("rmm: error: malformed YAML in") and "bad.yaml" in err
+
+
+def test_unknown_model_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump({"model": [{"name": "lightgnc"}]}))
+    code, err = run_cli(["train", str(path)], capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and "Unknown model 'lightgnc'" in err and "lightgcn" in err
+
+
+def test_interaction_naming_unknown_item_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = tmp_path / "ml-100k"
+    raw.mkdir()
+    (raw / "u.data").write_text("".join(f"{u}\t{i}\t4\t{100 + u * 10 + i}\n" for u in (1, 2) for i in (1, 2, 99)))
+    flags = "|".join(["0"] * 19)
+    (raw / "u.item").write_text("".join(f"{i}|Movie {i} (1995)|01-Jan-1995||http://x|{flags}\n" for i in (1, 2)),
+                                encoding="latin-1")
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump({"dataset": {"name": "ml", "source": "movielens", "path": str(raw),
+                                                "user_core": 0, "item_core": 0},
+                                    "output": {"dir": str(tmp_path / "out")}}))
+    code, err = run_cli(["data", "prepare", str(path)], capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and "u.data" in err and "99" in err
+
+
+def test_data_prepare_and_stats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump({"dataset": {"synthetic": {"num_users": 40, "num_items": 30}},
+                                    "output": {"dir": str(tmp_path / "out")}}))
+    assert main(["data", "prepare", str(path)]) == 0
+    assert (tmp_path / "out" / "data" / "synthetic" / "dataset.json").exists()
+    capsys.readouterr()
+    assert main(["data", "stats", str(path)]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    info = json.loads((tmp_path / "out" / "data" / "synthetic" / "dataset.json").read_text())
+    assert stats["users"] == info["counts"]["users"] > 0

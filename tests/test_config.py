@@ -1,0 +1,111 @@
+"""Config loading: sections map to dataclasses, overrides, unknown keys, malformed YAML, search validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rmm.config import ConfigError, load_config, save_snapshot
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+
+
+def write(tmp_path: Path, data: dict | str) -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def test_quickstart_loads_with_typed_sections() -> None:
+    cfg = load_config(QUICKSTART)
+    assert cfg.dataset.synthetic.num_items == 300
+    assert isinstance(cfg.train.topk, tuple) and 20 in cfg.train.topk
+    assert [m.name for m in cfg.model] == ["lightgcn", "vbpr", "vbpr"]
+    assert cfg.model[1].features == ("image_stats", "text_minilm")
+    assert cfg.model[1].params.__class__.__name__.endswith("Config")
+
+
+def test_overrides_set_nested_values_with_yaml_types(tmp_path: Path) -> None:
+    cfg = load_config(QUICKSTART, ["output.dir=runs/demo", "train.learning_rate=1e-2", "train.topk=[5, 20]",
+                                   "dataset.synthetic.num_users=50", "model.1.fusion=mean", "ray.address=null"])
+    assert cfg.out_dir == Path("runs/demo")
+    assert cfg.train.learning_rate == pytest.approx(0.01)
+    assert cfg.train.topk == (5, 20)
+    assert cfg.dataset.synthetic.num_users == 50
+    assert cfg.model[1].fusion == "mean"
+    assert cfg.dataset_dir == Path("runs/demo/data/synthetic")
+
+
+def test_model_hyperparameter_override_reaches_model_config() -> None:
+    cfg = load_config(QUICKSTART, ["model.0.embedding_dim=16"])
+    assert cfg.model[0].params.embedding_dim == 16
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("train.epoch=3", "unknown key 'epoch' in section 'train'; valid keys:"),
+    ("dataset.synthetic.users=3", "unknown key 'users' in section 'dataset.synthetic'"),
+    ("model.0.embeding_dim=3", "unknown key 'embeding_dim' in section 'model[0] (lightgcn)'"),
+    ("bogus.key=1", "unknown section(s) ['bogus']"),
+    ("train.epochs=many", "train.epochs must be an integer, got 'many'"),
+    ("train.epochs=0", "epochs must be >= 1"),
+    ("dataset.split=weekly", "split must be one of"),
+    ("model.1.fusion=median", "fusion must be one of"),
+    ("train", "must look like section.key=value"),
+    ("model.7.name=x", "is not an index of a list of 3"),
+])
+def test_bad_values_name_the_key(override: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(QUICKSTART, [override])
+    assert needle in str(err.value)
+    assert "quickstart.yaml" in str(err.value)
+
+
+def test_unknown_key_lists_valid_keys(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"valid keys: .*batch_size.*learning_rate"):
+        load_config(write(tmp_path, {"train": {"lr": 0.1}}))
+
+
+def test_unknown_model_lists_available(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"Unknown model 'vbrp'. Available: \[.*'vbpr'"):
+        load_config(write(tmp_path, {"model": [{"name": "vbrp"}]}))
+
+
+def test_single_model_mapping_is_accepted(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, {"model": {"name": "bprmf"}}))
+    assert len(cfg.model) == 1 and cfg.model[0].name == "bprmf"
+
+
+def test_id_only_model_rejects_features(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="ID-only"):
+        load_config(write(tmp_path, {"model": [{"name": "lightgcn", "features": ["text_minilm"]}]}))
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "train:\n  epochs: [1, 2\n  lr: 3\n")
+    with pytest.raises(ConfigError, match=r"malformed YAML in .*cfg.yaml at line \d+"):
+        load_config(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_search_space_is_checked_at_load(tmp_path: Path) -> None:
+    base = yaml.safe_load(QUICKSTART.read_text())
+    base["tune"]["search"] = {"train.learning_rat": {"grid": [0.1]}}
+    with pytest.raises(ConfigError, match="tune.search.train.learning_rat"):
+        load_config(write(tmp_path, base))
+    base["tune"]["search"] = {"train.learning_rate": {"normal": [0, 1]}}
+    with pytest.raises(ConfigError, match="valid distributions"):
+        load_config(write(tmp_path, base))
+    base["tune"]["search"] = {"model.embedding_dim": {"choice": [8, 16]}, "model.fusion": {"grid": ["mean"]}}
+    assert load_config(write(tmp_path, base)).tune.search["model.embedding_dim"] == {"choice": [8, 16]}
+
+
+def test_snapshot_round_trips(tmp_path: Path) -> None:
+    cfg = load_config(QUICKSTART, ["model.0.embedding_dim=16", "output.dir=x"])
+    snapshot = save_snapshot(cfg, tmp_path)
+    assert load_config(snapshot) == cfg
