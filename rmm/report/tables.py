@@ -113,4 +113,4 @@ def _dataset_line(out: Path) -> str:
     counts = info.get("counts", {})
     return (f"{info.get('name', infos[0].parent.name)} ({counts.get('users', '?')} users, "
             f"{counts.get('items', '?')} items, {counts.get('interactions', '?')} interactions, "
-            f"split {info.get('split', {}).get('strategy', info.get('split', '?')) if isinstance(info.get('split'), dict) else info.get('split', '?')})")
+            f"split {info.get('split', {}).get('strategy', '?')})")

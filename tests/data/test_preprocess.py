@@ -1,0 +1,149 @@
+"""Dedup, k-core, id remap and every split strategy on small hand-made raw data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rmm.config import ConfigError, DatasetConfig
+from rmm.data.preprocess import RawData, Skips, kcore, preprocess, sorted_ids
+from rmm.data.schema import TEST, TRAIN, VALID, DataError
+
+
+def raw_data(rows: list[tuple[str, str, int]], split: list[int] | None = None) -> RawData:
+    interactions = pd.DataFrame(rows, columns=["user", "item", "timestamp"])
+    if split is not None:
+        interactions["split"] = np.array(split, dtype=np.int8)
+    ids = sorted_ids(interactions["item"].unique())
+    items = pd.DataFrame({"source_id": ids, "title": ids, "text": "", "image_source": None})
+    return RawData(items=items, interactions=interactions)
+
+
+def random_raw(num_users: int = 60, num_items: int = 40, per_user: int = 15, seed: int = 0) -> RawData:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for user in range(num_users):
+        for item in rng.choice(num_items, size=rng.integers(per_user // 2, per_user + 1), replace=False):
+            rows.append((f"u{user:02d}", f"i{item:02d}", int(rng.integers(0, 50))))  # many timestamp ties
+    return raw_data(rows)
+
+
+def run(raw: RawData, **cfg) -> tuple[pd.DataFrame, dict]:
+    skips = Skips()
+    prepared = preprocess(raw, DatasetConfig(**{"user_core": 0, "item_core": 0, **cfg}), skips)
+    return prepared.interactions, {"skipped": skips.to_dict(), **prepared.info, "prepared": prepared}
+
+
+def test_sorted_ids_is_numeric_for_digit_ids_else_lexicographic():
+    assert sorted_ids(["10", "9", "100"]) == ["9", "10", "100"]
+    assert sorted_ids(["b", "a10", "a9"]) == ["a10", "a9", "b"]
+
+
+def test_dedup_keeps_earliest_and_counts():
+    raw = raw_data([("u1", "a", 5), ("u1", "a", 3), ("u1", "b", 4), ("u2", "a", 1), ("u1", "a", 9)])
+    frame, info = run(raw, split="leave_last_out")
+    assert len(frame) == 3
+    a_row = frame[(frame.user_id == 0) & (frame.item_id == 0)]
+    assert a_row["timestamp"].tolist() == [3]
+    assert info["skipped"]["duplicate_interactions"] == {"count": 2, "examples": ["u1/a", "u1/a"]}
+
+
+def test_kcore_is_iterative():
+    # u3 has 1 interaction -> dropped; that leaves item c with 1 -> dropped; that leaves u2 with 1 -> dropped.
+    inter = pd.DataFrame([("u1", "a"), ("u1", "b"), ("u2", "b"), ("u2", "c"), ("u3", "c"), ("u4", "a"),
+                          ("u4", "b")], columns=["user", "item"])
+    filtered, rounds = kcore(inter, user_core=2, item_core=2)
+    assert sorted(map(tuple, filtered.to_numpy())) == [("u1", "a"), ("u1", "b"), ("u4", "a"), ("u4", "b")]
+    assert rounds >= 2
+
+
+def test_kcore_result_satisfies_both_cores():
+    _, info = run(random_raw(), user_core=8, item_core=10)
+    inter = info["prepared"].interactions
+    assert inter.groupby("user_id").size().min() >= 8
+    assert inter.groupby("item_id").size().min() >= 10
+    assert info["kcore"]["before"]["interactions"] > info["kcore"]["after"]["interactions"]
+
+
+def test_nothing_left_after_kcore_names_cores_and_counts():
+    raw = raw_data([("u1", "a", 1), ("u1", "b", 2), ("u2", "a", 3)])
+    with pytest.raises(DataError, match=r"user_core=5, item_core=5.*2 users, 2 items, 3 interactions"):
+        preprocess(raw, DatasetConfig(user_core=5, item_core=5), Skips())
+
+
+def test_ids_are_dense_and_follow_source_order():
+    _, info = run(random_raw())
+    prepared = info["prepared"]
+    assert prepared.items["item_id"].tolist() == list(range(len(prepared.items)))
+    assert prepared.items["source_id"].tolist() == sorted(prepared.items["source_id"])
+    assert prepared.users["source_id"].tolist() == sorted(prepared.users["source_id"])
+    assert set(prepared.interactions["user_id"]) == set(range(len(prepared.users)))
+
+
+def test_temporal_ratio_has_no_leakage_and_right_ratios():
+    frame, _ = run(random_raw(per_user=30), split="temporal_ratio")
+    for _, group in frame.groupby("user_id"):
+        train = group[group.split == TRAIN]
+        assert len(train) >= 1
+        later = group[group.split != TRAIN]
+        assert (later["timestamp"] >= train["timestamp"].max()).all()
+        test = group[group.split == TEST]
+        if len(test):
+            assert (test["timestamp"] >= group[group.split == VALID]["timestamp"].max()).all()
+    shares = frame["split"].value_counts(normalize=True)
+    assert shares[TRAIN] == pytest.approx(0.8, abs=0.05)
+    assert shares[VALID] == pytest.approx(0.1, abs=0.04)
+    assert shares[TEST] == pytest.approx(0.1, abs=0.04)
+
+
+def test_temporal_ratio_ties_are_broken_by_item_order():
+    raw = raw_data([("u1", f"i{k}", 7) for k in range(10)])
+    frame, _ = run(raw, split="temporal_ratio")
+    assert frame.sort_values("item_id")["split"].tolist() == [TRAIN] * 8 + [VALID, TEST]
+
+
+def test_small_users_keep_a_train_item():
+    raw = raw_data([("u1", "a", 1), ("u2", "a", 1), ("u2", "b", 2),
+                    ("u3", "a", 1), ("u3", "b", 2), ("u3", "c", 3)])
+    frame, _ = run(raw, split="temporal_ratio")
+    assert frame.groupby("user_id")["split"].apply(list).tolist() == [[TRAIN], [TRAIN, TEST],
+                                                                       [TRAIN, VALID, TEST]]
+
+
+def test_random_ratio_is_seeded_and_differs_from_temporal():
+    raw = random_raw(per_user=30)
+    first, _ = run(raw, split="random_ratio", seed=3)
+    again, _ = run(raw, split="random_ratio", seed=3)
+    other, _ = run(raw, split="random_ratio", seed=4)
+    temporal, _ = run(raw, split="temporal_ratio")
+    assert first.equals(again)
+    assert not first["split"].equals(other["split"])
+    assert not first["split"].equals(temporal["split"])
+    assert first["split"].value_counts().equals(temporal["split"].value_counts())
+
+
+def test_leave_last_out_is_exact():
+    frame, _ = run(random_raw(), split="leave_last_out")
+    for _, group in frame.groupby("user_id"):
+        labels = group.sort_values(["timestamp", "item_id"])["split"].tolist()
+        assert labels == [TRAIN] * (len(labels) - 2) + [VALID, TEST]
+
+
+def test_global_temporal_cuts_on_time_and_drops_users_without_train():
+    rows = [("early", f"i{k}", k) for k in range(8)] + [("late", "i0", 100), ("late", "i1", 101)]
+    frame, info = run(raw_data(rows), split="global_temporal")
+    assert frame["split"].tolist() == [TRAIN] * 8
+    assert info["skipped"]["users_without_train_item"] == {"count": 1, "examples": ["late"]}
+    assert info["skipped"]["interactions_of_users_without_train_item"]["count"] == 2
+    assert info["prepared"].users["source_id"].tolist() == ["early"]
+    assert info["split"] == {"strategy": "global_temporal", "seed": 2024, "ratios": [0.8, 0.1, 0.1]}
+
+
+def test_predefined_keeps_split_and_requires_one():
+    rows = [("u1", "a", 1), ("u1", "b", 2), ("u1", "c", 3), ("u2", "a", 1)]
+    frame, info = run(raw_data(rows, split=[0, 2, 1, 1]), split="predefined")
+    assert frame["split"].tolist() == [TRAIN, TEST, VALID]
+    assert info["skipped"]["users_without_train_item"]["examples"] == ["u2"]
+    with pytest.raises(ConfigError, match="ships none"):
+        run(raw_data(rows), split="predefined")
