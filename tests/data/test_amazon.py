@@ -131,6 +131,14 @@ def test_duplicate_item_in_metadata(tmp_path: Path):
         prepare(tmp_path, path=str(reviews), metadata_path=str(meta))
 
 
+def test_verbatim_repeated_metadata_record_is_a_counted_skip(tmp_path: Path):
+    reviews = write_lines(tmp_path / "reviews.json", reviews_2018())
+    meta = write_lines(tmp_path / "meta.json", meta_2018() + [meta_2018()[1]])
+    dataset = load_dataset(prepare(tmp_path, path=str(reviews), metadata_path=str(meta)))
+    assert sorted(dataset.items["source_id"]) == list(ITEMS)
+    assert dataset.info["skipped"]["duplicate_metadata_records"] == {"count": 1, "examples": ["A2"]}
+
+
 def test_metadata_missing_item_key(tmp_path: Path):
     reviews = write_lines(tmp_path / "reviews.json", reviews_2018())
     meta = write_lines(tmp_path / "meta.json", meta_2018() + [{"title": "No id"}])

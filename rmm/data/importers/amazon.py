@@ -35,7 +35,7 @@ def load(cfg: DatasetConfig, skips: Skips) -> RawData:
         raise ConfigError("source 'amazon' needs dataset.metadata_path (the item metadata JSON lines)")
     reviews_path, meta_path = Path(cfg.path), Path(cfg.metadata_path)
     interactions, release = _read_reviews(reviews_path)
-    items = _read_metadata(meta_path)
+    items = _read_metadata(meta_path, skips)
     interactions = drop_unknown_items(interactions, items["source_id"], cfg, reviews_path, meta_path, skips)
     images = index_images(cfg.images_dir)
     items["image_source"] = [str(images[i]) if i in images else None for i in items["source_id"]]
@@ -76,7 +76,9 @@ def _read_reviews(path: Path) -> tuple[pd.DataFrame, str]:
     return frame, release
 
 
-def _read_metadata(path: Path) -> pd.DataFrame:
+def _read_metadata(path: Path, skips: Skips) -> pd.DataFrame:
+    """Item rows of a metadata file. The published 2018 files repeat some records verbatim: exact repeats are
+    counted as skips; two different records under one id are an error."""
     rows: list[dict[str, Any]] = []
     release = ""
     for line, record in read_json_lines(path):
@@ -89,6 +91,9 @@ def _read_metadata(path: Path) -> pd.DataFrame:
     if not release:
         raise DataError(f"{path}: no items in the metadata file")
     items = pd.DataFrame(rows)
+    repeats = items.duplicated()
+    skips.add("duplicate_metadata_records", items.loc[repeats, "source_id"])
+    items = items[~repeats].reset_index(drop=True)
     check_unique(items["source_id"], path)
     return items
 
