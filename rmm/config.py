@@ -138,8 +138,12 @@ class ModelConfig:
 
     @property
     def label(self) -> str:
-        """Readable identity used in results and reports, e.g. ``vbpr[image+text_minilm|concat]``."""
-        return f"{self.name}[{'+'.join(self.features) or 'id'}|{self.fusion}]" if self.features else self.name
+        """Readable identity used in results and reports, e.g. ``vbpr[image_stats+text_minilm|concat]``; the
+        fusion is named only where there is something to fuse."""
+        if not self.features:
+            return self.name
+        fusion = f"|{self.fusion}" if len(self.features) > 1 else ""
+        return f"{self.name}[{'+'.join(self.features)}{fusion}]"
 
 
 @dataclass(frozen=True)
@@ -160,8 +164,9 @@ class TrainConfig:
     max_failures: int = 0
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        for name in ("epochs", "batch_size", "eval_every", "patience", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")
         if self.learning_rate <= 0:
@@ -394,7 +399,10 @@ def build_model_config(entry: Any, section: str) -> ModelConfig:
                              extra_valid=("name", "features", "fusion"))
     features = _coerce(entry.get("features", ()), tuple[str, ...], f"{section}.features")
     fusion = str(entry.get("fusion", "concat"))
-    model_cls.check_inputs(features, fusion)
+    try:
+        model_cls.check_inputs(features, fusion)
+    except ValueError as err:
+        raise ConfigError(f"section {section!r}: {err}") from err
     return ModelConfig(name=str(entry["name"]), features=features, fusion=fusion, params=params)
 
 
@@ -455,6 +463,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise ConfigError(f"{where} must be an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} must be a number, got {value!r}")
         return float(value)

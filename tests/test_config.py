@@ -29,12 +29,12 @@ def test_quickstart_loads_with_typed_sections() -> None:
 
 def test_overrides_set_nested_values_with_yaml_types(tmp_path: Path) -> None:
     cfg = load_config(QUICKSTART, ["output.dir=runs/demo", "train.learning_rate=1e-2", "train.topk=[5, 20]",
-                                   "dataset.synthetic.num_users=50", "model.1.fusion=mean", "ray.address=null"])
+                                   "dataset.synthetic.num_users=50", "model.2.fusion=mean", "ray.address=null"])
     assert cfg.out_dir == Path("runs/demo")
     assert cfg.train.learning_rate == pytest.approx(0.01)
     assert cfg.train.topk == (5, 20)
     assert cfg.dataset.synthetic.num_users == 50
-    assert cfg.model[1].fusion == "mean"
+    assert cfg.model[2].fusion == "mean"
     assert cfg.dataset_dir == Path("runs/demo/data/synthetic")
 
 

@@ -75,10 +75,6 @@ class TrainGraph:
         users = torch.repeat_interleave(torch.arange(ds.num_users), pairs.counts(torch.arange(ds.num_users)))
         return cls(num_users=ds.num_users, num_items=ds.num_items, users=users, items=pairs.indices)
 
-    def user_items(self) -> UserItems:
-        """Train items per user, e.g. to mask at evaluation."""
-        return UserItems.from_pairs(self.users, self.items, self.num_users, self.num_items)
-
     def norm_adj(self) -> Tensor:
         r"""Symmetric-normalised adjacency :math:`D^{-1/2} A D^{-1/2}` over users then items, cached.
 

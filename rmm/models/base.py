@@ -1,4 +1,9 @@
-"""The Recommender interface every model implements, and the name -> class registry."""
+"""The Recommender interface every model implements, and the name -> class registry.
+
+Two levels: :class:`Recommender` is the contract the training loop and evaluation rely on;
+:class:`EmbeddingRecommender` implements it for the common case of inner-product scoring between final user
+and item embeddings, so a model only says how it computes those embeddings.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from rmm.config import ModelConfig
 from rmm.data.graph import TrainGraph
+from rmm.models.layers import bpr_loss, l2_reg
 
 MODELS: dict[str, type[Recommender]] = {}
 
@@ -30,7 +37,11 @@ class Recommender(nn.Module):
     """Base class of all recommenders.
 
     Subclasses set ``config_class`` (a frozen dataclass of their hyperparameters) and implement ``loss`` and
-    ``score_users``. ``features`` maps a feature name (a modality) to a ``(num_items, dim)`` float tensor.
+    ``score_users``. ``features`` maps a feature name (a modality) to a ``(num_items, dim)`` float tensor;
+    ``fusion`` says how a single-content-input model combines several of them.
+
+    ``forward(batch)`` is the loss: DistributedDataParallel synchronises gradients only for computations run
+    through ``forward``, so the training loop calls ``model(batch)``.
     """
 
     config_class: ClassVar[type]
@@ -39,8 +50,16 @@ class Recommender(nn.Module):
     #: Fusion strategies this model accepts when given several features (empty: one branch per modality).
     fusions: ClassVar[tuple[str, ...]] = ("concat",)
 
-    def __init__(self, graph: TrainGraph, features: Mapping[str, Tensor], cfg: object) -> None:
+    def __init__(self, graph: TrainGraph, features: Mapping[str, Tensor], cfg: object, *,
+                 fusion: str = "concat") -> None:
         super().__init__()
+        self.check_inputs(list(features), fusion)
+        for name, matrix in features.items():
+            if matrix.ndim != 2 or matrix.shape[0] != graph.num_items:
+                raise ValueError(f"feature {name!r} must have shape (num_items={graph.num_items}, dim), "
+                                 f"got {tuple(matrix.shape)}; re-extract it for this dataset")
+        if not isinstance(cfg, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(cfg).__name__}")
         self.num_users = graph.num_users
         self.num_items = graph.num_items
         self.cfg = cfg
@@ -57,6 +76,9 @@ class Recommender(nn.Module):
         if cls.uses_features and len(features) > 1 and fusion not in cls.fusions:
             raise ValueError(f"{name} fusion must be one of {list(cls.fusions)}, got {fusion!r}")
 
+    def forward(self, batch: BPRBatch) -> Tensor:
+        return self.loss(batch)
+
     def loss(self, batch: BPRBatch) -> Tensor:
         """Scalar training loss of one BPR batch (regularisation included)."""
         raise NotImplementedError
@@ -64,6 +86,44 @@ class Recommender(nn.Module):
     def score_users(self, users: Tensor) -> Tensor:
         """Scores of every item for each user, shape (B, num_items), used for full ranking."""
         raise NotImplementedError
+
+    def scorer(self) -> Callable[[Tensor], Tensor]:
+        """A ``score_users`` for many user chunks of one unchanged model.
+
+        Evaluation calls this once per pass so that a graph model propagates once, not once per chunk; the
+        returned function is stale after the next optimiser step.
+        """
+        return self.score_users
+
+
+class EmbeddingRecommender(Recommender):
+    r"""A recommender scoring :math:`\hat{y}_{ui} = \mathbf{e}_u^\top \mathbf{e}_i` from final embeddings,
+    trained with BPR plus ``cfg.reg_weight`` times :func:`~rmm.models.layers.l2_reg` of ``reg_terms``.
+
+    Subclasses implement ``embeddings`` and may override ``reg_terms`` (which rows are penalised).
+    """
+
+    def embeddings(self) -> tuple[Tensor, Tensor]:
+        """Final user and item embeddings. Shapes: (num_users, D), (num_items, D)."""
+        raise NotImplementedError
+
+    def reg_terms(self, batch: BPRBatch, users: Tensor, pos: Tensor, neg: Tensor) -> Sequence[Tensor]:
+        """Tensors to L2-penalise for ``batch``; by default its final embeddings ``users, pos, neg``."""
+        return users, pos, neg
+
+    def loss(self, batch: BPRBatch) -> Tensor:
+        user_emb, item_emb = self.embeddings()
+        users = user_emb[batch.users]  # (B, D)
+        pos, neg = item_emb[batch.pos_items], item_emb[batch.neg_items]
+        ranking = bpr_loss((users * pos).sum(-1), (users * neg).sum(-1))
+        return ranking + self.cfg.reg_weight * l2_reg(*self.reg_terms(batch, users, pos, neg))
+
+    def score_users(self, users: Tensor) -> Tensor:
+        return self.scorer()(users)
+
+    def scorer(self) -> Callable[[Tensor], Tensor]:
+        user_emb, item_emb = self.embeddings()
+        return lambda users: user_emb[users] @ item_emb.T  # (B, num_items)
 
 
 def register(name: str) -> Callable[[type[Recommender]], type[Recommender]]:
@@ -83,3 +143,10 @@ def get_model_class(name: str) -> type[Recommender]:
         return MODELS[name]
     except KeyError:
         raise KeyError(f"Unknown model {name!r}. Available: {sorted(MODELS)}") from None
+
+
+def build_model(model_cfg: ModelConfig, graph: TrainGraph, features: Mapping[str, Tensor]) -> Recommender:
+    """Instantiate the model ``model_cfg`` names; ``params=None`` means the model's defaults."""
+    cls = get_model_class(model_cfg.name)
+    params = cls.config_class() if model_cfg.params is None else model_cfg.params
+    return cls(graph, features, params, fusion=model_cfg.fusion)

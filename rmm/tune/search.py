@@ -50,6 +50,8 @@ def tune_models(cfg: Config) -> list[dict[str, Any]]:
     from rmm.stages import run_name
 
     init_ray(cfg.ray)
+    # Tune runs each trial in its own directory: a relative output.dir must not resolve there.
+    cfg = cfg.replace(output=dataclasses.replace(cfg.output, dir=str(cfg.out_dir.resolve())))
     metric = f"valid/{cfg.train.metric}"
     storage = str((cfg.out_dir / "tune").resolve())
     records = []

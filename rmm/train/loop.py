@@ -1,0 +1,311 @@
+"""The training loop in plain torch: BPR epochs, full-ranking validation, early stopping, final test.
+
+No Ray here: ``rmm.train.ray_trainer`` runs :func:`fit` inside Ray Train workers, where
+``torch.distributed`` is initialised. Under a process group each rank trains on its shard of every epoch
+(DDP averages the gradients) and evaluates its share of the users; per-user results are summed across ranks
+into one table, so the metrics do not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from rmm.config import ModelConfig, TrainConfig
+from rmm.data.graph import TrainGraph, UserItems
+from rmm.data.schema import TEST, VALID, Dataset
+from rmm.eval.metrics import evaluate, metric_names
+from rmm.models.base import BPRBatch, Recommender, build_model
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+
+#: ``report(metrics, checkpoint_dir)``, called on every rank after each evaluation; ``checkpoint_dir`` (rank 0
+#: only, every ``checkpoint_every`` epochs and at the end) holds ``state.pt`` and is deleted after the call.
+ReportFn = Callable[[dict[str, float], str | None], None]
+
+
+@dataclass(frozen=True, eq=False)
+class EvalSplit:
+    """The users of one evaluation split, their relevant items and the items to mask when ranking."""
+
+    users: Tensor
+    truth: UserItems
+    exclude: UserItems
+
+    @classmethod
+    def from_dataset(cls, ds: Dataset, split: int) -> EvalSplit:
+        """Truth = ``split``'s items; excluded = every earlier split's (train for valid, train+valid for test)."""
+        frame = ds.interactions
+        truth = _user_items(frame[frame["split"] == split], ds)
+        exclude = _user_items(frame[frame["split"] < split], ds)
+        users = torch.nonzero(truth.counts(torch.arange(ds.num_users))).flatten()
+        return cls(users=users, truth=truth, exclude=exclude)
+
+
+def _user_items(frame: pd.DataFrame, ds: Dataset) -> UserItems:
+    return UserItems.from_pairs(torch.tensor(frame["user_id"].to_numpy()),
+                                torch.tensor(frame["item_id"].to_numpy()), ds.num_users, ds.num_items)
+
+
+class BPRSampler:
+    """Triples (u, i, j): every distinct train pair once per epoch, j uniform among u's non-train items.
+
+    The epoch's order and negatives depend only on (seed, epoch), not on the rank: every rank draws the
+    same global epoch and keeps its strided shard, as ``DistributedSampler`` does. Resuming at an epoch
+    therefore replays exactly the batches an uninterrupted run would see.
+    """
+
+    def __init__(self, graph: TrainGraph) -> None:
+        if not len(graph.users):
+            raise ValueError("the train split is empty: nothing to train on; check the dataset's split")
+        degree = torch.bincount(graph.users, minlength=graph.num_users)
+        if bool((degree >= graph.num_items).any()):
+            user = int(torch.nonzero(degree >= graph.num_items)[0])
+            raise ValueError(f"user {user} interacted with all {graph.num_items} items in train: no negative "
+                             f"item to sample; drop such users when preparing the dataset")
+        self.graph = graph
+        self.keys = torch.sort(graph.users * graph.num_items + graph.items).values  # for searchsorted
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def epoch(self, seed: int, epoch: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list[BPRBatch]:
+        """This rank's batches of ``epoch``; every rank gets the same number of batches of
+        ``ceil(batch_size / world_size)`` triples, so DDP steps stay in lockstep."""
+        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
+        order = torch.randperm(len(self), generator=generator)
+        users, pos = self.graph.users[order], self.graph.items[order]
+        neg = self._negatives(users, generator)
+        pad = math.ceil(len(order) / world_size) * world_size - len(order)  # wrap so every rank gets as many
+        users, pos, neg = (torch.cat([t, t[:pad]]) for t in (users, pos, neg))
+        shard = slice(rank, None, world_size)
+        per_rank = math.ceil(batch_size / world_size)
+        return [BPRBatch(u, i, j) for u, i, j in zip(users[shard].split(per_rank), pos[shard].split(per_rank),
+                                                     neg[shard].split(per_rank))]
+
+    def _negatives(self, users: Tensor, generator: torch.Generator) -> Tensor:
+        """Rejection sampling: redraw the negatives that hit a train item until none does."""
+        num_items = self.graph.num_items
+        neg = torch.randint(num_items, users.shape, generator=generator)
+        todo = torch.arange(len(users))
+        while len(todo):
+            keys = users[todo] * num_items + neg[todo]
+            at = torch.searchsorted(self.keys, keys).clamp(max=len(self.keys) - 1)
+            todo = todo[self.keys[at] == keys]
+            neg[todo] = torch.randint(num_items, todo.shape, generator=generator)
+        return neg
+
+
+@dataclass(frozen=True, eq=False)
+class FitResult:
+    """What a run produced; ``valid`` is the best evaluation, ``test`` that state's test metrics.
+
+    ``history`` has one entry per evaluation: ``epoch``, ``loss``, ``epoch_seconds``, ``eval_seconds`` and
+    ``valid/<metric>@K``. ``test_per_user`` has ``user_id`` plus one column per metric.
+    """
+
+    best_epoch: int
+    valid: dict[str, float]
+    test: dict[str, float]
+    test_per_user: pd.DataFrame
+    train_seconds: float
+    history: list[dict[str, float]]
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the world size; (0, 1) without an initialised process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def evaluate_split(model: Recommender, split: EvalSplit, ks: tuple[int, ...], *, rank: int = 0,
+                   world_size: int = 1, device: torch.device | str = "cpu", batch_users: int = 1024) -> pd.DataFrame:
+    """Per-user metrics of all of ``split``'s users; this rank scores chunks ``rank::world_size``.
+
+    The users are cut into the same ``batch_users`` chunks whatever the world size, because a matrix
+    product's last bits depend on its row count and could flip near-ties in the ranking. Each rank fills its
+    rows of a zero table and the tables are summed (exact on disjoint rows), so every rank ends with
+    bit-for-bit the table one worker computes.
+    """
+    names = metric_names(ks)
+    positions = torch.arange(len(split.users)).split(batch_users)[rank::world_size]
+    mine = torch.cat([torch.empty(0, dtype=torch.long), *positions])
+    part = evaluate(model, split.users[mine], split.exclude, split.truth, ks, batch_users=batch_users)
+    table = torch.zeros(len(split.users), len(names), dtype=torch.float64)
+    table[mine] = torch.stack([part[n] for n in names], dim=1)
+    if world_size > 1:
+        table = table.to(device)
+        dist.all_reduce(table)
+        table = table.cpu()
+    return pd.DataFrame({"user_id": split.users.numpy(), **{n: table[:, j].numpy() for j, n in enumerate(names)}})
+
+
+def summarize(per_user: pd.DataFrame) -> dict[str, float]:
+    """Mean of every metric column over users."""
+    return {name: float(per_user[name].mean()) for name in per_user.columns if name != "user_id"}
+
+
+def _mean_across_ranks(value: float, world_size: int, device: torch.device | str) -> float:
+    if world_size == 1:
+        return value
+    total = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return float(total) / world_size
+
+
+def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features: Mapping[str, Tensor], *,
+        report: ReportFn | None = None, prepare_model: Callable[[nn.Module], nn.Module] | None = None,
+        resume_from: str | Path | None = None, device: torch.device | str = "cpu") -> FitResult:
+    """Train ``model_cfg`` on ``data``'s train split, early-stopping on valid ``train_cfg.metric``.
+
+    Validation runs every ``eval_every`` epochs and after the last; training stops after ``patience``
+    evaluations in a row without a strictly better metric, and the best evaluated state is tested.
+
+    Args:
+        model_cfg: model name, params, features and fusion.
+        train_cfg: epochs, batch size (global, split across ranks), optimiser, evaluation and stopping.
+        data: the prepared dataset (all splits; only train is trained on).
+        features: modality name -> (num_items, dim) tensor, in ``model_cfg.features`` order.
+        report: called after each evaluation on every rank (see :data:`ReportFn`).
+        prepare_model: wraps the model for distributed training, e.g. ``ray.train.torch.prepare_model``
+            (DDP); the identity when None.
+        resume_from: a checkpoint directory written by a previous call; training continues after its epoch.
+        device: where the model and batches live.
+
+    Returns:
+        The best validation metrics, the test metrics of that state (train + valid items masked),
+        per-user test metrics, the evaluation history and the training wall time.
+
+    Raises:
+        FloatingPointError: the epoch loss is NaN or infinite.
+    """
+    rank, world_size = rank_and_world()
+    ks = tuple(train_cfg.topk)
+    if train_cfg.metric not in metric_names(ks):
+        raise ValueError(f"train.metric {train_cfg.metric!r} is not computed; choose one of {metric_names(ks)}")
+    valid = EvalSplit.from_dataset(data, VALID)
+    if not len(valid.users):
+        raise ValueError(f"dataset {data.root} has no valid interactions to early-stop on; re-prepare it with "
+                         f"a split that keeps a valid part")
+    torch.manual_seed(train_cfg.seed)
+    graph = TrainGraph.from_dataset(data)
+    model = build_model(model_cfg, graph, features).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.learning_rate,
+                                 weight_decay=train_cfg.weight_decay)
+    state = _initial_state(model)
+    if resume_from is not None:
+        state = torch.load(Path(resume_from) / STATE_FILE, weights_only=True)
+        model.load_state_dict(state.pop("model"))
+        optimizer.load_state_dict(state.pop("optimizer"))
+        log.info("%s: resuming after epoch %d from %s", model_cfg.label, state["epoch"], resume_from)
+    trained = prepare_model(model) if prepare_model is not None else model
+    sampler = BPRSampler(graph)
+    key = f"valid/{train_cfg.metric}"
+
+    started = time.perf_counter() - state["train_seconds"]
+    for epoch in range(state["epoch"] + 1, train_cfg.epochs + 1):
+        if state["bad_evals"] >= train_cfg.patience:
+            break
+        tic = time.perf_counter()
+        loss = _mean_across_ranks(_train_epoch(trained, optimizer, sampler, train_cfg, epoch, rank, world_size,
+                                               device), world_size, device)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"{model_cfg.label}: loss is {loss} at epoch {epoch}; lower "
+                                     f"train.learning_rate, raise reg_weight, or check the features for NaN")
+        epoch_seconds = time.perf_counter() - tic
+        if epoch % train_cfg.eval_every and epoch != train_cfg.epochs:
+            if rank == 0:
+                log.info("%s epoch %d loss %.5f (%.2fs)", model_cfg.label, epoch, loss, epoch_seconds)
+            continue
+        tic = time.perf_counter()
+        per_user = evaluate_split(model, valid, ks, rank=rank, world_size=world_size, device=device)
+        metrics = {"epoch": epoch, "loss": loss, "epoch_seconds": epoch_seconds,
+                   "eval_seconds": time.perf_counter() - tic,
+                   **{f"valid/{k}": v for k, v in summarize(per_user).items()}}
+        _record_evaluation(state, metrics, metrics[key], model)
+        state["train_seconds"] = time.perf_counter() - started
+        if rank == 0:
+            log.info("%s epoch %d loss %.5f %s %.5f (best %.5f @ %d) (%.2fs train, %.2fs eval)", model_cfg.label,
+                     epoch, loss, key, metrics[key], state["best_metric"], state["best_epoch"], epoch_seconds,
+                     metrics["eval_seconds"])
+        last = epoch == train_cfg.epochs or state["bad_evals"] >= train_cfg.patience
+        if last or epoch - state["checkpoint_epoch"] >= train_cfg.checkpoint_every:
+            state["checkpoint_epoch"] = epoch
+            _report(report, metrics, (state, model, optimizer) if rank == 0 else None)
+        else:
+            _report(report, metrics, None)
+    train_seconds = time.perf_counter() - started
+
+    model.load_state_dict(state["best_model"])
+    per_user_test = evaluate_split(model, EvalSplit.from_dataset(data, TEST), ks, rank=rank,
+                                   world_size=world_size, device=device)
+    best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
+    return FitResult(best_epoch=state["best_epoch"],
+                     valid={k.removeprefix("valid/"): v for k, v in best.items() if k.startswith("valid/")},
+                     test=summarize(per_user_test), test_per_user=per_user_test, train_seconds=train_seconds,
+                     history=state["history"])
+
+
+def _initial_state(model: nn.Module) -> dict[str, Any]:
+    """Loop bookkeeping; everything in it is checkpointed so a resumed run continues identically."""
+    return {"epoch": 0, "best_epoch": 0, "best_metric": -math.inf, "bad_evals": 0, "checkpoint_epoch": 0,
+            "train_seconds": 0.0, "history": [], "best_model": _cpu_copy(model.state_dict())}
+
+
+def _cpu_copy(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in tensors.items()}
+
+
+def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, sampler: BPRSampler, cfg: TrainConfig,
+                 epoch: int, rank: int, world_size: int, device: torch.device | str) -> float:
+    """One pass over this rank's shard; returns the mean batch loss."""
+    model.train()
+    total, batches = 0.0, sampler.epoch(cfg.seed, epoch, cfg.batch_size, rank, world_size)
+    for batch in batches:
+        optimizer.zero_grad(set_to_none=True)
+        loss = model(batch.to(device))
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach())
+    return total / len(batches)
+
+
+def _record_evaluation(state: dict[str, Any], metrics: dict[str, float], value: float, model: nn.Module) -> None:
+    """Append to the history; keep a copy of the model when ``value`` beats the best, else count a miss."""
+    state["history"].append(metrics)
+    state["epoch"] = metrics["epoch"]
+    if value > state["best_metric"]:
+        state.update(best_metric=value, best_epoch=metrics["epoch"], bad_evals=0,
+                     best_model=_cpu_copy(model.state_dict()))
+    else:
+        state["bad_evals"] += 1
+
+
+def _report(report: ReportFn | None, metrics: dict[str, float],
+            checkpoint: tuple[dict[str, Any], nn.Module, torch.optim.Optimizer] | None) -> None:
+    """Call ``report``, with a directory holding ``state.pt`` when ``checkpoint`` (state, model, optimizer)."""
+    if report is None:
+        return
+    if checkpoint is None:
+        report(metrics, None)
+        return
+    state, model, optimizer = checkpoint
+    with tempfile.TemporaryDirectory(prefix="rmm-ckpt-") as directory:
+        torch.save({**state, "model": _cpu_copy(model.state_dict()), "optimizer": optimizer.state_dict()},
+                   Path(directory) / STATE_FILE)
+        report(metrics, directory)
