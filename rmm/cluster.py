@@ -33,5 +33,5 @@ def init_ray(cfg: RayConfig, address: str | None = None) -> None:
         log.info("connecting to Ray at %s", address)
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, include_dashboard=False,
+        ray.init(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, include_dashboard=cfg.dashboard,
                  runtime_env={"env_vars": {k: os.environ[k] for k in _LOCAL_ENV}})

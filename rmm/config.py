@@ -200,11 +200,13 @@ class TuneConfig:
 
 @dataclass(frozen=True)
 class RayConfig:
-    """``address`` None starts a local Ray; ``num_cpus`` is the logical CPU count of that local Ray."""
+    """``address`` None starts a local Ray; ``num_cpus`` is the logical CPU count of that local Ray.
+    ``dashboard`` starts the local dashboard (http://127.0.0.1:8265), which Ray Train's state queries need."""
 
     address: str | None = None
     num_cpus: int | None = None
     num_gpus: int | None = None
+    dashboard: bool = True
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 
 def run_name(stage: str, index: int, model: ModelConfig) -> str:
     """Stable, filesystem-safe name of one training run, e.g. ``train-01-vbpr-image_stats+text_minilm-concat``."""
-    features = "+".join(model.features) or "id"
-    return re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{stage}-{index:02d}-{model.name}-{features}-{model.fusion}")
+    readable = model.label.replace("[", "-").replace("|", "-").rstrip("]")
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{stage}-{index:02d}-{readable}")
 
 
 def run_data(cfg: Config) -> Path:

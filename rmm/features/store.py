@@ -1,7 +1,9 @@
 """Feature store read/write: ``<out>/features/<dataset>/<feature_name>/`` (see DESIGN.md).
 
 A feature is complete once ``matrix.npy`` (float32 ``[num_items, dim]``, row = item_id) and ``manifest.json``
-exist; rows of items that could not be represented are zero and listed in the manifest.
+exist; rows of items that could not be represented are zero and listed in the manifest (``missing``: the item
+lacks the input; ``failed``: encoding raised). Ray Data writes ``part-*.parquet`` rows first;
+:func:`consolidate_parts` turns them into the matrix.
 """
 
 from __future__ import annotations
@@ -15,10 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 MATRIX_FILE = "matrix.npy"
 MANIFEST_FILE = "manifest.json"
-_VERSIONED = ("torch", "transformers", "ray", "sentence-transformers", "numpy", "pyarrow", "pillow")
+PART_GLOB = "part-*.parquet"
+_VERSIONED = ("torch", "torchvision", "transformers", "tokenizers", "ray", "sentence-transformers", "numpy",
+              "pyarrow", "pillow")
 
 
 class FeatureNotFoundError(FileNotFoundError):
@@ -41,9 +48,10 @@ def feature_dir(feature_root: str | Path, name: str) -> Path:
 
 
 def write_feature(feature_root: str | Path, name: str, matrix: np.ndarray, manifest: Mapping[str, Any],
-                  missing: Mapping[int, str] | None = None) -> Path:
+                  missing: Mapping[int, str] | None = None, failed: Mapping[int, str] | None = None) -> Path:
     """Write a complete feature: ``matrix.npy`` then ``manifest.json`` (written last, so its presence
-    means the matrix is whole). ``missing`` maps item_id -> reason for zero rows."""
+    means the matrix is whole). ``missing`` maps item_id -> reason for zero rows of items lacking the input;
+    ``failed`` maps item_id -> error for zero rows of items whose encoding raised."""
     matrix = np.ascontiguousarray(matrix, dtype=np.float32)
     if matrix.ndim != 2:
         raise ValueError(f"feature {name!r} must be a 2-D [num_items, dim] matrix, got shape {matrix.shape}")
@@ -51,20 +59,77 @@ def write_feature(feature_root: str | Path, name: str, matrix: np.ndarray, manif
     target.mkdir(parents=True, exist_ok=True)
     np.save(target / MATRIX_FILE, matrix)
     missing = dict(missing or {})
+    failed = dict(failed or {})
     full = {
         "name": name,
         **manifest,
         "num_items": int(matrix.shape[0]),
         "dim": int(matrix.shape[1]),
         "dtype": "float32",
-        "counts": {"done": int(matrix.shape[0] - len(missing)), "missing": len(missing),
-                   **dict(manifest.get("counts", {}))},
+        "counts": {"done": int(matrix.shape[0] - len(missing) - len(failed)), "missing": len(missing),
+                   "failed": len(failed), **dict(manifest.get("counts", {}))},
         "missing": {str(k): v for k, v in sorted(missing.items())},
+        "failed": {str(k): v for k, v in sorted(failed.items())},
         "library_versions": library_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     (target / MANIFEST_FILE).write_text(json.dumps(full, indent=2, sort_keys=False))
     return target
+
+
+def clear_feature(feature_root: str | Path, name: str) -> None:
+    """Delete a feature's files, manifest first, so an interrupted rewrite never looks complete."""
+    target = feature_dir(feature_root, name)
+    for path in [target / MANIFEST_FILE, target / MATRIX_FILE, *sorted(target.glob(PART_GLOB))]:
+        path.unlink(missing_ok=True)
+
+
+def consolidate_parts(feature_root: str | Path, name: str, num_items: int, manifest: Mapping[str, Any]) -> Path:
+    """Turn the ``part-*.parquet`` rows of a feature into ``matrix.npy`` + ``manifest.json``.
+
+    Rows carry ``item_id``, ``vector`` and, when written by an extractor, ``status`` (done/missing/failed) and
+    ``reason``. Items with no row are missing ("not extracted"); reasons on ``done`` rows (partial inputs)
+    go to the manifest's ``notes``.
+
+    Raises:
+        FeatureNotFoundError: there are no parts.
+        ValueError: an item id outside ``0..num_items-1``, a repeated id, or vectors of unequal length.
+    """
+    target = feature_dir(feature_root, name)
+    parts = sorted(target.glob(PART_GLOB))
+    if not parts:
+        raise FeatureNotFoundError(f"feature {name!r}: no {PART_GLOB} files in {target} to consolidate")
+    table = pa.concat_tables([pq.read_table(part) for part in parts])
+    ids = table["item_id"].to_numpy()
+    vectors = table["vector"].combine_chunks()
+    lengths = set(pc.list_value_length(vectors).to_pylist())
+    if len(lengths) > 1:
+        raise ValueError(f"feature {name!r}: vectors of different lengths {sorted(lengths)} in {target}")
+    bad = ids[(ids < 0) | (ids >= num_items)]
+    if len(bad):
+        raise ValueError(f"feature {name!r}: item_id {int(bad[0])} is outside 0..{num_items - 1}")
+    if len(np.unique(ids)) != len(ids):
+        raise ValueError(f"feature {name!r}: repeated item ids in {target}; delete the parts and re-extract")
+    dim = lengths.pop() if lengths else 0
+    matrix = np.zeros((num_items, dim), dtype=np.float32)
+    matrix[ids] = vectors.flatten().to_numpy().reshape(len(ids), dim)
+    size = len(ids)
+    status = table["status"].to_pylist() if "status" in table.column_names else ["done"] * size
+    reasons = table["reason"].to_pylist() if "reason" in table.column_names else [""] * size
+    missing = {i: "not extracted" for i in sorted(set(range(num_items)) - set(ids.tolist()))}
+    failed: dict[int, str] = {}
+    notes: dict[int, str] = {}
+    for item_id, state, reason in zip(ids.tolist(), status, reasons):
+        if state == "missing":
+            missing[item_id] = reason
+        elif state == "failed":
+            failed[item_id] = reason
+        elif reason:
+            notes[item_id] = reason
+    matrix[list(missing) + list(failed)] = 0.0  # zero rows whatever wrote the parts
+    notes_json = {str(k): v for k, v in sorted(notes.items())}
+    return write_feature(feature_root, name, matrix, {**manifest, "notes": notes_json},
+                         missing=missing, failed=failed)
 
 
 def read_manifest(feature_root: str | Path, name: str) -> dict[str, Any]:

@@ -35,7 +35,7 @@ def runs_table(runs: Sequence[dict[str, Any]], metrics: Sequence[str] = DETAIL) 
              + " | train s |", "|" + "---|" * (6 + len(metrics))]
     for run in sorted(runs, key=lambda r: -r["test"].get("recall@20", 0.0)):
         cells = [_fmt(run["test"].get(m), run["test"].get(m) == best[m]) for m in metrics]
-        lines.append(f"| {run['run_name']} | {run['model']} | {features_label(run)} | {run.get('fusion', '')} | "
+        lines.append(f"| {run['run_name']} | {run['model']} | {features_label(run)} | {run.get('fusion') or '–'} | "
                      f"{run.get('best_epoch', '–')} | " + " | ".join(cells)
                      + f" | {run.get('train_seconds', 0):.1f} |")
     return lines
@@ -74,7 +74,7 @@ def write_csv(runs: Sequence[dict[str, Any]], path: Path) -> Path:
                          *(f"valid_{m}" for m in metric_names), *(f"test_{m}" for m in metric_names)])
         for run in runs:
             writer.writerow([run["run_name"], run.get("stage", ""), run["model"], features_label(run),
-                             run.get("fusion", ""), run.get("best_epoch", ""), run.get("train_seconds", ""),
+                             run.get("fusion") or "", run.get("best_epoch", ""), run.get("train_seconds", ""),
                              *(run["valid"].get(m, "") for m in metric_names),
                              *(run["test"].get(m, "") for m in metric_names)])
     return path

@@ -115,7 +115,8 @@ class FitResult:
     """What a run produced; ``valid`` is the best evaluation, ``test`` that state's test metrics.
 
     ``history`` has one entry per evaluation: ``epoch``, ``loss``, ``epoch_seconds``, ``eval_seconds`` and
-    ``valid/<metric>@K``. ``test_per_user`` has ``user_id`` plus one column per metric.
+    ``valid/<metric>@K``. ``test_per_user`` has ``user_id`` plus one column per metric. ``best_state`` is the
+    tested model's ``state_dict`` (on CPU), what ``rmm recommend`` loads.
     """
 
     best_epoch: int
@@ -124,6 +125,7 @@ class FitResult:
     test_per_user: pd.DataFrame
     train_seconds: float
     history: list[dict[str, float]]
+    best_state: dict[str, Tensor] | None = None
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -258,7 +260,7 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features:
     return FitResult(best_epoch=state["best_epoch"],
                      valid={k.removeprefix("valid/"): v for k, v in best.items() if k.startswith("valid/")},
                      test=summarize(per_user_test), test_per_user=per_user_test, train_seconds=train_seconds,
-                     history=state["history"])
+                     history=state["history"], best_state=state["best_model"])
 
 
 def _initial_state(model: nn.Module) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from rmm.cluster import init_ray
-from rmm.config import Config, ModelConfig, TrainConfig, model_to_dict, save_snapshot
+from rmm.config import Config, ModelConfig, TrainConfig, TuneConfig, model_to_dict, save_snapshot
 from rmm.data.schema import INFO_FILE, DataError, load_dataset
 from rmm.features.store import library_versions, load_feature, read_manifest
 from rmm.models import get_model_class
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 PER_USER_FILE = "per_user_test.parquet"
 RUN_FILE = "run.json"
+MODEL_FILE = "model.pt"
 
 
 def train_model(cfg: Config, model_cfg: ModelConfig, *, run_name: str, train_cfg: TrainConfig | None = None,
@@ -59,11 +60,12 @@ def train_model(cfg: Config, model_cfg: ModelConfig, *, run_name: str, train_cfg
     _check_inputs(cfg, model_cfg)
     init_ray(cfg.ray)
     out_dir = cfg.out_dir.resolve()
+    run_dir = out_dir / "runs" / run_name
     trainer = ray.train.torch.TorchTrainer(
         _train_worker,
         train_loop_config={"dataset_dir": str(cfg.dataset_dir.resolve()),
                            "feature_root": str(cfg.feature_root.resolve()),
-                           "model_cfg": model_cfg, "train_cfg": train_cfg},
+                           "run_dir": str(run_dir), "model_cfg": model_cfg, "train_cfg": train_cfg},
         scaling_config=ray.train.ScalingConfig(num_workers=train_cfg.num_workers, use_gpu=train_cfg.use_gpu,
                                                resources_per_worker={"CPU": train_cfg.cpus_per_worker}),
         run_config=ray.train.RunConfig(
@@ -77,7 +79,6 @@ def train_model(cfg: Config, model_cfg: ModelConfig, *, run_name: str, train_cfg
     )
     result = trainer.fit()
     fitted: FitResult = result.return_value
-    run_dir = out_dir / "runs" / run_name
     record = {
         "model": model_cfg.name,
         "label": model_cfg.label,
@@ -92,7 +93,9 @@ def train_model(cfg: Config, model_cfg: ModelConfig, *, run_name: str, train_cfg
         "run_name": run_name,
         "run_dir": str(run_dir),
     }
-    _write_run(run_dir, record, fitted, cfg.replace(train=train_cfg, model=(model_cfg,)), result.path)
+    # The run's own config: this model and these train settings, no sweep.
+    run_cfg = cfg.replace(train=train_cfg, model=(model_cfg,), tune=TuneConfig())
+    _write_run(run_dir, record, fitted, run_cfg, result.path)
     return record
 
 
@@ -125,9 +128,15 @@ def _train_worker(config: dict[str, Any]) -> FitResult:
         device=ray.train.torch.get_device())
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return run()
-    with checkpoint.as_directory() as directory:
-        return run(resume_from=directory)
+        fitted = run()
+    else:
+        with checkpoint.as_directory() as directory:
+            fitted = run(resume_from=directory)
+    if ray.train.get_context().get_world_rank() == 0:
+        run_dir = Path(config["run_dir"])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(fitted.best_state, run_dir / MODEL_FILE)
+    return dataclasses.replace(fitted, best_state=None)  # the weights travel by file, not through Ray
 
 
 def _prepare_ddp(model: nn.Module) -> nn.Module:

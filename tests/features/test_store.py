@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rmm.features.store import consolidate_parts, feature_dir, load_feature, read_manifest
+
+
+def _part(path: Path, ids: list[int], vectors: list[list[float]], status: list[str], reasons: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"item_id": pa.array(ids, pa.int64()),
+                             "vector": pa.array(vectors, pa.list_(pa.float32())),
+                             "status": status, "reason": reasons}), path)
+
+
+def test_consolidate_parts_builds_matrix_and_manifest(tmp_path: Path) -> None:
+    target = feature_dir(tmp_path, "f")
+    _part(target / "part-000000-x.parquet", [0, 2], [[1, 2], [3, 4]], ["done", "failed"], ["", "Boom: no"])
+    _part(target / "part-000001-x.parquet", [3, 1], [[5, 6], [0, 0]], ["done", "missing"],
+          ["text only (no image)", "no image"])
+    consolidate_parts(tmp_path, "f", num_items=5, manifest={"kind": "test"})
+    matrix = load_feature(tmp_path, "f")
+    np.testing.assert_array_equal(matrix, [[1, 2], [0, 0], [0, 0], [5, 6], [0, 0]])
+    manifest = read_manifest(tmp_path, "f")
+    assert manifest["kind"] == "test" and manifest["dim"] == 2
+    assert manifest["counts"] == {"done": 2, "missing": 2, "failed": 1}
+    assert manifest["missing"] == {"1": "no image", "4": "not extracted"}
+    assert manifest["failed"] == {"2": "Boom: no"}
+    assert manifest["notes"] == {"3": "text only (no image)"}
+
+
+def test_consolidate_rejects_repeated_ids(tmp_path: Path) -> None:
+    target = feature_dir(tmp_path, "f")
+    _part(target / "part-0.parquet", [0], [[1.0]], ["done"], [""])
+    _part(target / "part-1.parquet", [0], [[1.0]], ["done"], [""])
+    with pytest.raises(ValueError, match="repeated item ids"):
+        consolidate_parts(tmp_path, "f", num_items=1, manifest={})
