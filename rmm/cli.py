@@ -55,9 +55,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     recommend = sub.add_parser("recommend", help="top-K items for a user, with titles")
     recommend.add_argument("out_dir", help="output directory of a run")
-    recommend.add_argument("--user", type=int, required=True, help="user_id (dense id of the prepared dataset)")
+    who = recommend.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", type=int, help="user_id (dense id of the prepared dataset)")
+    who.add_argument("--all", action="store_true",
+                     help="top-K of every user to OUT_DIR/recommendations/top<K>.parquet (a Ray Data batch job)")
     recommend.add_argument("-k", type=int, default=10, help="how many items")
     recommend.add_argument("--run", default=None, help="run_name from results.json (default: best test recall@20)")
+    recommend.add_argument("--explain", action="store_true",
+                           help="name, for each recommendation, the user's history items closest to it (cosine on "
+                                "the model's item embeddings, else on its content feature)")
+    recommend.add_argument("--ray-address", default=None,
+                           help="with --all: join this Ray cluster instead of starting a local one")
 
     submit = sub.add_parser("submit", help="submit a config as a job to a Ray cluster (Job Submission API)")
     submit.add_argument("config", nargs="?", help="YAML config file to run on the cluster")
@@ -107,9 +115,9 @@ def dispatch(args: argparse.Namespace) -> int:
 
         print(f"report written to {write_report(args.out_dir)}")
     elif args.command == "recommend":
-        from rmm.recommend import format_recommendations, recommend_for_user
+        from rmm.recommend import recommend_command
 
-        print(format_recommendations(recommend_for_user(args.out_dir, args.user, args.k, args.run)))
+        return recommend_command(args)
     elif args.command == "submit":
         from rmm.submit import submit_command
 

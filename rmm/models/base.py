@@ -11,14 +11,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from rmm.config import ModelConfig
-from rmm.data.graph import TrainGraph
+from rmm.data.graph import KNNSpec, TrainGraph
 from rmm.models.layers import bpr_loss, l2_reg
 
 MODELS: dict[str, type[Recommender]] = {}
+
+#: ``ModelConfig.fusion``'s default: what a model that fuses nothing (``fusions = ()``) is given.
+DEFAULT_FUSION = "concat"
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,12 @@ class Recommender(nn.Module):
 
     Subclasses set ``config_class`` (a frozen dataclass of their hyperparameters) and implement ``loss`` and
     ``score_users``. ``features`` maps a feature name (a modality) to a ``(num_items, dim)`` float tensor;
-    ``fusion`` says how a single-content-input model combines several of them.
+    ``fusion`` says how a single-content-input model combines several of them. A model with one branch per
+    modality (``fusions = ()``) takes any number of modalities >= 1 and no fusion choice.
+
+    Models with an item-item kNN graph say which in ``item_graph_spec``; ``build_model`` hands them prebuilt
+    graphs (``item_graphs``, e.g. from :func:`rmm.data.knn_cache.cached_knn_graph`), else they build them in
+    memory. Models with per-epoch state (a pruned or re-learned graph) refresh it in ``start_epoch``.
 
     ``forward(batch)`` is the loss: DistributedDataParallel synchronises gradients only for computations run
     through ``forward``, so the training loop calls ``model(batch)``.
@@ -49,9 +58,11 @@ class Recommender(nn.Module):
     uses_features: ClassVar[bool] = False
     #: Fusion strategies this model accepts when given several features (empty: one branch per modality).
     fusions: ClassVar[tuple[str, ...]] = ("concat",)
+    #: False for a training-free model (fitted in ``__init__``): the loop need only evaluate it.
+    trainable: ClassVar[bool] = True
 
     def __init__(self, graph: TrainGraph, features: Mapping[str, Tensor], cfg: object, *,
-                 fusion: str = "concat") -> None:
+                 fusion: str = DEFAULT_FUSION) -> None:
         super().__init__()
         self.check_inputs(list(features), fusion)
         for name, matrix in features.items():
@@ -73,8 +84,43 @@ class Recommender(nn.Module):
                              f"run `rmm extract` and list feature names")
         if not cls.uses_features and features:
             raise ValueError(f"{name} is ID-only and takes no features, got {list(features)}")
-        if cls.uses_features and len(features) > 1 and fusion not in cls.fusions:
-            raise ValueError(f"{name} fusion must be one of {list(cls.fusions)}, got {fusion!r}")
+        if cls.uses_features and len(features) > 1:
+            if not cls.fusions and fusion != DEFAULT_FUSION:
+                raise ValueError(f"{name} builds one branch per modality and fuses nothing, got fusion "
+                                 f"{fusion!r}; leave model.fusion unset")
+            if cls.fusions and fusion not in cls.fusions:
+                raise ValueError(f"{name} fusion must be one of {list(cls.fusions)}, got {fusion!r}")
+
+    @classmethod
+    def item_graph_spec(cls, cfg: object) -> KNNSpec | None:
+        """The per-modality item-item kNN graph this model reads with hyperparameters ``cfg`` (None: none)."""
+        return None
+
+    def build_item_graphs(self, features: Mapping[str, Tensor],
+                          given: Mapping[str, Tensor] | None) -> list[Tensor]:
+        """One ``item_graph_spec`` graph per modality, in ``features`` order: ``given[name]`` when prebuilt,
+        else built in memory. Shapes: (num_items, num_items) float32 sparse COO each."""
+        spec = self.item_graph_spec(self.cfg)
+        if spec is None:
+            raise TypeError(f"{type(self).__name__} declares no item_graph_spec")
+        graphs = []
+        for name, matrix in features.items():
+            if given is None:
+                graphs.append(spec.build(matrix))
+                continue
+            if name not in given:
+                raise ValueError(f"item_graphs has no graph for feature {name!r}, got {sorted(given)}")
+            graph = given[name]
+            if not graph.is_sparse or tuple(graph.shape) != (self.num_items, self.num_items):
+                raise ValueError(f"item graph of {name!r} must be a sparse COO ({self.num_items}, "
+                                 f"{self.num_items}) matrix, got {graph.layout} {tuple(graph.shape)}")
+            graphs.append(graph.coalesce().float())
+        return graphs
+
+    def start_epoch(self, seed: int, epoch: int) -> None:
+        """Called by the training loop before epoch ``epoch``'s batches (on every rank, with the same
+        arguments); a model resamples or rebuilds per-epoch state here, deterministically in
+        ``(seed, epoch)`` so that ranks agree and a resumed run replays. No-op by default."""
 
     def forward(self, batch: BPRBatch) -> Tensor:
         return self.loss(batch)
@@ -126,6 +172,34 @@ class EmbeddingRecommender(Recommender):
         return lambda users: user_emb[users] @ item_emb.T  # (B, num_items)
 
 
+class TrainingFreeRecommender(Recommender):
+    """A recommender fitted in ``__init__`` from the train graph and features, with nothing to learn.
+
+    ``trainable = False`` lets the loop skip training and evaluate once. The loss is a zero that depends on
+    one dummy parameter, so that a loop which trains anyway still runs: Adam, DDP and evaluation's device
+    lookup all need a parameter, and the zero gradient leaves it (and the scores) unchanged.
+    """
+
+    trainable = False
+    uses_features = True
+    fusions = ()
+
+    def __init__(self, graph: TrainGraph, features: Mapping[str, Tensor], cfg: object, *,
+                 fusion: str = DEFAULT_FUSION) -> None:
+        super().__init__(graph, features, cfg, fusion=fusion)
+        self.anchor = nn.Parameter(torch.zeros(1))
+
+    def loss(self, batch: BPRBatch) -> Tensor:
+        return self.anchor.sum() * 0.0
+
+
+def epoch_generator(seed: int, epoch: int, *, stream: int = 1) -> torch.Generator:
+    """A CPU generator determined by ``(seed, epoch, stream)`` for a model's per-epoch randomness (``stream``
+    keeps it apart from the BPR sampler's, which uses ``(seed, epoch)``)."""
+    state = np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
 def register(name: str) -> Callable[[type[Recommender]], type[Recommender]]:
     """Class decorator adding a model to :data:`MODELS` under ``name``; a duplicate name raises."""
 
@@ -145,8 +219,24 @@ def get_model_class(name: str) -> type[Recommender]:
         raise KeyError(f"Unknown model {name!r}. Available: {sorted(MODELS)}") from None
 
 
-def build_model(model_cfg: ModelConfig, graph: TrainGraph, features: Mapping[str, Tensor]) -> Recommender:
-    """Instantiate the model ``model_cfg`` names; ``params=None`` means the model's defaults."""
+def model_params(model_cfg: ModelConfig) -> object:
+    """The hyperparameters of ``model_cfg``: its ``params``, or the model's defaults when None."""
     cls = get_model_class(model_cfg.name)
-    params = cls.config_class() if model_cfg.params is None else model_cfg.params
-    return cls(graph, features, params, fusion=model_cfg.fusion)
+    return cls.config_class() if model_cfg.params is None else model_cfg.params
+
+
+def build_model(model_cfg: ModelConfig, graph: TrainGraph, features: Mapping[str, Tensor], *,
+                item_graphs: Mapping[str, Tensor] | None = None) -> Recommender:
+    """Instantiate the model ``model_cfg`` names; ``params=None`` means the model's defaults.
+
+    ``item_graphs`` (feature name -> sparse (I, I)) are prebuilt graphs of the model's ``item_graph_spec``,
+    e.g. read from the disk cache; None lets the model build them in memory.
+    """
+    cls = get_model_class(model_cfg.name)
+    params = model_params(model_cfg)
+    if item_graphs is None:
+        return cls(graph, features, params, fusion=model_cfg.fusion)
+    if cls.item_graph_spec(params) is None:
+        raise ValueError(f"{cls.__name__} reads no item-item graph, got item_graphs for {sorted(item_graphs)}")
+    return cls(graph, features, params, fusion=model_cfg.fusion, item_graphs=item_graphs)
+

@@ -1,12 +1,16 @@
-"""Shared model maths, written once: BPR loss, L2 regulariser, LightGCN propagation and content fusion."""
+"""Shared model maths, written once: BPR and auxiliary losses, regularisers, sparse propagation, frozen feature
+banks and content fusion."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from rmm.data.graph import valid_rows
+
 
 def bpr_loss(pos_scores: Tensor, neg_scores: Tensor) -> Tensor:
     r"""Mean BPR loss :math:`-\ln \sigma(\hat{y}_{ui} - \hat{y}_{uj})`, via softplus so that large score gaps
@@ -25,21 +29,36 @@ def l2_reg(*embeddings: Tensor) -> Tensor:
     return total / (2 * embeddings[0].shape[0])
 
 
-class _SymmetricSpMM(torch.autograd.Function):
-    """``adj @ x`` whose backward reuses ``adj`` itself, valid because ``adj`` is symmetric.
+class _SparseMM(torch.autograd.Function):
+    """``adj @ x`` whose backward multiplies by a transpose built once, ``adj_t``, instead of transposing.
 
     ``torch.sparse.mm``'s own backward transposes the sparse matrix every step; NOTES.md measured the
-    symmetric shortcut ~4x faster per LightGCN epoch. ``adj`` is a constant (no gradient).
+    precomputed (there: symmetric, ``adj_t = adj``) transpose ~4x faster per LightGCN epoch. ``adj`` is a
+    constant (no gradient).
     """
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, adj: Tensor, x: Tensor) -> Tensor:
-        ctx.adj = adj
+    def forward(ctx: torch.autograd.function.FunctionCtx, adj: Tensor, x: Tensor, adj_t: Tensor) -> Tensor:
+        ctx.adj_t = adj_t
         return torch.sparse.mm(adj, x)
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[None, Tensor]:
-        return None, torch.sparse.mm(ctx.adj, grad)
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[None, Tensor, None]:
+        return None, torch.sparse.mm(ctx.adj_t, grad), None
+
+
+def sparse_matmul(adj: Tensor, x: Tensor, adj_t: Tensor | None = None) -> Tensor:
+    """``adj @ x`` for a constant sparse ``adj``, differentiable in ``x``.
+
+    Args:
+        adj: sparse (N, M), ideally CSR (see :func:`rmm.data.graph.to_csr`).
+        x: dense (M, D).
+        adj_t: ``adj`` transposed, same layout; None means ``adj`` is symmetric (it is its own transpose).
+
+    Shapes:
+        (N, M) sparse, (M, D) -> (N, D).
+    """
+    return _SparseMM.apply(adj, x, adj if adj_t is None else adj_t)
 
 
 def propagate(adj: Tensor, x: Tensor, num_layers: int) -> Tensor:
@@ -58,8 +77,88 @@ def propagate(adj: Tensor, x: Tensor, num_layers: int) -> Tensor:
     """
     layers = [x]
     for _ in range(num_layers):
-        layers.append(_SymmetricSpMM.apply(adj, layers[-1]))
+        layers.append(sparse_matmul(adj, layers[-1]))
     return torch.stack(layers).mean(0)
+
+
+def smooth(adj: Tensor, x: Tensor, num_layers: int, adj_t: Tensor | None = None) -> Tensor:
+    r"""The last of ``num_layers`` plain graph convolutions, :math:`\tilde{A}^L x` (no layer mean): the
+    item-item graph convolution of LATTICE and FREEDOM, LGMRec's modality propagation.
+
+    Shapes:
+        adj: (N, N) sparse (``adj_t`` its transpose, None if symmetric); x: (N, D) -> (N, D).
+    """
+    for _ in range(num_layers):
+        x = sparse_matmul(adj, x, adj_t)
+    return x
+
+
+def segment_softmax(logits: Tensor, index: Tensor, num_segments: int) -> Tensor:
+    """Softmax of ``logits`` within each group of equal ``index`` (e.g. over a node's incoming edges), like
+    ``torch_geometric.utils.softmax`` without importing PyG (seconds at ``import rmm.models``).
+
+    Shapes:
+        logits, index: (E,) -> (E,).
+    """
+    top = torch.full((num_segments,), -torch.inf, dtype=logits.dtype, device=logits.device)
+    top = top.scatter_reduce(0, index, logits.detach(), reduce="amax")
+    exp = (logits - top[index]).exp()
+    total = torch.zeros(num_segments, dtype=logits.dtype, device=logits.device).index_add(0, index, exp)
+    return exp / total[index]
+
+
+def emb_norm_loss(*embeddings: Tensor) -> Tensor:
+    r"""MMRec's ``EmbLoss``: :math:`\frac{1}{N}\sum_t \lVert E_t \rVert_F` (norms, not squared), ``N`` the rows
+    of the last tensor. BM3 and LGMRec regularise with it, and their ``reg_weight`` defaults assume it."""
+    return sum(e.norm(p=2) for e in embeddings) / embeddings[-1].shape[0]
+
+
+def info_nce(anchor: Tensor, positive: Tensor, candidates: Tensor, temperature: float) -> Tensor:
+    r"""Summed InfoNCE of each anchor against its positive among all ``candidates`` (cosine / temperature):
+    :math:`-\sum_b \log \frac{\exp(s(a_b, p_b)/\tau)}{\sum_c \exp(s(a_b, c)/\tau)}`, via logsumexp.
+
+    Shapes:
+        anchor, positive: (B, D); candidates: (N, D) -> ().
+    """
+    anchor, positive, candidates = (F.normalize(t, dim=-1) for t in (anchor, positive, candidates))
+    positive_logit = (anchor * positive).sum(-1) / temperature  # (B,)
+    all_logits = anchor @ candidates.T / temperature  # (B, N)
+    return (torch.logsumexp(all_logits, dim=1) - positive_logit).sum()
+
+
+class FeatureBank(nn.Module):
+    """Frozen content features of every modality, kept as non-persistent buffers (inputs reloaded from the
+    feature store, not state to checkpoint), with the mask of items that have a vector.
+
+    Shapes:
+        ``matrices()[m]``: (num_items, dims[m]) float32; ``valid()[m]``: (num_items,) bool.
+    """
+
+    def __init__(self, features: Mapping[str, Tensor]) -> None:
+        super().__init__()
+        self.names = list(features)
+        self.dims = [matrix.shape[1] for matrix in features.values()]
+        for i, matrix in enumerate(features.values()):
+            self.register_buffer(f"feature_{i}", matrix.detach().float(), persistent=False)
+            self.register_buffer(f"valid_{i}", valid_rows(matrix), persistent=False)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def matrices(self) -> list[Tensor]:
+        return [getattr(self, f"feature_{i}") for i in range(len(self))]
+
+    def valid(self) -> list[Tensor]:
+        return [getattr(self, f"valid_{i}") for i in range(len(self))]
+
+
+def projections(dims: Sequence[int], out_dim: int) -> nn.ModuleList:
+    """One linear map per modality to a shared width (MMRec's ``image_trs`` / ``text_trs``), Xavier-normal
+    initialised as in BM3."""
+    layers = nn.ModuleList(nn.Linear(d, out_dim) for d in dims)
+    for layer in layers:
+        nn.init.xavier_normal_(layer.weight)
+    return layers
 
 
 class Fusion(nn.Module):

@@ -11,6 +11,11 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_FILE = "results.json"
+# The files of a run directory, written by rmm.train.ray_trainer (which must not be imported here: it imports
+# Ray and torch).
+RUN_FILE = "run.json"
+PER_USER_FILE = "per_user_test.parquet"
+MODEL_FILE = "model.pt"
 
 
 def results_path(out_dir: str | Path) -> Path:
@@ -48,7 +53,7 @@ def run_dir(out_dir: str | Path, run_name: str) -> Path:
 
 def load_run_record(out_dir: str | Path, run_name: str) -> dict[str, Any]:
     """The ``run.json`` a training run wrote (its full record, as returned by ``train_model``)."""
-    path = run_dir(out_dir, run_name) / "run.json"
+    path = run_dir(out_dir, run_name) / RUN_FILE
     if not path.exists():
         raise FileNotFoundError(f"no run record {path}: run {run_name!r} did not finish")
     return json.loads(path.read_text())

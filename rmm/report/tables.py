@@ -1,24 +1,34 @@
-"""Markdown and CSV tables rendered from ``results.json`` (no Ray, no torch)."""
+"""Markdown and CSV tables (and, through :mod:`rmm.report.plots`, PNG plots) rendered from ``results.json``
+(no Ray, no torch)."""
 
 from __future__ import annotations
 
 import csv
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from rmm.report.results import load_results, results_path
+from rmm.report.significance import ALPHA, BETTER_MARK, WORSE_MARK, PairedTest, against_baseline, best_id_only
 
 REPORT_FILE = "report.md"
 CSV_FILE = "results.csv"
 HEADLINE = ("recall@20", "ndcg@20")
 DETAIL = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
+ID_ONLY = "ID only"
 
 
 def features_label(run: dict[str, Any]) -> str:
-    return "+".join(run.get("features") or []) or "ID only"
+    return "+".join(run.get("features") or []) or ID_ONLY
+
+
+def representation_label(run: dict[str, Any]) -> str:
+    """A column of the paper-style table: the features, with the fusion where several are fused
+    (``image_stats+text_minilm (concat)``), so fusion variants of one feature set stay apart."""
+    label = features_label(run)
+    return f"{label} ({run['fusion']})" if run.get("fusion") and len(run.get("features") or []) > 1 else label
 
 
 def _fmt(value: float | None, bold: bool = False) -> str:
@@ -41,16 +51,37 @@ def runs_table(runs: Sequence[dict[str, Any]], metrics: Sequence[str] = DETAIL) 
     return lines
 
 
-def model_by_features_table(runs: Sequence[dict[str, Any]], metrics: Sequence[str] = HEADLINE) -> list[str]:
-    """Paper-style table: rows are models, columns are representations, cells ``R@20 / N@20`` of the best run
-    of that pair (by test recall@20); the best cell of each row is bold."""
-    models = sorted({r["model"] for r in runs})
-    columns = sorted({features_label(r) for r in runs}, key=lambda c: (c != "ID only", c))
+def representation_columns(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """The representations of the runs, "ID only" first, then alphabetical."""
+    return sorted({representation_label(r) for r in runs}, key=lambda c: (c != ID_ONLY, c))
+
+
+def best_cells(runs: Sequence[dict[str, Any]], metric: str = HEADLINE[0]) -> dict[tuple[str, str], dict[str, Any]]:
+    """``(model, representation) -> run`` with the best test ``metric`` of that pair."""
     cell: dict[tuple[str, str], dict[str, Any]] = {}
     for run in runs:
-        key = (run["model"], features_label(run))
-        if key not in cell or run["test"].get(metrics[0], 0) > cell[key]["test"].get(metrics[0], 0):
+        key = (run["model"], representation_label(run))
+        if key not in cell or run["test"].get(metric, 0) > cell[key]["test"].get(metric, 0):
             cell[key] = run
+    return cell
+
+
+def model_by_features_table(runs: Sequence[dict[str, Any]], metrics: Sequence[str] = HEADLINE,
+                            marks: Mapping[str, Mapping[str, str]] | None = None,
+                            baseline: str | None = None) -> list[str]:
+    """Paper-style table: rows are models, columns are representations, cells ``R@20 / N@20`` of the best run
+    of that pair (by test recall@20); the best cell of each row is bold.
+
+    Args:
+        runs: run records.
+        metrics: the cell's metrics; the first picks the cell's run and the row's best.
+        marks: ``run_name -> metric -> mark`` appended to a value (significance against the baseline).
+        baseline: run_name of the baseline, whose cell is labelled ``(baseline)``.
+    """
+    marks = marks or {}
+    models = sorted({r["model"] for r in runs})
+    columns = representation_columns(runs)
+    cell = best_cells(runs, metrics[0])
     lines = ["| model | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
     for model in models:
         row = [cell.get((model, c)) for c in columns]
@@ -60,49 +91,134 @@ def model_by_features_table(runs: Sequence[dict[str, Any]], metrics: Sequence[st
             if run is None:
                 texts.append("–")
                 continue
-            text = " / ".join(f"{run['test'].get(m, 0):.4f}" for m in metrics)
-            texts.append(f"**{text}**" if run["test"].get(metrics[0], 0) == top else text)
+            run_marks = marks.get(run["run_name"], {})
+            text = " / ".join(f"{run['test'].get(m, 0):.4f}{run_marks.get(m, '')}" for m in metrics)
+            text = f"**{text}**" if run["test"].get(metrics[0], 0) == top else text
+            texts.append(f"{text} (baseline)" if run["run_name"] == baseline else text)
         lines.append(f"| {model} | " + " | ".join(texts) + " |")
     return lines
 
 
-def write_csv(runs: Sequence[dict[str, Any]], path: Path) -> Path:
+def significance_table(runs: Sequence[dict[str, Any]], tests: Mapping[str, Mapping[str, PairedTest]],
+                       metrics: Sequence[str] = HEADLINE) -> list[str]:
+    """One row per tested run: per metric the mean per-user difference to the baseline and both p-values."""
+    header = "| run | users | " + " | ".join(f"Δ {m} | t-test p | Wilcoxon p" for m in metrics) + " |"
+    lines = [header, "|" + "---|" * (2 + 3 * len(metrics))]
+    for run in sorted(runs, key=lambda r: -r["test"].get(metrics[0], 0.0)):
+        tested = tests.get(run["run_name"])
+        if not tested:
+            continue
+        users = next(iter(tested.values())).num_users
+        cells = []
+        for metric in metrics:
+            test = tested.get(metric)
+            cells += (["–"] * 3 if test is None else
+                      [f"{test.mean_diff:+.4f}{test.mark()}", _fmt_p(test.t_pvalue), _fmt_p(test.wilcoxon_pvalue)])
+        lines.append(f"| {run['run_name']} | {users} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _fmt_p(p: float) -> str:
+    return "<1e-4" if p < 1e-4 else f"{p:.4f}"
+
+
+def write_csv(runs: Sequence[dict[str, Any]], path: Path,
+              tests: Mapping[str, Mapping[str, PairedTest]] | None = None, baseline: str | None = None,
+              tested_metrics: Sequence[str] = HEADLINE) -> Path:
+    """One row per run: identity, valid and test metrics, and (when ``tests`` is given) the baseline's
+    run_name with each tested metric's mean per-user difference and the two p-values (empty for untested)."""
+    tests = tests or {}
     metric_names = sorted({m for r in runs for m in r["test"]})
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["run_name", "stage", "model", "features", "fusion", "best_epoch", "train_seconds",
-                         *(f"valid_{m}" for m in metric_names), *(f"test_{m}" for m in metric_names)])
+                         *(f"valid_{m}" for m in metric_names), *(f"test_{m}" for m in metric_names),
+                         "baseline", *(f"{what}_{m}" for m in tested_metrics
+                                       for what in ("delta", "p_ttest", "p_wilcoxon"))])
         for run in runs:
+            tested = tests.get(run["run_name"], {})
+            significance = []
+            for metric in tested_metrics:
+                test = tested.get(metric)
+                significance += (["", "", ""] if test is None else
+                                 [test.mean_diff, test.t_pvalue, test.wilcoxon_pvalue])
             writer.writerow([run["run_name"], run.get("stage", ""), run["model"], features_label(run),
                              run.get("fusion") or "", run.get("best_epoch", ""), run.get("train_seconds", ""),
                              *(run["valid"].get(m, "") for m in metric_names),
-                             *(run["test"].get(m, "") for m in metric_names)])
+                             *(run["test"].get(m, "") for m in metric_names),
+                             baseline or "", *significance])
     return path
 
 
 def write_report(out_dir: str | Path) -> Path:
-    """Render ``report.md`` and ``results.csv`` next to ``results.json``; returns the report's path."""
+    """Render ``report.md``, ``results.csv`` and the PNG plots under ``plots/`` next to ``results.json``;
+    returns the report's path."""
+    from rmm.report import plots
+
     out = Path(out_dir)
     runs = load_results(out)
     if not runs:
         raise FileNotFoundError(f"no runs in {results_path(out)}; run `rmm train CONFIG` first")
     dataset = _dataset_line(out)
+    baseline = best_id_only(runs, HEADLINE[0])
+    tests = against_baseline(out, runs, baseline, HEADLINE) if baseline else {}
+    marks = {name: {m: t.mark() for m, t in tested.items()} for name, tested in tests.items()}
+    models = sorted({r["model"] for r in runs})
+    columns = representation_columns(runs)
+    bars = plots.metric_by_representation(best_cells(runs), models, columns, HEADLINE,
+                                          out / plots.PLOTS_DIR / plots.BARS_FILE)
+    curve_metric = _curve_metric(runs)
+    curves = plots.validation_curves(plots.curve_series(out, runs, curve_metric), curve_metric,
+                                     out / plots.PLOTS_DIR / plots.CURVES_FILE)
     lines = [
         "# rmm report", "",
         f"Output directory: `{out.resolve()}`  ",
         f"Dataset: {dataset}  ",
         f"Rendered: {time.strftime('%Y-%m-%d %H:%M:%S')} from `{results_path(out).name}` ({len(runs)} runs)", "",
         "## Test Recall@20 / NDCG@20 by model and representation", "",
-        "Best run of each (model, representation) by test Recall@20; best cell of each row in bold.", "",
-        *model_by_features_table(runs), "",
+        "Best run of each (model, representation) by test Recall@20; a representation is the feature set, "
+        "with its fusion where several features are fused. Best cell of each row in bold.", "",
+        *model_by_features_table(runs, marks=marks, baseline=baseline["run_name"] if baseline else None), "",
+        *_significance_note(baseline, tests), "",
+        f"![Test Recall@20 and NDCG@20 by representation, per model]({bars.relative_to(out).as_posix()})", "",
         "## All runs", "",
         "Test metrics of the epoch with the best validation metric (train and valid items masked).", "",
         *runs_table(runs), "",
+        "## Validation curves", "",
+        f"Validation {curve_metric} against the epoch for every training run and every sweep trial.", "",
+        f"![Validation {curve_metric} per run and trial]({curves.relative_to(out).as_posix()})", "",
     ]
+    if tests:
+        lines += ["## Significance against the baseline", "",
+                  f"Per-user test metrics of each run minus those of `{baseline['run_name']}` (mean over the "
+                  f"users both were tested on), with two-sided p-values.", "",
+                  *significance_table(runs, tests), ""]
     path = out / REPORT_FILE
     path.write_text("\n".join(lines))
-    write_csv(runs, out / CSV_FILE)
+    write_csv(runs, out / CSV_FILE, tests, baseline["run_name"] if baseline else None)
     return path
+
+
+def _significance_note(baseline: Mapping[str, Any] | None, tests: Mapping[str, Mapping[str, PairedTest]]) -> list[str]:
+    if baseline is None:
+        return ["No ID-only run (a model without content features) to test against: no significance marks."]
+    if not tests:
+        return [f"Baseline: {baseline['model']} (ID only, run `{baseline['run_name']}`); no other run has per-user "
+                f"test metrics to compare, so no significance marks."]
+    users = sorted({t.num_users for tested in tests.values() for t in tested.values()})
+    n = str(users[0]) if len(users) == 1 else f"{users[0]}–{users[-1]}"
+    return [f"{BETTER_MARK} / {WORSE_MARK}: significantly better / worse than the best ID-only baseline, "
+            f"{baseline['model']} (run `{baseline['run_name']}`), at p < {ALPHA} in both a two-sided paired t-test "
+            f"and a two-sided Wilcoxon signed-rank test on per-user test metrics (users paired by user_id, "
+            f"n = {n}; no correction for multiple comparisons)."]
+
+
+def _curve_metric(runs: Sequence[Mapping[str, Any]]) -> str:
+    """recall@20 when the runs validated it, else the metric the first run early-stopped on."""
+    keys = {k for r in runs for h in r.get("history") or [] for k in h}
+    if "valid/recall@20" in keys or not runs:
+        return "recall@20"
+    return str(runs[0].get("config", {}).get("train", {}).get("metric", "recall@20"))
 
 
 def _dataset_line(out: Path) -> str:

@@ -25,9 +25,10 @@ from torch import Tensor, nn
 
 from rmm.config import ModelConfig, TrainConfig
 from rmm.data.graph import TrainGraph, UserItems
+from rmm.data.knn_cache import cached_knn_graph
 from rmm.data.schema import TEST, VALID, Dataset
 from rmm.eval.metrics import evaluate, metric_names
-from rmm.models.base import BPRBatch, Recommender, build_model
+from rmm.models.base import BPRBatch, Recommender, build_model, get_model_class, model_params
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,8 @@ def _mean_across_ranks(value: float, world_size: int, device: torch.device | str
 
 def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features: Mapping[str, Tensor], *,
         report: ReportFn | None = None, prepare_model: Callable[[nn.Module], nn.Module] | None = None,
-        resume_from: str | Path | None = None, device: torch.device | str = "cpu") -> FitResult:
+        resume_from: str | Path | None = None, device: torch.device | str = "cpu",
+        knn_cache_dir: str | Path | None = None) -> FitResult:
     """Train ``model_cfg`` on ``data``'s train split, early-stopping on valid ``train_cfg.metric``.
 
     Validation runs every ``eval_every`` epochs and after the last; training stops after ``patience``
@@ -188,6 +190,8 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features:
             (DDP); the identity when None.
         resume_from: a checkpoint directory written by a previous call; training continues after its epoch.
         device: where the model and batches live.
+        knn_cache_dir: where the model's item-item kNN graphs are cached (:mod:`rmm.data.knn_cache`); None
+            builds them in memory.
 
     Returns:
         The best validation metrics, the test metrics of that state (train + valid items masked),
@@ -206,7 +210,8 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features:
                          f"a split that keeps a valid part")
     torch.manual_seed(train_cfg.seed)
     graph = TrainGraph.from_dataset(data)
-    model = build_model(model_cfg, graph, features).to(device)
+    item_graphs = _item_graphs(model_cfg, features, knn_cache_dir)
+    model = build_model(model_cfg, graph, features, item_graphs=item_graphs).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.learning_rate,
                                  weight_decay=train_cfg.weight_decay)
     state = _initial_state(model)
@@ -219,18 +224,23 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features:
     sampler = BPRSampler(graph)
     key = f"valid/{train_cfg.metric}"
 
+    # A training-free model (fitted when built) has nothing to learn: its one evaluation is the result.
+    epochs = train_cfg.epochs if model.trainable else 1
     started = time.perf_counter() - state["train_seconds"]
-    for epoch in range(state["epoch"] + 1, train_cfg.epochs + 1):
+    for epoch in range(state["epoch"] + 1, epochs + 1):
         if state["bad_evals"] >= train_cfg.patience:
             break
         tic = time.perf_counter()
-        loss = _mean_across_ranks(_train_epoch(trained, optimizer, sampler, train_cfg, epoch, rank, world_size,
-                                               device), world_size, device)
+        model.start_epoch(train_cfg.seed, epoch)  # per-epoch state: FREEDOM's pruned graph, LATTICE's kNN
+        loss = 0.0
+        if model.trainable:
+            loss = _mean_across_ranks(_train_epoch(trained, optimizer, sampler, train_cfg, epoch, rank,
+                                                   world_size, device), world_size, device)
         if not math.isfinite(loss):
             raise FloatingPointError(f"{model_cfg.label}: loss is {loss} at epoch {epoch}; lower "
                                      f"train.learning_rate, raise reg_weight, or check the features for NaN")
         epoch_seconds = time.perf_counter() - tic
-        if epoch % train_cfg.eval_every and epoch != train_cfg.epochs:
+        if epoch % train_cfg.eval_every and epoch != epochs:
             if rank == 0:
                 log.info("%s epoch %d loss %.5f (%.2fs)", model_cfg.label, epoch, loss, epoch_seconds)
             continue
@@ -245,7 +255,7 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features:
             log.info("%s epoch %d loss %.5f %s %.5f (best %.5f @ %d) (%.2fs train, %.2fs eval)", model_cfg.label,
                      epoch, loss, key, metrics[key], state["best_metric"], state["best_epoch"], epoch_seconds,
                      metrics["eval_seconds"])
-        last = epoch == train_cfg.epochs or state["bad_evals"] >= train_cfg.patience
+        last = epoch == epochs or state["bad_evals"] >= train_cfg.patience
         if last or epoch - state["checkpoint_epoch"] >= train_cfg.checkpoint_every:
             state["checkpoint_epoch"] = epoch
             _report(report, metrics, (state, model, optimizer) if rank == 0 else None)
@@ -261,6 +271,16 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features:
                      valid={k.removeprefix("valid/"): v for k, v in best.items() if k.startswith("valid/")},
                      test=summarize(per_user_test), test_per_user=per_user_test, train_seconds=train_seconds,
                      history=state["history"], best_state=state["best_model"])
+
+
+def _item_graphs(model_cfg: ModelConfig, features: Mapping[str, Tensor],
+                 cache_dir: str | Path | None) -> dict[str, Tensor] | None:
+    """The model's item-item kNN graphs, read from (or built into) ``cache_dir``; None when it reads none or
+    there is no cache dir, and the model builds them in memory."""
+    spec = get_model_class(model_cfg.name).item_graph_spec(model_params(model_cfg))
+    if spec is None or cache_dir is None:
+        return None
+    return {name: cached_knn_graph(matrix, spec, cache_dir=cache_dir) for name, matrix in features.items()}
 
 
 def _initial_state(model: nn.Module) -> dict[str, Any]:

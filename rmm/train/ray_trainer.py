@@ -30,13 +30,13 @@ from rmm.config import Config, ModelConfig, TrainConfig, TuneConfig, model_to_di
 from rmm.data.schema import INFO_FILE, DataError, load_dataset
 from rmm.features.store import library_versions, load_feature, read_manifest
 from rmm.models import get_model_class
+from rmm.report.results import MODEL_FILE, PER_USER_FILE, RUN_FILE
 from rmm.train.loop import FitResult, fit
 
 log = logging.getLogger(__name__)
 
-PER_USER_FILE = "per_user_test.parquet"
-RUN_FILE = "run.json"
-MODEL_FILE = "model.pt"
+#: Item-item kNN graphs keyed by feature content and graph spec (rmm.data.knn_cache), shared by all runs in <out>.
+KNN_CACHE_DIR = "cache/knn"
 
 
 def train_model(cfg: Config, model_cfg: ModelConfig, *, run_name: str, train_cfg: TrainConfig | None = None,
@@ -65,7 +65,8 @@ def train_model(cfg: Config, model_cfg: ModelConfig, *, run_name: str, train_cfg
         _train_worker,
         train_loop_config={"dataset_dir": str(cfg.dataset_dir.resolve()),
                            "feature_root": str(cfg.feature_root.resolve()),
-                           "run_dir": str(run_dir), "model_cfg": model_cfg, "train_cfg": train_cfg},
+                           "run_dir": str(run_dir), "knn_cache_dir": str(out_dir / KNN_CACHE_DIR),
+                           "model_cfg": model_cfg, "train_cfg": train_cfg},
         scaling_config=ray.train.ScalingConfig(num_workers=train_cfg.num_workers, use_gpu=train_cfg.use_gpu,
                                                resources_per_worker={"CPU": train_cfg.cpus_per_worker}),
         run_config=ray.train.RunConfig(
@@ -125,7 +126,7 @@ def _train_worker(config: dict[str, Any]) -> FitResult:
     features = {name: torch.from_numpy(load_feature(config["feature_root"], name)) for name in model_cfg.features}
     run = functools.partial(
         fit, model_cfg, config["train_cfg"], data, features, report=_ray_report, prepare_model=_prepare_ddp,
-        device=ray.train.torch.get_device())
+        device=ray.train.torch.get_device(), knn_cache_dir=config["knn_cache_dir"])
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         fitted = run()

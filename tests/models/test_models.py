@@ -8,10 +8,11 @@ import torch
 from rmm.config import ModelConfig
 from rmm.data.graph import TrainGraph
 from rmm.models import MODELS, get_model_class
-from rmm.models.base import BPRBatch, build_model
+from rmm.models.base import DEFAULT_FUSION, BPRBatch, build_model
 from rmm.models.layers import FUSIONS, build_fusion, propagate
 
 NUM_USERS, NUM_ITEMS, BATCH = 7, 11, 5
+MISSING_ITEM = 4  # its feature rows are all zero in every modality (a failed extraction)
 
 
 def _graph(seed: int = 0) -> TrainGraph:
@@ -20,33 +21,51 @@ def _graph(seed: int = 0) -> TrainGraph:
     return TrainGraph(NUM_USERS, NUM_ITEMS, users=keys // NUM_ITEMS, items=keys % NUM_ITEMS)
 
 
-def _cases() -> list[tuple[str, str]]:
+def _features(count: int) -> dict[str, torch.Tensor]:
+    """``count`` modalities of different widths, one item missing in all of them."""
+    features = dict(list({"image": torch.randn(NUM_ITEMS, 6), "text": torch.randn(NUM_ITEMS, 4)}.items())[:count])
+    for matrix in features.values():
+        matrix[MISSING_ITEM] = 0.0
+    return features
+
+
+def _cases() -> list[tuple[str, str, int]]:
+    """(model, fusion, number of modalities): ID-only models with none; content models with one modality, and
+    with two under every fusion they accept (per-modality models: the default)."""
     cases = []
     for name, cls in sorted(MODELS.items()):
-        fusions = cls.fusions if cls.uses_features else ("concat",)
-        cases += [(name, fusion) for fusion in fusions]
+        if not cls.uses_features:
+            cases.append((name, "concat", 0))
+            continue
+        fusions = cls.fusions or (DEFAULT_FUSION,)
+        cases += [(name, fusions[0], 1)] + [(name, fusion, 2) for fusion in fusions]
     return cases
 
 
-@pytest.mark.parametrize(("name", "fusion"), _cases())
-def test_model_forward_loss_backward_scores(name: str, fusion: str) -> None:
+@pytest.mark.parametrize(("name", "fusion", "modalities"), _cases())
+def test_model_forward_loss_backward_scores(name: str, fusion: str, modalities: int) -> None:
     torch.manual_seed(0)
     cls = get_model_class(name)
-    features = {"image": torch.randn(NUM_ITEMS, 6), "text": torch.randn(NUM_ITEMS, 4)} if cls.uses_features else {}
+    features = _features(modalities)
     model = build_model(ModelConfig(name, features=tuple(features), fusion=fusion), _graph(), features)
+    model.start_epoch(seed=0, epoch=1)
     batch = BPRBatch(torch.randint(NUM_USERS, (BATCH,)), torch.randint(NUM_ITEMS, (BATCH,)),
                      torch.randint(NUM_ITEMS, (BATCH,)))
+    batch = BPRBatch(batch.users, torch.cat([batch.pos_items[:-1], torch.tensor([MISSING_ITEM])]), batch.neg_items)
 
     loss = model(batch)
     loss.backward()
 
     assert loss.shape == () and torch.isfinite(loss)
     grads = [p.grad for p in model.parameters()]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    assert any(g.abs().sum() > 0 for g in grads)
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)  # DDP needs every one used
+    assert any(g.abs().sum() > 0 for g in grads) == cls.trainable
     scores = model.score_users(torch.tensor([0, 3, 6]))
-    assert scores.shape == (3, NUM_ITEMS)
+    assert scores.shape == (3, NUM_ITEMS) and torch.isfinite(scores).all()
     assert torch.allclose(model.scorer()(torch.tensor([3])), scores[1:2], atol=1e-6)
+    model.eval()
+    with torch.no_grad():
+        assert torch.isfinite(model.score_users(torch.arange(NUM_USERS))).all()
 
 
 def test_id_only_model_rejects_features_and_feature_model_needs_them() -> None:

@@ -41,7 +41,7 @@ def test_fit_learns_planted_structure_and_reports(planted: Dataset) -> None:
 
 def test_nan_loss_names_model_and_epoch(planted: Dataset) -> None:
     features = {"image": torch.full((planted.num_items, 4), float("nan"))}
-    with pytest.raises(FloatingPointError, match=r"vbpr\[image\|concat\]: loss is nan at epoch 1"):
+    with pytest.raises(FloatingPointError, match=r"vbpr\[image\]: loss is nan at epoch 1"):
         fit(ModelConfig("vbpr", features=("image",)), TRAIN, planted, features)
 
 
@@ -80,3 +80,11 @@ def test_sampler_shards_one_epoch_evenly_and_never_samples_a_train_item() -> Non
     shard_triples = {t for s in shards for b in s for t in zip(b.users.tolist(), b.pos_items.tolist(),
                                                                 b.neg_items.tolist())}
     assert shard_triples == set(triples)  # the shards split the same global epoch (plus one wrapped repeat)
+
+
+def test_training_free_model_is_evaluated_once_and_knn_graphs_are_cached(planted: Dataset, tmp_path: Path) -> None:
+    features = {"image": torch.nn.functional.one_hot(torch.arange(planted.num_items) % 4, 4).float()}
+    result = fit(ModelConfig("itemknn_content", features=("image",)), TRAIN, planted, features,
+                 knn_cache_dir=tmp_path)
+    assert [h["epoch"] for h in result.history] == [1] and result.test["recall@5"] > 0.6
+    assert len(list(tmp_path.glob("knn-*.pt"))) == 1

@@ -1,0 +1,87 @@
+"""A disk cache of item-item kNN graphs, for the trainer (models never touch files).
+
+A graph is a pure function of the feature matrix and a :class:`~rmm.data.graph.KNNSpec`, so its file is named
+by the sha256 of both: the feature bytes (with dtype and shape), k, similarity, shrink, binary and
+normalisation. Re-extracting a feature changes its bytes and therefore misses the cache; nothing needs
+invalidating by hand. Writes go to a temporary file renamed into place, so concurrent Ray Train workers building
+the same graph never read a half-written file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rmm.data.graph import KNNSpec
+
+log = logging.getLogger(__name__)
+
+#: Bumped when the graph construction changes, so old files miss instead of being reused.
+FORMAT_VERSION = 1
+
+
+def feature_digest(features: Tensor) -> str:
+    """sha256 of a feature matrix's values, dtype and shape (as stored on the CPU, C order)."""
+    array = np.ascontiguousarray(features.detach().cpu().numpy())
+    digest = hashlib.sha256(f"{array.dtype.str}:{array.shape}".encode())
+    digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def cache_key(features: Tensor, spec: KNNSpec) -> str:
+    """The cache key of ``spec``'s graph of ``features``: a sha256 hex string."""
+    payload = {"version": FORMAT_VERSION, "features": feature_digest(features), **dataclasses.asdict(spec)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def cached_knn_graph(features: Tensor, spec: KNNSpec, *, cache_dir: str | Path | None,
+                     chunk_size: int | None = None) -> Tensor:
+    """``spec.build(features)``, read from ``cache_dir`` when built before, else built and written there.
+
+    Args:
+        features: (I, d) item features of one modality.
+        spec: the graph to build (a model's ``item_graph_spec``).
+        cache_dir: directory of ``knn-<key>.pt`` files, created on demand; None builds in memory only.
+        chunk_size: rows per similarity block (memory bound only; not part of the key).
+
+    Returns:
+        (I, I) float32 sparse COO, coalesced, on the CPU.
+    """
+    if cache_dir is None:
+        return spec.build(features.cpu(), chunk_size=chunk_size)
+    key = cache_key(features, spec)
+    path = Path(cache_dir) / f"knn-{key}.pt"
+    if path.exists():
+        try:
+            stored = torch.load(path, weights_only=True)
+            graph = torch.sparse_coo_tensor(stored["indices"], stored["values"], tuple(stored["size"]),
+                                            check_invariants=True).coalesce()
+        except (OSError, EOFError, RuntimeError, KeyError, IndexError, ValueError, pickle.UnpicklingError) as err:
+            log.warning("kNN graph cache file %s is unreadable (%s); rebuilding it", path, err)
+        else:
+            log.info("kNN graph cache hit: %s", path)
+            return graph
+    log.info("kNN graph cache miss: building %s (k=%d, %s) for %d items", path.name, spec.k, spec.similarity,
+             features.shape[0])
+    graph = spec.build(features.cpu(), chunk_size=chunk_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        torch.save({"indices": graph.indices(), "values": graph.values(), "size": list(graph.shape),
+                    "spec": dataclasses.asdict(spec)}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return graph

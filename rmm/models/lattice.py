@@ -1,0 +1,141 @@
+"""LATTICE: an item-item graph learned from projected modality features, anchored to the frozen kNN graphs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rmm.data.graph import KNNSpec, TrainGraph, knn_edges, normalize_edges, to_csr
+from rmm.models.base import DEFAULT_FUSION, EmbeddingRecommender, register
+from rmm.models.layers import FeatureBank, projections, propagate, sparse_matmul
+
+
+@dataclass(frozen=True)
+class LATTICEConfig:
+    """MMRec's ``LATTICE.yaml`` with ``cf_model: lightgcn``: d 64, ``feat_embed_dim`` 64, kNN k 10,
+    ``lambda_coeff`` 0.9 (weight of the frozen graph), 1 item-graph layer (``n_layers``), 2 user-item layers
+    (``len(weight_size)``), ``reg_weight`` 1e-4 from its grid."""
+
+    embedding_dim: int = 64
+    feat_embed_dim: int = 64
+    knn_k: int = 10
+    lambda_coeff: float = 0.9
+    num_layers: int = 1
+    num_ui_layers: int = 2
+    reg_weight: float = 1e-4
+
+    def __post_init__(self) -> None:
+        for name in ("embedding_dim", "feat_embed_dim", "knn_k", "num_layers", "num_ui_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.lambda_coeff <= 1:
+            raise ValueError(f"lambda_coeff must be in [0, 1], got {self.lambda_coeff}")
+        if self.reg_weight < 0:
+            raise ValueError(f"reg_weight must be >= 0, got {self.reg_weight}")
+
+
+@register("lattice")
+class LATTICE(EmbeddingRecommender):
+    r"""LATTICE (Zhang et al., `Mining Latent Structures for Multimedia Recommendation
+    <https://arxiv.org/abs/2104.09036>`_, ACM MM 2021), with the LightGCN backbone.
+
+    Per modality m, the frozen graph :math:`\tilde{S}^m_0` is the sym-normalised cosine kNN graph of the raw
+    features; the learned graph :math:`\hat{S}^m` the kNN graph of the projected features
+    :math:`\tilde{f}^m = W_m f^m + b_m`, weighted by their cosine. With :math:`\alpha = \mathrm{softmax}(w)`:
+
+    .. math:: S = (1 - \lambda)\, \mathcal{N}\big(\textstyle\sum_m \alpha_m \hat{S}^m\big)
+                  + \lambda \textstyle\sum_m \alpha_m \tilde{S}^m_0, \quad
+              \mathbf{h} = S^{L} \mathbf{E}_{id}, \quad
+              \mathbf{e}_i = \bar{\mathbf{e}}_i + \frac{\mathbf{h}_i}{\lVert \mathbf{h}_i \rVert}
+
+    where :math:`\mathcal{N}` is :math:`D^{-1/2} \cdot D^{-1/2}` and :math:`\bar{\mathbf{e}}` LightGCN over the
+    user-item graph. Which pairs are neighbours in :math:`\hat{S}^m` is refreshed every epoch (``start_epoch``,
+    as MMRec rebuilds the graph at each epoch's first batch) and when scoring; their weights are recomputed
+    from the current projections at every step, so the projections and :math:`w` are trained by BPR. The
+    learned graph is built in chunks and kept sparse (MMRec's is a dense I x I matrix).
+
+    Other differences from MMRec: kNN graphs exclude the item itself (MMRec's top k include it), features
+    are frozen inputs (MMRec fine-tunes them), and the user-item graph is LightGCN's
+    :math:`D^{-1/2} A D^{-1/2}` (MMRec's LATTICE row-normalises :math:`A + I`).
+
+    Shapes:
+        adj: sparse (U+I, U+I); frozen graphs: sparse (I, I) per modality; embeddings: (U, d), (I, d).
+    """
+
+    config_class = LATTICEConfig
+    uses_features = True
+    fusions = ()
+
+    def __init__(self, graph: TrainGraph, features: Mapping[str, Tensor], cfg: LATTICEConfig, *,
+                 fusion: str = DEFAULT_FUSION, item_graphs: Mapping[str, Tensor] | None = None) -> None:
+        super().__init__(graph, features, cfg, fusion=fusion)
+        self.features = FeatureBank(features)
+        for m, frozen in enumerate(self.build_item_graphs(features, item_graphs)):
+            self.register_buffer(f"frozen_{m}", to_csr(frozen), persistent=False)
+            self.register_buffer(f"frozen_t_{m}", to_csr(frozen.t()), persistent=False)
+        self.learned_index: list[Tensor] | None = None  # per modality (2, E); rebuilt, never checkpointed
+        self.register_buffer("adj", graph.norm_adj(), persistent=False)
+        self.user_embedding = nn.Embedding(self.num_users, cfg.embedding_dim)
+        self.item_embedding = nn.Embedding(self.num_items, cfg.embedding_dim)
+        self.projections = projections(self.features.dims, cfg.feat_embed_dim)
+        self.modal_weight = nn.Parameter(torch.empty(len(self.features)))
+        self.reset_parameters()
+
+    @classmethod
+    def item_graph_spec(cls, cfg: LATTICEConfig) -> KNNSpec:
+        return KNNSpec(k=cfg.knn_k, similarity="cosine", normalization="sym")
+
+    def reset_parameters(self) -> None:
+        nn.init.xavier_uniform_(self.user_embedding.weight)
+        nn.init.xavier_uniform_(self.item_embedding.weight)
+        nn.init.constant_(self.modal_weight, 1.0 / len(self.features))  # MMRec: [0.5, 0.5]
+
+    def start_epoch(self, seed: int, epoch: int) -> None:
+        """Re-learn which item pairs are neighbours from the current projections."""
+        self.learned_index = self._learned_structure()
+
+    def _learned_structure(self) -> list[Tensor]:
+        """The kNN pairs of each modality's projected features (no gradient). Shapes: (2, E_m) each."""
+        with torch.no_grad():
+            return [knn_edges(proj(x), self.cfg.knn_k, valid=valid)[0]
+                    for proj, x, valid in zip(self.projections, self.features.matrices(), self.features.valid())]
+
+    def _item_graph_conv(self, learned_index: list[Tensor]) -> Tensor:
+        r""":math:`S^L \mathbf{E}_{id}`, differentiable in the projections and the modality weights."""
+        alpha = torch.softmax(self.modal_weight, dim=0)  # (M,)
+        values = []
+        for m, (proj, x) in enumerate(zip(self.projections, self.features.matrices())):
+            z = F.normalize(proj(x), dim=1)  # (I, feat_embed_dim)
+            index = learned_index[m]
+            values.append(alpha[m] * (z[index[0]] * z[index[1]]).sum(-1))  # cosine of each kept pair
+        index = torch.cat(learned_index, dim=1)
+        values = normalize_edges(index, torch.cat(values), self.num_items, "sym")
+        learned = torch.sparse_coo_tensor(index, (1.0 - self.cfg.lambda_coeff) * values,
+                                          (self.num_items, self.num_items), check_invariants=False)
+        h = self.item_embedding.weight
+        for _ in range(self.cfg.num_layers):
+            frozen = sum(alpha[m] * sparse_matmul(getattr(self, f"frozen_{m}"), h, getattr(self, f"frozen_t_{m}"))
+                         for m in range(len(self.features)))
+            h = torch.sparse.mm(learned, h) + self.cfg.lambda_coeff * frozen
+        return h
+
+    def embeddings(self, learned_index: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """Final embeddings with the learned graph on ``learned_index`` (this epoch's pairs when None)."""
+        if learned_index is None:
+            if self.learned_index is None or self.learned_index[0].device != self.adj.device:
+                # a loop that never calls start_epoch (or a moved model): learn the pairs now
+                self.learned_index = self._learned_structure()
+            learned_index = self.learned_index
+        h = self._item_graph_conv(learned_index)
+        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
+        users, items = torch.split(propagate(self.adj, ego, self.cfg.num_ui_layers), [self.num_users, self.num_items])
+        return users, items + F.normalize(h, dim=1)
+
+    def scorer(self) -> Callable[[Tensor], Tensor]:
+        # As MMRec's full_sort_predict: the learned graph is rebuilt from the current projections.
+        user_emb, item_emb = self.embeddings(self._learned_structure())
+        return lambda users: user_emb[users] @ item_emb.T  # (B, num_items)

@@ -1,0 +1,93 @@
+"""``rmm recommend OUT --all``: every user's top-K written to parquet by a Ray Data batch job.
+
+The only Ray import of ``rmm recommend``. User ids are cut into batches; a pool of actors each loads the run
+once (:class:`rmm.recommend.TrainedRun`: model, dataset, a graph model's propagation) and ranks batch after
+batch with the same code as the single-user path. Rows: ``user_id``, ``rank`` (1 = best), ``item_id``, ``score``;
+join ``item_id`` with the dataset's ``items.parquet`` for titles.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import ray
+from ray.data import ActorPoolStrategy
+
+from rmm.cluster import init_ray
+from rmm.config import load_config
+from rmm.data.schema import USERS_FILE
+from rmm.recommend import TrainedRun, pick_run
+from rmm.report.results import load_run_record, run_dir
+
+log = logging.getLogger(__name__)
+
+RECOMMENDATIONS_DIR = "recommendations"
+
+
+def output_path(out_dir: str | Path, k: int) -> Path:
+    """``<out>/recommendations/top<K>.parquet``: a parquet dataset directory (one file per written block);
+    ``pandas.read_parquet`` reads it whole."""
+    return Path(out_dir) / RECOMMENDATIONS_DIR / f"top{k}.parquet"
+
+
+class TopKBatch:
+    """A Ray Data actor: loads the run once, then maps ``{"id": user ids}`` batches to ranked rows."""
+
+    def __init__(self, out_dir: str, run_name: str, k: int) -> None:
+        self.trained = TrainedRun(out_dir, run_name)
+        self.k = k
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        users = batch["id"].astype(np.int64)
+        items, scores = self.trained.top_k(users, self.k)
+        width = items.shape[1]
+        keep = (items >= 0).ravel()  # users with fewer than k unseen items get fewer rows
+        return {"user_id": np.repeat(users, width)[keep],
+                "rank": np.tile(np.arange(1, width + 1, dtype=np.int32), len(users))[keep],
+                "item_id": items.ravel()[keep], "score": scores.ravel()[keep]}
+
+
+def recommend_all(out_dir: str | Path, k: int = 10, run_name: str | None = None, *, batch_users: int = 1024,
+                  num_actors: int = 1, cpus_per_actor: float = 0.5, ray_address: str | None = None) -> Path:
+    """Write every user's top-``k`` unseen items to :func:`output_path` (replacing an earlier file).
+
+    Args:
+        out_dir: output directory of a trained run (results.json, runs/, data/).
+        k: items per user.
+        run_name: run_name from results.json; None picks the best test recall@20 (resolved once, here).
+        batch_users: users per batch (one ``score_users`` call each).
+        num_actors: size of the actor pool; each actor holds one copy of the model.
+        cpus_per_actor: CPUs an actor reserves; keep it fractional on small machines, or the pool starves
+            Ray Data's read tasks (NOTES.md).
+        ray_address: join this cluster; default: the run config's ``ray`` section (a local Ray).
+
+    Returns:
+        The parquet dataset directory.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    out = Path(out_dir).resolve()
+    run = pick_run(out, run_name)
+    trained_dir = run_dir(out, load_run_record(out, run.get("best_trial") or run["run_name"])["run_name"])
+    cfg = load_config(trained_dir / "config.yaml")
+    users_file = out / "data" / cfg.dataset.name / USERS_FILE
+    if not users_file.exists():
+        raise FileNotFoundError(f"no dataset at {users_file.parent}: the run's data must sit under {out}/data")
+    num_users = pq.ParquetFile(users_file).metadata.num_rows
+    init_ray(cfg.ray, ray_address)
+    path = output_path(out, k)
+    if path.exists():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log.info("ranking %d users with run %s on %d actor(s)", num_users, run["run_name"], num_actors)
+    blocks = max(1, -(-num_users // batch_users))  # one block per batch, not Ray's default hundreds of tiny ones
+    ranked = ray.data.range(num_users, override_num_blocks=blocks).map_batches(
+        TopKBatch, fn_constructor_kwargs={"out_dir": str(out), "run_name": run["run_name"], "k": k},
+        batch_size=batch_users, batch_format="numpy", compute=ActorPoolStrategy(size=num_actors),
+        num_cpus=cpus_per_actor)
+    ranked.write_parquet(str(path))
+    return path

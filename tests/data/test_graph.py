@@ -1,0 +1,158 @@
+"""Item-item kNN graphs: brute-force agreement, chunking, missing features, normalisation, the disk cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from rmm.data import graph as graph_module
+from rmm.data.graph import KNNSpec, TrainGraph, combine_graphs, knn_edges, knn_graph, normalize_graph, valid_rows
+from rmm.data.knn_cache import cache_key, cached_knn_graph
+
+NUM_ITEMS, DIM, K = 23, 5, 4
+
+
+def _features(seed: int = 0) -> torch.Tensor:
+    return torch.randn(NUM_ITEMS, DIM, generator=torch.Generator().manual_seed(seed))
+
+
+def _brute_force(features: torch.Tensor, k: int, shrink: float = 0.0) -> torch.Tensor:
+    """Dense reference: cosine (with shrink) of every pair, self and zero rows excluded, top k per row kept."""
+    norms = features.norm(dim=1)
+    sim = features @ features.T / (norms[:, None] * norms[None, :] + shrink)
+    valid = norms > 0
+    sim = sim.masked_fill(~(valid[:, None] & valid[None, :]) | torch.eye(len(features), dtype=torch.bool), -torch.inf)
+    top, at = torch.topk(sim, k, dim=1)
+    dense = torch.zeros_like(sim).scatter(1, at, top)
+    return torch.where(torch.isfinite(dense), dense, 0.0)
+
+
+@pytest.mark.parametrize("shrink", [0.0, 10.0])
+def test_knn_graph_matches_dense_brute_force_top_k(shrink: float) -> None:
+    features = _features()
+    adj = knn_graph(features, K, shrink=shrink)
+    assert adj.is_sparse and adj.shape == (NUM_ITEMS, NUM_ITEMS)
+    assert torch.allclose(adj.to_dense(), _brute_force(features, K, shrink), atol=1e-6)
+    assert (adj.indices()[0] != adj.indices()[1]).all()  # never its own neighbour
+    assert torch.equal(torch.bincount(adj.indices()[0], minlength=NUM_ITEMS), torch.full((NUM_ITEMS,), K))
+
+
+def test_dot_similarity_ranks_by_inner_product() -> None:
+    features = _features(1)
+    dense = features @ features.T
+    dense.fill_diagonal_(-torch.inf)
+    _, expected = torch.topk(dense, K, dim=1)
+    index, values = knn_edges(features, K, similarity="dot")
+    assert torch.equal(index[1].view(NUM_ITEMS, K), expected)
+    assert torch.allclose(values.view(NUM_ITEMS, K), dense.gather(1, expected))
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 7, NUM_ITEMS, 100])
+def test_knn_graph_does_not_depend_on_chunking(chunk_size: int) -> None:
+    features = _features(2)
+    reference = knn_graph(features, K, chunk_size=NUM_ITEMS).to_dense()
+    assert torch.allclose(knn_graph(features, K, chunk_size=chunk_size).to_dense(), reference, atol=1e-6)
+
+
+def test_missing_items_get_no_neighbours_and_are_nobodys_neighbour() -> None:
+    features = _features(3)
+    missing = torch.tensor([0, 7, 8])
+    features[missing] = 0.0
+    features[9, 0] = float("nan")  # a corrupt row is treated as missing too
+    adj = knn_graph(features, K, chunk_size=4)
+    index, values = adj.indices(), adj.values()
+
+    assert torch.isfinite(values).all()
+    gone = torch.tensor([0, 7, 8, 9])
+    assert not torch.isin(index, gone).any()
+    assert torch.equal(valid_rows(features), ~torch.isin(torch.arange(NUM_ITEMS), gone))
+    present = ~torch.isin(torch.arange(NUM_ITEMS), gone)
+    assert (torch.bincount(index[0], minlength=NUM_ITEMS)[present] == K).all()
+    for normalization in ("sym", "row"):
+        normed = normalize_graph(adj, normalization, binary=True)
+        assert torch.isfinite(normed.values()).all()
+
+
+def test_all_missing_or_k_above_catalogue_size() -> None:
+    assert knn_graph(torch.zeros(5, 3), 2)._nnz() == 0
+    adj = knn_graph(torch.randn(4, 3), 10)  # at most I - 1 neighbours
+    assert torch.equal(torch.bincount(adj.indices()[0], minlength=4), torch.full((4,), 3))
+
+
+def test_normalisations() -> None:
+    adj = knn_graph(_features(4), K)
+    ones = torch.sparse_coo_tensor(adj.indices(), torch.ones(adj._nnz()), adj.shape, check_invariants=True).to_dense()
+    # FREEDOM: binary, D^-1/2 A D^-1/2 with D the row sums (k for every row here).
+    assert torch.allclose(normalize_graph(adj, "sym", binary=True).to_dense(), ones / K)
+    row = normalize_graph(adj, "row").to_dense()
+    assert torch.allclose(row.sum(1), torch.ones(NUM_ITEMS))
+    dense, degree = adj.to_dense(), adj.to_dense().sum(1)
+    expected = dense / degree.sqrt()[:, None] / degree.sqrt()[None, :]
+    assert torch.allclose(normalize_graph(adj, "sym").to_dense(), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="normalization must be one of"):
+        normalize_graph(adj, "left")
+
+
+def test_combine_graphs_is_the_weighted_sum() -> None:
+    a, b = knn_graph(_features(5), K), knn_graph(_features(6), K)
+    combined = combine_graphs([a, b], [0.1, 0.9])
+    assert torch.allclose(combined.to_dense(), 0.1 * a.to_dense() + 0.9 * b.to_dense())
+
+
+def test_spec_rejects_bad_values() -> None:
+    with pytest.raises(ValueError, match="similarity"):
+        KNNSpec(k=3, similarity="euclid")
+    with pytest.raises(ValueError, match="k must be"):
+        KNNSpec(k=0)
+
+
+def test_cache_hits_on_equal_content_and_misses_on_any_change(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    builds = []
+    real_knn_graph = graph_module.knn_graph
+    monkeypatch.setattr(graph_module, "knn_graph", lambda *a, **kw: builds.append(1) or real_knn_graph(*a, **kw))
+    features, spec = _features(7), KNNSpec(k=K, binary=True, normalization="sym")
+
+    first = cached_knn_graph(features, spec, cache_dir=tmp_path)
+    again = cached_knn_graph(features.clone(), spec, cache_dir=tmp_path)  # same bytes, another tensor
+    assert len(builds) == 1 and len(list(tmp_path.glob("knn-*.pt"))) == 1
+    assert torch.equal(first.indices(), again.indices()) and torch.equal(first.values(), again.values())
+    assert torch.allclose(first.to_dense(), normalize_graph(real_knn_graph(features, K), "sym", binary=True).to_dense())
+
+    changed = features.clone()
+    changed[3, 1] += 1e-3
+    for other_features, other_spec in [(changed, spec), (features, KNNSpec(k=K + 1, binary=True, normalization="sym")),
+                                       (features, KNNSpec(k=K, binary=True, normalization="row")),
+                                       (features, KNNSpec(k=K, similarity="dot", binary=True, normalization="sym")),
+                                       (features.double(), spec)]:
+        assert cache_key(other_features, other_spec) != cache_key(features, spec)
+        cached_knn_graph(other_features, other_spec, cache_dir=tmp_path)
+    assert len(builds) == 6 and len(list(tmp_path.glob("knn-*.pt"))) == 6
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically, no leftovers
+    cached_knn_graph(features, spec, cache_dir=None)  # no directory: built in memory, nothing written
+    assert len(builds) == 7 and len(list(tmp_path.iterdir())) == 6
+
+
+def test_unreadable_cache_file_is_rebuilt(tmp_path: Path) -> None:
+    features, spec = _features(8), KNNSpec(k=K)
+    path = tmp_path / f"knn-{cache_key(features, spec)}.pt"
+    path.write_bytes(b"truncated")
+    graph = cached_knn_graph(features, spec, cache_dir=tmp_path)
+    assert torch.allclose(graph.to_dense(), knn_graph(features, K).to_dense())
+    assert torch.allclose(cached_knn_graph(features, spec, cache_dir=tmp_path).to_dense(), graph.to_dense())
+
+
+def test_train_graph_views_agree() -> None:
+    graph = TrainGraph(3, 4, users=torch.tensor([0, 0, 1, 2]), items=torch.tensor([1, 3, 3, 0]))
+    dense = torch.zeros(3, 4)
+    dense[graph.users, graph.items] = 1.0
+    assert torch.equal(graph.interactions().to_dense(), dense)
+    assert torch.equal(graph.interactions(transpose=True).to_dense(), dense.T)
+    binary = graph.adjacency("none").to_dense()
+    assert torch.equal(binary[:3, 3:], dense) and torch.equal(binary, binary.T)
+    assert torch.equal(graph.degrees(), binary.sum(1))
+    history = graph.user_items()
+    assert torch.equal(history.sparse(torch.tensor([1, 0])).to_dense(), dense[[1, 0]])
+    assert torch.allclose(history.sparse(torch.tensor([0]), mean=True).to_dense(), dense[[0]] / 2)

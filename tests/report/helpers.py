@@ -1,0 +1,42 @@
+"""A crafted output directory: results.json plus run directories with per-user test metrics and histories."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rmm.report.results import record_runs, run_dir
+from rmm.report.results import PER_USER_FILE
+
+METRICS = ("recall@20", "ndcg@20")
+
+
+def per_user(recall: np.ndarray, ndcg: np.ndarray, users: Sequence[int] | None = None) -> pd.DataFrame:
+    users = np.arange(len(recall)) if users is None else np.asarray(users)
+    return pd.DataFrame({"user_id": users.astype(np.int64), "recall@20": recall, "ndcg@20": ndcg})
+
+
+def write_run(out: Path, name: str, model: str, features: Sequence[str], table: pd.DataFrame,
+              curve: Sequence[float] = (0.1, 0.2, 0.3), record: bool = True, **extra: Any) -> dict[str, Any]:
+    """Write ``runs/<name>/{per_user_test.parquet,run.json}`` like a training run; add the record to
+    results.json when ``record`` (a sweep's trials are only in their run directories)."""
+    history = [{"epoch": 2 * (i + 1), "loss": 0.5, "valid/recall@20": v, "valid/ndcg@20": v / 2}
+               for i, v in enumerate(curve)]
+    best = int(np.argmax(curve))
+    run = {"run_name": name, "stage": "train", "model": model, "label": name, "features": list(features),
+           "fusion": None, "config": {"train": {"metric": "recall@20"}}, "best_epoch": history[best]["epoch"],
+           "valid": {"recall@20": curve[best], "ndcg@20": curve[best] / 2},
+           "test": {m: float(table[m].mean()) for m in METRICS}, "train_seconds": 1.0, "history": history}
+    directory = run_dir(out, name)
+    directory.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(directory / PER_USER_FILE, index=False)
+    (directory / "run.json").write_text(json.dumps(run))
+    run.update(extra)
+    if record:
+        record_runs(out, [run])
+    return run

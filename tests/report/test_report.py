@@ -1,0 +1,122 @@
+"""``rmm report``: the paper-style table with significance marks, the CSV, and PNG plots referenced from it."""
+
+from __future__ import annotations
+
+import csv
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rmm.report.plots import BARS_FILE, CURVES_FILE, PLOTS_DIR, curve_series
+from rmm.report.significance import BETTER_MARK
+from rmm.report.tables import CSV_FILE, write_report
+from tests.report.helpers import per_user, write_run
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Baseline lightgcn (ID only), a weaker ID-only bprmf, VBPR clearly better on image, VBPR identical to the
+    baseline on text, and a VBPR sweep over lvlm with two trials (its best trial is the record's run)."""
+    out = tmp_path_factory.mktemp("report")
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.0, 0.5, 120)
+    gain = rng.uniform(0.05, 0.3, 120)
+    write_run(out, "train-00-lightgcn", "lightgcn", [], per_user(base, base / 2), curve=(0.1, 0.3, 0.25))
+    write_run(out, "train-01-bprmf", "bprmf", [], per_user(base * 0.9, base / 2 * 0.9))
+    write_run(out, "train-02-vbpr-image", "vbpr", ["image"], per_user(base + gain, (base + gain) / 2))
+    write_run(out, "train-03-vbpr-text", "vbpr", ["text"], per_user(base, base / 2))
+    for fusion in ("concat", "mean"):  # fusion variants of one feature set: separate columns
+        write_run(out, f"train-04-vbpr-image+text-{fusion}", "vbpr", ["image", "text"], per_user(base, base / 2),
+                  fusion=fusion)
+    trials = []
+    for trial, lr in (("00000", 0.001), ("00001", 0.01)):
+        trial_run = write_run(out, f"tune-00-vbpr-lvlm-{trial}", "vbpr", ["lvlm"], per_user(base * 0.95, base / 2),
+                              curve=(0.05, 0.1 + lr), record=False)
+        trials.append({"run_name": trial_run["run_name"], "valid/recall@20": 0.1 + lr,
+                       "params": {"train.learning_rate": lr}})
+    best = write_run(out, "tune-00-vbpr-lvlm-00001", "vbpr", ["lvlm"], per_user(base * 0.95, base / 2),
+                     curve=(0.05, 0.11), record=False)
+    write_run(out, "tune-00-vbpr-lvlm", "vbpr", ["lvlm"], per_user(base * 0.95, base / 2), record=True,
+              stage="tune", best_trial=best["run_name"], trials=trials, history=best["history"])
+    write_report(out)
+    return out
+
+
+def cell(report: str, model: str, column: int) -> str:
+    """The text of ``model``'s row in the paper-style table, ``column`` 0 = ID only."""
+    row = next(line for line in report.splitlines() if line.startswith(f"| {model} |"))
+    return row.strip("|").split("|")[column + 1].strip()
+
+
+def test_paper_table_marks_only_the_significant_run(out: Path) -> None:
+    report = (out / "report.md").read_text()
+    header = next(line for line in report.splitlines() if line.startswith("| model |"))
+    assert header == "| model | ID only | image | image+text (concat) | image+text (mean) | lvlm | text |"
+    assert cell(report, "lightgcn", 0).endswith("(baseline)")
+    assert BETTER_MARK not in cell(report, "lightgcn", 0) and BETTER_MARK not in cell(report, "bprmf", 0)
+    image = cell(report, "vbpr", 1)
+    assert re.fullmatch(rf"\*\*\d\.\d{{4}}{BETTER_MARK} / \d\.\d{{4}}{BETTER_MARK}\*\*", image), image  # best: bold
+    text = cell(report, "vbpr", 5)
+    assert re.fullmatch(r"\d\.\d{4} / \d\.\d{4}", text), text  # identical to the baseline: no mark
+    # The footnote names the baseline and both tests.
+    assert "best ID-only baseline, lightgcn (run `train-00-lightgcn`)" in report
+    assert "paired t-test" in report and "Wilcoxon signed-rank" in report and "p < 0.05" in report
+
+
+def test_significance_section_and_csv(out: Path) -> None:
+    report = (out / "report.md").read_text()
+    section = report.split("## Significance against the baseline")[1]
+    row = next(line for line in section.splitlines() if line.startswith("| train-03-vbpr-text |"))
+    assert "| +0.0000 | 1.0000 | 1.0000 |" in row
+    with open(out / CSV_FILE) as handle:
+        rows = {r["run_name"]: r for r in csv.DictReader(handle)}
+    assert set(rows) == {"train-00-lightgcn", "train-01-bprmf", "train-02-vbpr-image", "train-03-vbpr-text",
+                         "train-04-vbpr-image+text-concat", "train-04-vbpr-image+text-mean", "tune-00-vbpr-lvlm"}
+    assert all(r["baseline"] == "train-00-lightgcn" for r in rows.values())
+    assert rows["train-00-lightgcn"]["p_ttest_recall@20"] == ""  # the baseline is not tested against itself
+    assert float(rows["train-02-vbpr-image"]["p_ttest_recall@20"]) < 1e-6
+    assert float(rows["train-02-vbpr-image"]["p_wilcoxon_ndcg@20"]) < 1e-6
+    assert float(rows["train-03-vbpr-text"]["p_wilcoxon_recall@20"]) == 1.0
+    # The sweep's row is tested on its best trial's per-user metrics.
+    assert float(rows["tune-00-vbpr-lvlm"]["delta_recall@20"]) < 0
+
+
+def test_plots_are_written_and_referenced(out: Path) -> None:
+    report = (out / "report.md").read_text()
+    for name in (BARS_FILE, CURVES_FILE):
+        path = out / PLOTS_DIR / name
+        assert path.stat().st_size > 1000 and path.read_bytes()[:8] == PNG_MAGIC
+        assert f"]({PLOTS_DIR}/{name})" in report
+
+
+def test_validation_curves_cover_runs_and_every_trial(out: Path) -> None:
+    from rmm.report.results import load_results
+
+    series = curve_series(out, load_results(out), "recall@20")
+    assert sorted(series) == ["bprmf", "lightgcn", "vbpr"]
+    labels = [label for label, _, _ in series["vbpr"]]
+    assert labels == ["train-02-vbpr-image", "train-03-vbpr-text", "train-04-vbpr-image+text-concat",
+                      "train-04-vbpr-image+text-mean", "trial 00000 (learning_rate=0.001)",
+                      "trial 00001 (learning_rate=0.01)"]
+    assert series["lightgcn"] == [("train-00-lightgcn", [2, 4, 6], [0.1, 0.3, 0.25])]
+
+
+def test_no_id_only_run_means_no_marks(tmp_path: Path) -> None:
+    values = np.linspace(0, 1, 20)
+    write_run(tmp_path, "train-00-vbpr", "vbpr", ["image"], per_user(values, values))
+    report = write_report(tmp_path).read_text()
+    assert "No ID-only run" in report and BETTER_MARK not in report.split("## All runs")[0].split("|---|")[-1]
+
+
+def test_rendering_imports_neither_ray_nor_torch(out: Path) -> None:
+    import subprocess
+
+    code = ("import sys; from rmm.report.tables import write_report; write_report(sys.argv[1]); "
+            "print('ray' in sys.modules, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False False"
