@@ -86,44 +86,99 @@ class DatasetConfig:
 
 @dataclass(frozen=True)
 class ExtractorConfig:
-    """One feature to extract into the store under ``name``.
+    """One extractor: the store features it writes and how it runs.
 
     ``kind`` picks the extractor (see ``rmm.features.extractors.EXTRACTORS``); ``model`` is a hub id, a local
     path, or ``tiny:<arch>`` for a tiny randomly initialised offline model of that architecture.
+
+    What it computes (part of a feature's fingerprint):
+        model, weights (torchvision: enum name such as ``IMAGENET1K_V2`` or a local state-dict file; None =
+        random init), pooling / poolings (``lvlm_embed``: several poolings of one forward pass, one feature
+        ``<name>_<pooling>`` each), layer, dtype, prompt (embed template, or describe template name / YAML
+        file), max_image_size (longest image side after decoding; the torchvision CNN uses it as its input size),
+        attn_implementation, max_new_tokens / do_sample / temperature / top_p / seed (``lvlm_describe``
+        decoding), text_encoder (sentence model of the description feature ``<name>_desc_<encoder>``),
+        keywords_top_n (values per slot of ``<name>_keywords``), trust_remote_code.
+
+    How it runs (runtime fields; changing them never invalidates a feature):
+        batch_size (model batch), bucket_window (a Ray batch holds ``bucket_window`` model batches, sorted by
+        input length so each model batch pads little), concurrency (actors: a number or a ``[min, max]``
+        autoscaling range), num_cpus / num_gpus per actor, group (extractors with the same group share one
+        actor pool, one read of the items and one load of a model they have in common).
     """
 
     name: str
     kind: str
     model: str | None = None
+    weights: str | None = None
     pooling: str = "mean"
+    poolings: tuple[str, ...] = ()
     layer: int = -1
     dtype: str = "float32"
     prompt: str = "default"
     max_image_size: int = 224
+    attn_implementation: str = "sdpa"
+    max_new_tokens: int = 48
+    do_sample: bool = False
+    temperature: float = 0.7
+    top_p: float = 0.9
+    seed: int = 0
+    text_encoder: str = "minilm"
+    keywords_top_n: int = 10
     batch_size: int = 8
-    concurrency: int = 1
+    bucket_window: int = 4
+    concurrency: int | tuple[int, int] = 1
     num_cpus: float = 0.5
     num_gpus: float = 0.0
+    group: str | None = None
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
         if not self.name:
             raise ValueError("every extractor needs a name")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if "/" in self.name or self.name.startswith("."):
+            raise ValueError(f"extractor name {self.name!r} is a directory name: no '/', no leading '.'")
+        for field_name in ("batch_size", "bucket_window", "max_image_size", "max_new_tokens", "keywords_top_n"):
+            if getattr(self, field_name) < 1:
+                raise ValueError(f"{field_name} must be >= 1, got {getattr(self, field_name)}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.attn_implementation not in ("sdpa", "eager", "flash_attention_2", "flash_attention_3"):
+            raise ValueError("attn_implementation must be sdpa, eager, flash_attention_2 or flash_attention_3, "
+                             f"got {self.attn_implementation!r}")
+        if len(set(self.poolings)) != len(self.poolings):
+            raise ValueError(f"poolings must not repeat, got {list(self.poolings)}")
+        low, high = self.concurrency if isinstance(self.concurrency, tuple) else (self.concurrency,) * 2
+        if not 1 <= low <= high:
+            raise ValueError(f"concurrency must be >= 1 or a range [min, max] with 1 <= min <= max, "
+                             f"got {self.concurrency!r}")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"temperature must be > 0 and top_p in (0, 1], got {self.temperature}, {self.top_p}")
+
+    @property
+    def key(self) -> str:
+        """Identity of the extractor in a job: an embed and a describe extractor may share a name (their
+        features, ``<name>_<pooling>`` and ``<name>_desc_<encoder>``, differ)."""
+        return f"{self.kind}:{self.name}"
+
+    @property
+    def batch_rows(self) -> int:
+        """Rows per Ray batch handed to an actor: ``bucket_window`` model batches."""
+        return self.batch_size * self.bucket_window
 
 
 @dataclass(frozen=True)
 class FeaturesConfig:
+    """The extractors of ``rmm extract``, run in order, sharing actors within a ``group``. Two extractors may
+    share a name only if their kinds differ (the pipeline checks that no two write the same feature)."""
+
     extractors: tuple[ExtractorConfig, ...] = ()
 
     def __post_init__(self) -> None:
-        names = [e.name for e in self.extractors]
-        duplicated = sorted({n for n in names if names.count(n) > 1})
+        keys = [e.key for e in self.extractors]
+        duplicated = sorted({k for k in keys if keys.count(k) > 1})
         if duplicated:
-            raise ValueError(f"extractor names must be unique, repeated: {duplicated}")
+            raise ValueError(f"extractor names must be unique per kind, repeated: {duplicated}")
 
 
 @dataclass(frozen=True)
@@ -142,8 +197,16 @@ class ModelConfig:
         fusion is named only where there is something to fuse."""
         if not self.features:
             return self.name
-        fusion = f"|{self.fusion}" if len(self.features) > 1 else ""
+        fusion = f"|{self.fusion}" if self.fuses else ""
         return f"{self.name}[{'+'.join(self.features)}{fusion}]"
+
+    @property
+    def fuses(self) -> bool:
+        """Whether ``fusion`` applies: several features into a model with one content input (per-modality-branch
+        models such as FREEDOM take each feature in its own branch and fuse nothing)."""
+        from rmm.models import get_model_class  # the registry imports torch; only needed here
+
+        return len(self.features) > 1 and bool(get_model_class(self.name).fusions)
 
 
 @dataclass(frozen=True)
@@ -178,8 +241,27 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TuneConfig:
-    """A Ray Tune sweep. ``search`` maps dotted keys (``train.learning_rate``) to one distribution each,
-    e.g. ``{"loguniform": [1e-4, 1e-1]}``; ``models`` names the configured models to sweep (all if empty)."""
+    """A Ray Tune sweep (see :mod:`rmm.tune.space` for the ``search`` block).
+
+    ``search`` maps dotted keys (``train.learning_rate``, ``model.embedding_dim``, ``model.features``,
+    ``model.fusion``) to one distribution each: choice, grid, uniform, loguniform or randint (high exclusive),
+    e.g. ``{"loguniform": [1e-4, 1e-1]}``. Grid keys are crossed into grid points; each point is sampled
+    ``num_samples`` times over the other keys. A searched key applies only to the models it means something for
+    (``model.fusion`` where several features are fused, ``model.features`` for content models, a model key for
+    the models that have it); points that then coincide run once. ``models`` names the configured models to
+    sweep (all if empty).
+
+    Attributes:
+        search_alg: ``random`` (the grid crossed with random samples), ``grid`` (every key a grid), ``optuna``
+            or ``hyperopt`` (optional extras ``rmm[optuna]``, ``rmm[hyperopt]``; one search per grid point).
+        scheduler: ``fifo``, or ``asha`` (stops weak trials on the validation metric reported after each
+            evaluation; ``asha_grace_period`` and the rungs count evaluations).
+        max_concurrent_trials: trials running at once.
+        cpus_per_trial: CPUs of a trial's own process, which only drives its Ray Train run.
+        gpus_per_trial: GPUs of a trial, split across its ``num_workers`` Ray Train workers (0.5 with one
+            worker: two trials share a GPU).
+        num_workers: Ray Train workers per trial (``train.num_workers`` is for ``rmm train``).
+    """
 
     models: tuple[str, ...] = ()
     search: Mapping[str, Any] = field(default_factory=dict)
@@ -190,12 +272,27 @@ class TuneConfig:
     cpus_per_trial: float = 0.25
     gpus_per_trial: float = 0.0
     num_workers: int = 1
+    asha_grace_period: int = 1
+    asha_reduction_factor: float = 2.0
 
     def __post_init__(self) -> None:
         if self.scheduler not in ("fifo", "asha"):
             raise ValueError(f"scheduler must be fifo or asha, got {self.scheduler!r}")
-        if self.num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+        if self.search_alg not in ("random", "grid", "optuna", "hyperopt"):
+            raise ValueError(f"search_alg must be random, grid, optuna or hyperopt, got {self.search_alg!r}")
+        for name in ("num_samples", "max_concurrent_trials", "num_workers", "asha_grace_period"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
+            raise ValueError(f"cpus_per_trial must be > 0 and gpus_per_trial >= 0, got {self.cpus_per_trial}, "
+                             f"{self.gpus_per_trial}")
+        if self.asha_reduction_factor <= 1:
+            raise ValueError(f"asha_reduction_factor must be > 1, got {self.asha_reduction_factor}")
+        if self.search_alg == "grid":
+            sampled = sorted(k for k, spec in self.search.items() if isinstance(spec, Mapping) and "grid" not in spec)
+            if sampled:
+                raise ValueError(f"search_alg grid searches grids only, but {sampled} are sampled; make them "
+                                 f"{{grid: [...]}} or use search_alg: random")
 
 
 @dataclass(frozen=True)

@@ -1,29 +1,40 @@
 """Extractor registry and the batch contract between Ray Data and the encoders.
 
-An extractor is a callable class that Ray Data runs in an actor pool (``map_batches(cls, ...)``): it loads its
-model once in ``__init__`` and maps a numpy batch dict to ``{item_id, vector, status, reason}``. The batch
-carries ``item_id``, ``title``, ``text`` and, for image extractors, the columns :func:`decode_images` adds
-(raw RGB bytes + shape, so Arrow stores them natively). ``status`` is ``done``, ``missing`` (the item lacks
-the input this extractor needs; zero row) or ``failed`` (encoding raised; zero row); ``reason`` says why, and on
-a ``done`` row notes a partial input ("text only: no image"). Everything here runs without Ray.
+An extractor loads its model once in ``__init__`` and maps a numpy batch dict to one table per output feature,
+``{item_id, vector, status, reason}`` (+ extra text columns such as a description's ``text`` and ``fields``).
+Most extractors have one output; ``lvlm_embed`` with several ``poolings`` has one per pooling (one forward
+pass), ``lvlm_describe`` has the description embedding (and a keyword feature derived after extraction).
+Ray Data runs an :class:`ExtractorGroup` (one or several extractors sharing an actor and its model loads) in an
+actor pool (``map_batches(ExtractorGroup, ...)``).
 
-torch and transformers are imported on first use: they cost seconds per Ray worker, and the image-decoding
-tasks and ``image_stats``/``sentence`` actors never need ``rmm.features.lvlm``.
+The batch carries ``item_id``, ``title``, ``text``, optionally ``todo/<kind>:<name>`` (False: already written by
+an earlier run, skip) and, for image extractors, the columns :func:`decode_images` adds (raw RGB bytes + shape,
+so Arrow stores them natively). ``status`` is ``done``, ``missing`` (the item lacks the input this extractor
+needs; zero row), ``failed`` (encoding raised; zero row) or ``skipped`` (not written); ``reason`` says why, and on
+a ``done`` row notes a partial input ("text only: no image").
+
+Within a batch an extractor sorts items by input length (:meth:`Extractor.sort_keys`) and encodes them in model
+batches of ``batch_size``: length bucketing, so a batch pads to similar lengths. Everything here runs without
+Ray; torch and transformers are imported on first use (they cost seconds per Ray worker, and image-decoding
+tasks never need them).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import pyarrow as pa
 from PIL import Image
 
 from rmm.config import ExtractorConfig
+from rmm.features import describe as structured
 from rmm.features.encoders import (
     HSV_BINS,
     IMAGE_STATS_DIM,
@@ -31,15 +42,25 @@ from rmm.features.encoders import (
     SentenceEncoder,
     image_stats,
     resolve_sentence_model,
+    sentence_model_label,
     sentence_text,
 )
-from rmm.features.prompts import get_template, template_sha256, template_text
+from rmm.features.prompts import get_template, item_text, load_describe_template, template_sha256, template_text
+from rmm.features.store import (
+    DESCRIPTIONS_FILE,
+    MANIFEST_FILE,
+    consolidate_parts,
+    feature_dir,
+    read_parts,
+    write_feature,
+)
 from rmm.features.tiny import resolve_model_id
 
 log = logging.getLogger(__name__)
 
-DONE, MISSING, FAILED = "done", "missing", "failed"
+DONE, MISSING, FAILED, SKIPPED = "done", "missing", "failed", "skipped"
 NO_IMAGE = "no image"
+TODO_PREFIX = "todo/"
 
 Batch = dict[str, np.ndarray]
 
@@ -76,7 +97,8 @@ def load_image(dataset_dir: str | Path, image_path: str | None, max_image_size: 
             picture = picture.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         log.warning("skipping image of %s: %s", path, err)
-        return None, f"unreadable image {image_path}: {type(err).__name__}: {err}"
+        message = str(err).replace(str(path), image_path)  # manifests must not depend on where the data lives
+        return None, f"unreadable image {image_path}: {type(err).__name__}: {message}"
     picture.thumbnail((max_image_size, max_image_size))
     return np.asarray(picture, dtype=np.uint8), ""
 
@@ -119,20 +141,38 @@ def _as_str(value: Any) -> str:
 # ---------------------------------------------------------------------------------------------- extractors
 
 class Extractor(ABC):
-    """Base of all extractors: per-item bookkeeping and failure isolation around :meth:`encode`.
+    """Base of all extractors: per-item bookkeeping, length bucketing and failure isolation around
+    :meth:`encode`.
 
     Args:
-        cfg: this feature's config.
+        cfg: this extractor's config.
         cache_dir: cache root of ``tiny:`` models for extractors that load one; part of every extractor's
             constructor so the pipeline can pass it uniformly (an actor's environment may lack ``RMM_CACHE``).
     """
 
     kind: ClassVar[str]
     needs_image: ClassVar[bool] = False
-    dim: int
+    #: Per-item string columns :meth:`encode` returns besides the vectors; stored with the first output.
+    extra_columns: ClassVar[tuple[str, ...]] = ()
+    #: Output feature name -> vector dimension, set by ``__init__``.
+    dims: dict[str, int]
 
     def __init__(self, cfg: ExtractorConfig, cache_dir: str | None = None) -> None:
         self.cfg = cfg
+
+    @classmethod
+    def output_names(cls, cfg: ExtractorConfig) -> tuple[str, ...]:
+        """The features written from this extractor's parts (default: one, named like the extractor)."""
+        return (cfg.name,)
+
+    @classmethod
+    def derived_names(cls, cfg: ExtractorConfig) -> tuple[str, ...]:
+        """Features computed from the outputs once every item is written (``lvlm_describe``'s keywords)."""
+        return ()
+
+    @classmethod
+    def feature_names(cls, cfg: ExtractorConfig) -> tuple[str, ...]:
+        return cls.output_names(cfg) + cls.derived_names(cfg)
 
     @classmethod
     @abstractmethod
@@ -140,9 +180,23 @@ class Extractor(ABC):
         """Manifest fields (model, prompt, pooling, ...), computed on the driver without loading the model;
         raises ``ValueError``/``KeyError`` on an invalid config so a bad extractor fails before any work."""
 
+    @classmethod
+    def output_manifest(cls, cfg: ExtractorConfig, output: str) -> dict[str, Any]:
+        """Manifest fields specific to one output (``lvlm_embed``: its pooling)."""
+        return {}
+
     @abstractmethod
-    def encode(self, items: list[Item]) -> np.ndarray:
-        """Shapes: returns (len(items), dim) for items that passed :meth:`missing_reason`."""
+    def encode(self, items: list[Item]) -> dict[str, np.ndarray]:
+        """Encode one model batch.
+
+        Returns:
+            output name -> (len(items), dim) vectors, plus each of :attr:`extra_columns` -> (len(items),) str.
+        """
+
+    def sort_keys(self, items: list[Item]) -> list[int]:
+        """Length-bucketing keys (input tokens), one per item; items are encoded in key order, so model batches
+        hold items of similar length. All equal (the default): input order."""
+        return [0] * len(items)
 
     def missing_reason(self, item: Item) -> str:
         """Non-empty when the item lacks every input this extractor uses."""
@@ -158,28 +212,64 @@ class Extractor(ABC):
 
         return "cuda" if self.cfg.num_gpus > 0 and torch.cuda.is_available() else "cpu"
 
-    def __call__(self, batch: Batch) -> Batch:
-        items = items_from_batch(batch)
-        vectors = np.zeros((len(items), self.dim), dtype=np.float32)
-        status = np.full(len(items), DONE, dtype=object)
+    def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, Batch]:
+        """Encode a batch (skipping rows whose ``todo/<kind>:<name>`` is False) into one table per output."""
+        items = [self._fit(item) for item in items_from_batch(batch)]
+        size = len(items)
+        todo_flags = batch.get(TODO_PREFIX + self.cfg.key)
+        status = np.full(size, DONE, dtype=object)
         reasons = np.array([self.note(item) for item in items], dtype=object)
+        columns: dict[str, np.ndarray] = {name: np.zeros((size, dim), dtype=np.float32)
+                                          for name, dim in self.dims.items()}
+        columns.update({name: np.full(size, "", dtype=object) for name in self.extra_columns})
         todo = []
         for i, item in enumerate(items):
-            if why := self.missing_reason(item):
+            if todo_flags is not None and not todo_flags[i]:
+                status[i], reasons[i] = SKIPPED, ""
+            elif why := self.missing_reason(item):
                 status[i], reasons[i] = MISSING, why
             else:
                 todo.append(i)
-        if todo:
-            encoded, errors = self._encode_isolated([items[i] for i in todo])
-            vectors[todo] = encoded
-            for i, error in zip(todo, errors):
+        todo = [i for _, i in sorted(zip(self._keys([items[i] for i in todo]), todo), key=lambda pair: pair[0])]
+        for start in range(0, len(todo), self.cfg.batch_size):
+            chunk = todo[start:start + self.cfg.batch_size]
+            encoded, errors = self._encode_isolated([items[i] for i in chunk])
+            for name, values in encoded.items():
+                columns[name][chunk] = values
+            for i, error in zip(chunk, errors):
                 if error:
                     status[i], reasons[i] = FAILED, error
-        return {"item_id": np.asarray(batch["item_id"], dtype=np.int64), "vector": vectors,
-                "status": status.astype(str), "reason": reasons.astype(str)}
+        ids = np.asarray(batch["item_id"], dtype=np.int64)
+        tables = {}
+        for index, name in enumerate(self.dims):
+            table = {"item_id": ids, "vector": columns[name], "status": status.astype(str),
+                     "reason": reasons.astype(str)}
+            if index == 0:
+                table.update({extra: columns[extra].astype(str) for extra in self.extra_columns})
+            tables[name] = table
+        return tables
 
-    def _encode_isolated(self, items: list[Item]) -> tuple[np.ndarray, list[str]]:
-        """Encode a batch; if it raises, retry item by item so only the culprit fails.
+    def _keys(self, items: list[Item]) -> list[int]:
+        """:meth:`sort_keys`, or input order if it raises: bucketing is an optimisation, never a reason to fail."""
+        if not items:
+            return []
+        try:
+            return list(self.sort_keys(items))
+        except Exception as err:  # noqa: BLE001 (logged; the batch is encoded unsorted)
+            log.warning("%s: sort keys failed (%r); encoding in input order", self.cfg.name, err)
+            return [0] * len(items)
+
+    def _fit(self, item: Item) -> Item:
+        """Shrink an image larger than this extractor's ``max_image_size`` (a group decodes at its largest)."""
+        limit = self.cfg.max_image_size
+        if item.image is None or max(item.image.shape[:2]) <= limit:
+            return item
+        picture = Image.fromarray(item.image)
+        picture.thumbnail((limit, limit))
+        return Item(item.item_id, item.title, item.text, np.asarray(picture), item.image_reason)
+
+    def _encode_isolated(self, items: list[Item]) -> tuple[dict[str, np.ndarray], list[str]]:
+        """Encode a model batch; if it raises, retry item by item so only the culprit fails.
 
         Broad ``except`` on purpose: a job over millions of items must not die on one odd input, and every
         failure is logged and recorded with its reason in the manifest.
@@ -189,18 +279,36 @@ class Extractor(ABC):
         except Exception as err:  # noqa: BLE001
             if len(items) == 1:
                 log.warning("%s: item %d failed: %r", self.cfg.name, items[0].item_id, err)
-                return np.zeros((1, self.dim), dtype=np.float32), [f"{type(err).__name__}: {err}"]
+                empty = {name: np.zeros((1, dim), dtype=np.float32) for name, dim in self.dims.items()}
+                empty.update({name: np.array([""], dtype=object) for name in self.extra_columns})
+                return empty, [f"{type(err).__name__}: {err}"]
             log.warning("%s: batch of %d failed (%r); retrying item by item", self.cfg.name, len(items), err)
         results = [self._encode_isolated([item]) for item in items]
-        return np.concatenate([vectors for vectors, _ in results]), [errors[0] for _, errors in results]
+        merged = {name: np.concatenate([encoded[name] for encoded, _ in results]) for name in results[0][0]}
+        return merged, [errors[0] for _, errors in results]
 
-    def _checked(self, vectors: np.ndarray, count: int) -> np.ndarray:
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.shape != (count, self.dim):
-            raise ValueError(f"encoder returned shape {vectors.shape}, expected {(count, self.dim)}")
-        if not np.isfinite(vectors).all():
-            raise ValueError("encoder returned non-finite values (try dtype float32)")
-        return vectors
+    def _checked(self, encoded: Mapping[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
+        out = {}
+        for name, dim in self.dims.items():
+            vectors = np.asarray(encoded[name], dtype=np.float32)
+            if vectors.shape != (count, dim):
+                raise ValueError(f"encoder returned shape {vectors.shape} for {name}, expected {(count, dim)}")
+            if not np.isfinite(vectors).all():
+                raise ValueError(f"encoder returned non-finite values for {name} (try dtype float32)")
+            out[name] = vectors
+        for name in self.extra_columns:
+            out[name] = np.asarray(encoded[name], dtype=object)
+        return out
+
+    # -------------------------------------------------------------------------------- driver side
+
+    @classmethod
+    def finalize(cls, feature_root: str | Path, cfg: ExtractorConfig, num_items: int,
+                 manifest: Mapping[str, Any]) -> list[Path]:
+        """Consolidate every output's parts into ``matrix.npy`` + ``manifest.json`` (on the driver, once all
+        items are written); extractors with derived features extend this."""
+        return [consolidate_parts(feature_root, name, num_items, {**manifest, **cls.output_manifest(cfg, name)})
+                for name in cls.output_names(cfg)]
 
 
 EXTRACTORS: dict[str, type[Extractor]] = {}
@@ -224,10 +332,47 @@ def get_extractor(kind: str) -> type[Extractor]:
     return EXTRACTORS[kind]
 
 
+class ExtractorGroup:
+    """The actor class Ray Data runs: one or several extractors sharing a process (and, through the
+    per-process model caches, any model they have in common: an embed and a describe extractor of one LVLM, CLIP's
+    image and text towers, MiniLM for text and for descriptions).
+
+    ``__call__`` returns an Arrow table with ``item_id`` and, per output feature, ``<feature>/vector``
+    (list<float32>), ``<feature>/status``, ``<feature>/reason`` and its extra columns; the feature sink splits it.
+    """
+
+    def __init__(self, cfgs: Sequence[ExtractorConfig], cache_dir: str | None = None) -> None:
+        self.extractors = [get_extractor(cfg.kind)(cfg, cache_dir) for cfg in cfgs]
+
+    def __call__(self, batch: Mapping[str, np.ndarray]) -> pa.Table:
+        columns: dict[str, pa.Array] = {"item_id": pa.array(np.asarray(batch["item_id"], dtype=np.int64))}
+        for extractor in self.extractors:
+            for feature, table in extractor(batch).items():
+                for column, values in table.items():
+                    if column == "item_id":
+                        continue
+                    columns[f"{feature}/{column}"] = (vector_list(values) if column == "vector"
+                                                      else pa.array(values, pa.string()))
+        return pa.table(columns)
+
+
+def vector_list(vectors: np.ndarray) -> pa.Array:
+    """(N, D) float32 -> Arrow ``list<float32>`` (the store contract), not Ray's tensor extension type."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    flat = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1])
+    return flat.cast(pa.list_(pa.float32()))
+
+
+# ------------------------------------------------------------------------------------------------- LVLM
+
 @register("lvlm_embed")
 class LVLMEmbedExtractor(Extractor):
-    """Hidden-state embedding of image + title + text from an LVLM (fields: model, pooling, layer, dtype, prompt,
-    max_image_size, trust_remote_code)."""
+    """Hidden-state embedding of image + title + text from an LVLM (fields: model, pooling or poolings, layer,
+    dtype, prompt, max_image_size, attn_implementation, trust_remote_code).
+
+    With ``poolings`` set, one forward pass feeds one feature per pooling, ``<name>_<pooling>``; otherwise the
+    single feature ``<name>`` uses ``pooling``.
+    """
 
     needs_image = True
 
@@ -235,35 +380,168 @@ class LVLMEmbedExtractor(Extractor):
         from rmm.features.lvlm import LVLMEmbedder
 
         super().__init__(cfg, cache_dir)
-        self.embedder = LVLMEmbedder(resolve_model_id(_require_model(cfg), cache_dir), pooling=cfg.pooling,
+        self.embedder = LVLMEmbedder(resolve_model_id(_require_model(cfg), cache_dir), poolings=_poolings(cfg),
                                      layer=cfg.layer, dtype=cfg.dtype, prompt=cfg.prompt,
-                                     trust_remote_code=cfg.trust_remote_code, device=self.device())
-        self.dim = self.embedder.dim
+                                     trust_remote_code=cfg.trust_remote_code, device=self.device(),
+                                     attn_implementation=cfg.attn_implementation)
+        self.outputs = dict(zip(_poolings(cfg), self.output_names(cfg)))  # pooling -> feature
+        self.dims = {name: self.embedder.dim for name in self.outputs.values()}
+
+    @classmethod
+    def output_names(cls, cfg: ExtractorConfig) -> tuple[str, ...]:
+        return tuple(f"{cfg.name}_{p}" for p in cfg.poolings) if cfg.poolings else (cfg.name,)
 
     @classmethod
     def describe(cls, cfg: ExtractorConfig, cache_dir: str | None = None) -> dict[str, Any]:
         from rmm.features.lvlm import check_pooling
 
-        check_pooling(cfg.pooling)
+        for pooling in _poolings(cfg):
+            check_pooling(pooling)
         template = get_template(cfg.prompt)
         model = _require_model(cfg)
         return {"model": model, "model_path": resolve_model_id(model, cache_dir), "pooling": cfg.pooling,
                 "layer": cfg.layer, "model_dtype": cfg.dtype, "max_image_size": cfg.max_image_size,
-                "prompt": template.name, "prompt_template": template_text(template),
-                "prompt_sha256": template_sha256(template)}
+                "attn_implementation": cfg.attn_implementation, "prompt": template.name,
+                "prompt_template": template_text(template), "prompt_sha256": template_sha256(template)}
+
+    @classmethod
+    def output_manifest(cls, cfg: ExtractorConfig, output: str) -> dict[str, Any]:
+        return {"pooling": dict(zip(cls.output_names(cfg), _poolings(cfg)))[output]}
 
     def missing_reason(self, item: Item) -> str:
         return "" if item.has_text or item.image is not None else f"empty title and text, {item.image_reason}"
 
     def note(self, item: Item) -> str:
         if item.image is None:
-            fallback = "; image_mean pooled all tokens" if self.cfg.pooling == "image_mean" else ""
+            fallback = "; image_mean pooled all tokens" if "image_mean" in _poolings(self.cfg) else ""
             return f"text only ({item.image_reason}){fallback}"
         return "" if item.has_text else "image only (empty title and text)"
 
-    def encode(self, items: list[Item]) -> np.ndarray:
-        return self.embedder.embed([i.title for i in items], [i.text for i in items], [i.image for i in items])
+    def sort_keys(self, items: list[Item]) -> list[int]:
+        return self.embedder.input_lengths([item_text(self.embedder.template, i.title, i.text) for i in items],
+                                           [i.image for i in items])
 
+    def encode(self, items: list[Item]) -> dict[str, np.ndarray]:
+        pooled = self.embedder.embed([i.title for i in items], [i.text for i in items], [i.image for i in items])
+        return {feature: pooled[pooling] for pooling, feature in self.outputs.items()}
+
+
+@register("lvlm_describe")
+class LVLMDescribeExtractor(Extractor):
+    """A structured description generated by an LVLM, embedded with a sentence encoder.
+
+    Fields: model, prompt (describe template name or YAML path), max_new_tokens, do_sample, temperature, top_p,
+    seed, dtype, max_image_size, attn_implementation, text_encoder, keywords_top_n.
+
+    Writes ``<name>_desc_<encoder>`` (the description's sentence embedding; its directory also holds
+    ``descriptions.parquet``: item_id, text, fields as JSON, parse status) and, once every item is described,
+    ``<name>_keywords`` (per slot, the top-N normalised values plus Other, one-hot). An empty answer is embedded
+    from the item's title and text instead.
+    """
+
+    needs_image = True
+    extra_columns = ("text", "fields", "parse")
+
+    def __init__(self, cfg: ExtractorConfig, cache_dir: str | None = None) -> None:
+        from rmm.features.lvlm import LVLMDescriber
+
+        super().__init__(cfg, cache_dir)
+        self.template = load_describe_template(cfg.prompt)
+        self.describer = LVLMDescriber(resolve_model_id(_require_model(cfg), cache_dir), template=self.template,
+                                       max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
+                                       temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
+                                       dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
+                                       device=self.device(), attn_implementation=cfg.attn_implementation)
+        self.encoder = SentenceEncoder(cfg.text_encoder, device=self.device(), batch_size=cfg.batch_size)
+        self.dims = {self.output_names(cfg)[0]: self.encoder.dim}
+
+    @classmethod
+    def output_names(cls, cfg: ExtractorConfig) -> tuple[str, ...]:
+        return (f"{cfg.name}_desc_{sentence_model_label(cfg.text_encoder)}",)
+
+    @classmethod
+    def derived_names(cls, cfg: ExtractorConfig) -> tuple[str, ...]:
+        return (f"{cfg.name}_keywords",)
+
+    @classmethod
+    def describe(cls, cfg: ExtractorConfig, cache_dir: str | None = None) -> dict[str, Any]:
+        template = load_describe_template(cfg.prompt)
+        model = _require_model(cfg)
+        decoding = {"max_new_tokens": cfg.max_new_tokens, "do_sample": cfg.do_sample}
+        if cfg.do_sample:
+            decoding.update(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
+        return {"model": model, "model_path": resolve_model_id(model, cache_dir), "model_dtype": cfg.dtype,
+                "max_image_size": cfg.max_image_size, "attn_implementation": cfg.attn_implementation,
+                "prompt": template.name, "prompt_template": template_text(template),
+                "prompt_sha256": template_sha256(template), "slots": list(template.slot_names),
+                "decoding": decoding, "text_encoder": cfg.text_encoder,
+                "text_encoder_path": resolve_sentence_model(cfg.text_encoder)}
+
+    def missing_reason(self, item: Item) -> str:
+        return "" if item.has_text or item.image is not None else f"empty title and text, {item.image_reason}"
+
+    def note(self, item: Item) -> str:
+        if item.image is None:
+            return f"text only ({item.image_reason})"
+        return "" if item.has_text else "image only (empty title and text)"
+
+    def sort_keys(self, items: list[Item]) -> list[int]:
+        return self.describer.input_lengths([item_text(self.template, i.title, i.text) for i in items],
+                                            [i.image for i in items])
+
+    def encode(self, items: list[Item]) -> dict[str, np.ndarray]:
+        texts = self.describer.describe([i.title for i in items], [i.text for i in items], [i.image for i in items])
+        parsed = [structured.parse_description(text, self.template.slot_names) for text in texts]
+        inputs = [text or sentence_text(item.title, item.text) for text, item in zip(texts, items)]
+        return {next(iter(self.dims)): self.encoder.encode(inputs),
+                "text": np.array(texts, dtype=object),
+                "fields": np.array([p.fields_json for p in parsed], dtype=object),
+                "parse": np.array([p.status for p in parsed], dtype=object)}
+
+    @classmethod
+    def finalize(cls, feature_root: str | Path, cfg: ExtractorConfig, num_items: int,
+                 manifest: Mapping[str, Any]) -> list[Path]:
+        """Write ``descriptions.parquet``, the description feature (with parse counts) and the keyword feature."""
+        (desc_name,), (keywords_name,) = cls.output_names(cfg), cls.derived_names(cfg)
+        parts = read_parts(feature_root, desc_name, columns=["item_id", "status", "text", "fields", "parse"])
+        done = parts[parts["status"] == DONE].sort_values("item_id", ignore_index=True)
+        done[["item_id", "text", "fields", "parse"]].to_parquet(feature_dir(feature_root, desc_name)
+                                                                / DESCRIPTIONS_FILE, index=False)
+        counts = done["parse"].value_counts()
+        parse = {status: int(counts.get(status, 0))
+                 for status in (structured.PARSED, structured.PARTIAL, structured.UNPARSED)}
+        parse["failures"] = parse[structured.PARTIAL] + parse[structured.UNPARSED]
+        described = {**manifest, "parse": parse, "descriptions": DESCRIPTIONS_FILE}
+        paths = [consolidate_parts(feature_root, desc_name, num_items, described)]
+
+        slots = manifest["slots"]
+        fields: list[dict[str, str] | None] = [None] * num_items
+        for item_id, text in zip(done["item_id"], done["fields"]):
+            fields[int(item_id)] = json.loads(text)
+        vocabulary = structured.keyword_vocabulary(fields, slots, cfg.keywords_top_n)
+        desc_manifest = json.loads((feature_dir(feature_root, desc_name) / MANIFEST_FILE).read_text())
+        not_described = {int(k): f"no description: {v}" for k, v in desc_manifest["missing"].items()}
+        failed = {int(k): f"no description: {v}" for k, v in desc_manifest["failed"].items()}
+        paths.append(write_feature(
+            feature_root, keywords_name, structured.keyword_matrix(fields, vocabulary),
+            {**manifest, "kind": "lvlm_keywords", "derived_from": desc_name, "parse": parse,
+             "keywords_top_n": cfg.keywords_top_n, "min_keyword_count": structured.MIN_KEYWORD_COUNT,
+             "vocabulary": vocabulary, "columns": structured.keyword_columns(vocabulary)},
+            missing=not_described, failed=failed))
+        return paths
+
+
+def _poolings(cfg: ExtractorConfig) -> tuple[str, ...]:
+    return cfg.poolings or (cfg.pooling,)
+
+
+def _require_model(cfg: ExtractorConfig, example: str = "tiny:qwen2-vl") -> str:
+    if not cfg.model:
+        raise ValueError(f"extractor {cfg.name!r} ({cfg.kind}) needs a model: a hub id, a local path or {example}")
+    return cfg.model
+
+
+# ---------------------------------------------------------------------------------------------- classic
 
 @register("sentence")
 class SentenceExtractor(Extractor):
@@ -272,41 +550,132 @@ class SentenceExtractor(Extractor):
     def __init__(self, cfg: ExtractorConfig, cache_dir: str | None = None) -> None:
         super().__init__(cfg, cache_dir)
         self.encoder = SentenceEncoder(cfg.model, device=self.device(), batch_size=cfg.batch_size)
-        self.dim = self.encoder.dim
+        self.dims = {cfg.name: self.encoder.dim}
 
     @classmethod
     def describe(cls, cfg: ExtractorConfig, cache_dir: str | None = None) -> dict[str, Any]:
         return {"model": cfg.model or "all-MiniLM-L6-v2", "model_path": resolve_sentence_model(cfg.model),
                 "pooling": "model's own (sentence-transformers), L2-normalised", "input": "title. text"}
 
-    def encode(self, items: list[Item]) -> np.ndarray:
-        return self.encoder.encode([sentence_text(i.title, i.text) for i in items])
+    def sort_keys(self, items: list[Item]) -> list[int]:
+        return [len(item.title) + len(item.text) for item in items]
+
+    def encode(self, items: list[Item]) -> dict[str, np.ndarray]:
+        return {self.cfg.name: self.encoder.encode([sentence_text(i.title, i.text) for i in items])}
 
 
-@register("image_stats")
-class ImageStatsExtractor(Extractor):
-    """HSV colour histogram + grey thumbnail of the image, no model (field: max_image_size)."""
+class _ImageExtractor(Extractor):
+    """An extractor reading only the image: an item without one is missing."""
 
     needs_image = True
 
+    def missing_reason(self, item: Item) -> str:
+        return "" if item.image is not None else item.image_reason
+
+
+@register("image_stats")
+class ImageStatsExtractor(_ImageExtractor):
+    """HSV colour histogram + grey thumbnail of the image, no model (field: max_image_size)."""
+
     def __init__(self, cfg: ExtractorConfig, cache_dir: str | None = None) -> None:
         super().__init__(cfg, cache_dir)
-        self.dim = IMAGE_STATS_DIM
+        self.dims = {cfg.name: IMAGE_STATS_DIM}
 
     @classmethod
     def describe(cls, cfg: ExtractorConfig, cache_dir: str | None = None) -> dict[str, Any]:
         return {"model": None, "hsv_bins": list(HSV_BINS), "thumbnail_size": THUMBNAIL_SIZE,
                 "max_image_size": cfg.max_image_size}
 
-    def missing_reason(self, item: Item) -> str:
-        return "" if item.image is not None else item.image_reason
-
-    def encode(self, items: list[Item]) -> np.ndarray:
-        return np.stack([image_stats(item.image) for item in items])
+    def encode(self, items: list[Item]) -> dict[str, np.ndarray]:
+        return {self.cfg.name: np.stack([image_stats(item.image) for item in items])}
 
 
-def _require_model(cfg: ExtractorConfig) -> str:
-    if not cfg.model:
-        raise ValueError(f"extractor {cfg.name!r} (lvlm_embed) needs a model: a hub id, a local path or "
-                         "tiny:qwen2-vl")
-    return cfg.model
+@register("torchvision")
+class TorchvisionExtractor(_ImageExtractor):
+    """Pooled features of a torchvision CNN, default ResNet50 (2048-d). Fields: model (builder name, default
+    resnet50), weights (None = random init, an enum name such as IMAGENET1K_V2, or a local .pth), max_image_size
+    (input resolution), dtype."""
+
+    def __init__(self, cfg: ExtractorConfig, cache_dir: str | None = None) -> None:
+        from rmm.features.encoders import TorchvisionImageEncoder
+
+        super().__init__(cfg, cache_dir)
+        self.encoder = TorchvisionImageEncoder(cfg.model or "resnet50", cfg.weights, image_size=cfg.max_image_size,
+                                               device=self.device(), dtype=cfg.dtype)
+        self.dims = {cfg.name: self.encoder.dim}
+
+    @classmethod
+    def describe(cls, cfg: ExtractorConfig, cache_dir: str | None = None) -> dict[str, Any]:
+        from rmm.features.encoders import check_torchvision
+
+        check_torchvision(cfg.model or "resnet50", cfg.weights)
+        if cfg.weights is None:
+            log.warning("%s: torchvision %s with random weights (architecture only); set weights: IMAGENET1K_V2 "
+                        "or a local .pth for real features", cfg.name, cfg.model or "resnet50")
+        return {"model": cfg.model or "resnet50", "weights": cfg.weights or "random", "model_dtype": cfg.dtype,
+                "input_size": cfg.max_image_size, "pooling": "global average (classifier removed)",
+                "preprocess": "shorter side resized to input_size, centre crop, ImageNet mean/std"}
+
+    def encode(self, items: list[Item]) -> dict[str, np.ndarray]:
+        return {self.cfg.name: self.encoder.encode([item.image for item in items])}
+
+
+@register("vit")
+class ViTExtractor(_ImageExtractor):
+    """A transformers ViT-style image model (``AutoModel``). Fields: model (hub id, local dir, ``tiny:vit``),
+    pooling (``cls`` or ``mean``), max_image_size, dtype. L2-normalised."""
+
+    def __init__(self, cfg: ExtractorConfig, cache_dir: str | None = None) -> None:
+        from rmm.features.encoders import ViTImageEncoder
+
+        super().__init__(cfg, cache_dir)
+        self.encoder = ViTImageEncoder(resolve_model_id(_require_model(cfg, "tiny:vit"), cache_dir),
+                                       pooling=cfg.pooling, device=self.device(), dtype=cfg.dtype)
+        self.dims = {cfg.name: self.encoder.dim}
+
+    @classmethod
+    def describe(cls, cfg: ExtractorConfig, cache_dir: str | None = None) -> dict[str, Any]:
+        if cfg.pooling not in ("cls", "mean"):
+            raise ValueError(f"extractor {cfg.name!r} (vit): pooling must be cls or mean, got {cfg.pooling!r}")
+        model = _require_model(cfg, "tiny:vit")
+        return {"model": model, "model_path": resolve_model_id(model, cache_dir), "pooling": cfg.pooling,
+                "model_dtype": cfg.dtype, "max_image_size": cfg.max_image_size}
+
+    def encode(self, items: list[Item]) -> dict[str, np.ndarray]:
+        return {self.cfg.name: self.encoder.encode([item.image for item in items])}
+
+
+class _CLIPExtractor(Extractor):
+    def __init__(self, cfg: ExtractorConfig, cache_dir: str | None = None) -> None:
+        from rmm.features.encoders import CLIPEncoder
+
+        super().__init__(cfg, cache_dir)
+        self.encoder = CLIPEncoder(resolve_model_id(_require_model(cfg, "tiny:clip"), cache_dir),
+                                   device=self.device(), dtype=cfg.dtype)
+        self.dims = {cfg.name: self.encoder.dim}
+
+    @classmethod
+    def describe(cls, cfg: ExtractorConfig, cache_dir: str | None = None) -> dict[str, Any]:
+        model = _require_model(cfg, "tiny:clip")
+        return {"model": model, "model_path": resolve_model_id(model, cache_dir), "model_dtype": cfg.dtype,
+                "tower": "image" if cls.needs_image else "text", "pooling": "CLIP projection, L2-normalised"}
+
+
+@register("clip_image")
+class CLIPImageExtractor(_CLIPExtractor, _ImageExtractor):
+    """CLIP image tower (fields: model, dtype, max_image_size); in one group with ``clip_text`` of the same model
+    the model is loaded once."""
+
+    def encode(self, items: list[Item]) -> dict[str, np.ndarray]:
+        return {self.cfg.name: self.encoder.encode_images([item.image for item in items])}
+
+
+@register("clip_text")
+class CLIPTextExtractor(_CLIPExtractor):
+    """CLIP text tower over ``title. text`` (truncated to the tower's context)."""
+
+    def sort_keys(self, items: list[Item]) -> list[int]:
+        return [len(item.title) + len(item.text) for item in items]
+
+    def encode(self, items: list[Item]) -> dict[str, np.ndarray]:
+        return {self.cfg.name: self.encoder.encode_texts([sentence_text(i.title, i.text) for i in items])}

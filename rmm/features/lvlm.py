@@ -1,5 +1,5 @@
-"""LVLM item embeddings: one forward pass over a chat prompt with the item's image, title and text, pooled
-from a hidden layer.
+"""LVLM item representations: embeddings (one forward pass over a chat prompt with the item's image, title and
+text, pooled from a hidden layer) and structured descriptions (generation from a describe template).
 
 The loading and preprocessing are those of any hub checkpoint (``AutoProcessor``, the model's own chat
 template, ``AutoModelForImageTextToText``), so ``tiny:qwen2-vl`` in tests and ``Qwen/Qwen2-VL-2B-Instruct`` on a
@@ -8,6 +8,8 @@ GPU cluster run the same lines. No Ray here: the Ray actor wrapper is in :mod:`r
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 from collections.abc import Sequence
 
@@ -15,11 +17,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from rmm.features.prompts import build_messages, get_template
+from rmm.features.prompts import DescribeTemplate, build_describe_messages, build_messages, get_template
 
 log = logging.getLogger(__name__)
 
 POOLINGS = ("mean", "image_mean", "text_mean", "last")
+_SENTINEL = "\x00rmm-item-text\x00"
 
 
 def check_pooling(pooling: str) -> None:
@@ -51,52 +54,137 @@ def pool_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor, image_mask: 
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
-def load_lvlm(model_path: str, dtype: str = "float32", trust_remote_code: bool = False,
-              device: str = "cpu") -> tuple[object, torch.nn.Module]:
-    """``AutoProcessor`` and ``AutoModelForImageTextToText`` (eval mode, on ``device``), SDPA attention when the
-    architecture supports it."""
+_LOADED: dict[tuple[str, str, bool, str, str], tuple[object, torch.nn.Module]] = {}
+
+
+def load_lvlm(model_path: str, dtype: str = "float32", trust_remote_code: bool = False, device: str = "cpu",
+              attn_implementation: str = "sdpa") -> tuple[object, torch.nn.Module]:
+    """``AutoProcessor`` and ``AutoModelForImageTextToText`` (eval mode, on ``device``), loaded once per process.
+
+    Extractors that share an actor (an embed and a describe extractor of the same model in one ``group``) get
+    the same objects. ``attn_implementation`` falls back to the model's default, with a log line, when the
+    architecture does not support it (or flash-attn is not installed).
+    """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    key = (model_path, dtype, trust_remote_code, device, attn_implementation)
+    if key in _LOADED:
+        return _LOADED[key]
     if trust_remote_code:
         log.warning("trust_remote_code=True: running code shipped with %s; use only repositories you trust",
                     model_path)
     processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     kwargs = {"dtype": getattr(torch, dtype), "trust_remote_code": trust_remote_code}
     try:
-        model = AutoModelForImageTextToText.from_pretrained(model_path, attn_implementation="sdpa", **kwargs)
-    except ValueError as err:  # transformers raises ValueError for an architecture without SDPA
-        log.info("%s: SDPA attention unavailable (%s); using the model's default attention", model_path, err)
+        model = AutoModelForImageTextToText.from_pretrained(model_path, attn_implementation=attn_implementation,
+                                                            **kwargs)
+    except (ValueError, ImportError) as err:  # unsupported by the architecture, or flash-attn missing
+        log.warning("%s: attn_implementation=%s unavailable (%s); using the model's default attention",
+                    model_path, attn_implementation, err)
         model = AutoModelForImageTextToText.from_pretrained(model_path, **kwargs)
-    return processor, model.eval().to(device)
+    _LOADED[key] = processor, model.eval().to(device)
+    return _LOADED[key]
 
 
-class LVLMEmbedder:
-    """Embeds items with an LVLM: chat prompt -> padded batch -> hidden layer ``layer`` -> pooling.
+class LVLM:
+    """A loaded LVLM with its processor: chat prompts, batched model inputs, input-length estimates.
 
     Args:
         model_path: hub id or local directory (resolve ``tiny:`` ids first with
             :func:`rmm.features.tiny.resolve_model_id`).
-        pooling: one of :data:`POOLINGS`.
-        layer: index into the hidden states (0 = embeddings, -1 = last layer).
-        dtype: torch dtype name of the weights; vectors are returned as float32 regardless.
-        prompt: name of a template in :mod:`rmm.features.prompts`.
+        dtype: torch dtype name of the weights; outputs are float32 regardless.
+        attn_implementation: ``sdpa`` (default), ``eager``, ``flash_attention_2``.
     """
 
-    def __init__(self, model_path: str, *, pooling: str = "mean", layer: int = -1, dtype: str = "float32",
-                 prompt: str = "default", trust_remote_code: bool = False, device: str = "cpu") -> None:
-        check_pooling(pooling)
-        self.pooling = pooling
+    def __init__(self, model_path: str, *, dtype: str = "float32", trust_remote_code: bool = False,
+                 device: str = "cpu", attn_implementation: str = "sdpa") -> None:
+        self.model_path = model_path
+        self.device = device
+        self.processor, self.model = load_lvlm(model_path, dtype, trust_remote_code, device, attn_implementation)
+        self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        self.image_token_id = _image_token_id(self.processor, self.model)
+        self._shapes: dict[str, str | None] = {}  # conversation shape -> its rendering with _SENTINEL (see chat)
+
+    def chat(self, messages: Sequence[list[dict]]) -> list[str]:
+        """Chat-formatted prompt strings (the model's own template), ending with the opened assistant turn.
+
+        ``apply_chat_template`` validates the messages and renders the Jinja template on every call, and every
+        item's conversation has the same shape with only the last text differing. So each shape is rendered once
+        with a sentinel in place of that text, and items substitute theirs; the first item of each shape is also
+        rendered the slow way and must match, or that shape always takes the slow way (a template that transforms
+        the text).
+        """
+        return [self._render(m) for m in messages]
+
+    def _render(self, messages: list[dict]) -> str:
+        slow = functools.partial(self.processor.apply_chat_template, tokenize=False, add_generation_prompt=True)
+        content = messages[-1]["content"]
+        if not content or content[-1].get("type") != "text":
+            return slow(messages)
+        text = content[-1]["text"]
+        shaped = [*messages[:-1], {**messages[-1], "content": [*content[:-1], {"type": "text", "text": _SENTINEL}]}]
+        key = json.dumps(shaped, sort_keys=True)
+        if key not in self._shapes:
+            rendered, exact = slow(shaped), slow(messages)
+            ok = rendered.count(_SENTINEL) == 1 and rendered.replace(_SENTINEL, text) == exact
+            self._shapes[key] = rendered if ok else None
+            return exact
+        rendered = self._shapes[key]
+        return rendered.replace(_SENTINEL, text) if rendered is not None else slow(messages)
+
+    def inputs(self, prompts: Sequence[str], images: Sequence[np.ndarray | None],
+               padding_side: str = "right") -> dict[str, torch.Tensor]:
+        """Processor outputs for a batch, on the model's device and dtype.
+
+        Right padding for a forward pass (each item keeps positions 0..n-1, so its vector does not depend on the
+        batch), left padding for generation (every row ends where decoding starts).
+        """
+        pictures = [Image.fromarray(image) for image in images if image is not None]
+        self.tokenizer.padding_side = padding_side
+        inputs = self.processor(text=list(prompts), images=pictures or None, padding=True, return_tensors="pt")
+        return {key: value.to(self.device, dtype=self.model.dtype) if value.is_floating_point()
+                else value.to(self.device) for key, value in inputs.items()}
+
+    def input_lengths(self, texts: Sequence[str], images: Sequence[np.ndarray | None]) -> list[int]:
+        """Tokens of each text (an item's part of the prompt: the template's are the same for every item) plus its
+        image's expansion (when the processor can tell; 0 otherwise). The sort keys of length bucketing."""
+        if not texts:
+            return []
+        lengths = [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+        sizes = [image.shape[:2] for image in images if image is not None]
+        try:
+            expansion = iter(self.processor._get_num_multimodal_tokens(image_sizes=sizes)["num_image_tokens"]
+                             if sizes else [])
+        except (AttributeError, TypeError, KeyError, NotImplementedError):
+            expansion = iter([0] * len(sizes))
+        return [length + (int(next(expansion)) if image is not None else 0) for length, image in zip(lengths, images)]
+
+
+class LVLMEmbedder(LVLM):
+    """Embeds items with an LVLM: chat prompt -> padded batch -> one forward pass -> hidden layer ``layer`` ->
+    every pooling in ``poolings`` (several features for the price of one forward pass).
+
+    Args:
+        poolings: names from :data:`POOLINGS`.
+        layer: index into the hidden states (0 = embeddings, -1 = last layer).
+        prompt: name of a template in :mod:`rmm.features.prompts`.
+        **kwargs: see :class:`LVLM`.
+    """
+
+    def __init__(self, model_path: str, *, poolings: Sequence[str] = ("mean",), layer: int = -1,
+                 prompt: str = "default", **kwargs: object) -> None:
+        for pooling in poolings:
+            check_pooling(pooling)
+        super().__init__(model_path, **kwargs)
+        self.poolings = tuple(poolings)
         self.layer = layer
         self.template = get_template(prompt)
-        self.device = device
-        self.processor, self.model = load_lvlm(model_path, dtype, trust_remote_code, device)
         text_config = self.model.config.get_text_config()
         num_states = text_config.num_hidden_layers + 1
         if not -num_states <= layer < num_states:
             raise ValueError(f"layer {layer} is out of range for {model_path}: it has {num_states} hidden states "
                              f"(0 = embeddings .. {num_states - 1} = last layer; negative counts from the end)")
         self.dim = int(text_config.hidden_size)
-        self.image_token_id = _image_token_id(self.processor, self.model)
 
     def prompts(self, titles: Sequence[str], texts: Sequence[str], has_image: Sequence[bool]) -> list[str]:
         """The chat-formatted prompt strings, with the model's own image placeholder where there is an image.
@@ -104,27 +192,69 @@ class LVLMEmbedder:
         They end with the opened assistant turn, so the ``last`` token is the state about to answer the
         template's "in one word" instruction.
         """
-        return [self.processor.apply_chat_template(build_messages(self.template, title, text, image),
-                                                   tokenize=False, add_generation_prompt=True)
-                for title, text, image in zip(titles, texts, has_image)]
+        return self.chat([build_messages(self.template, title, text, image)
+                          for title, text, image in zip(titles, texts, has_image)])
 
     @torch.inference_mode()
     def embed(self, titles: Sequence[str], texts: Sequence[str],
-              images: Sequence[np.ndarray | None]) -> np.ndarray:
-        """One vector per item; an item whose image is None is embedded from its text alone.
+              images: Sequence[np.ndarray | None]) -> dict[str, np.ndarray]:
+        """One vector per item and pooling; an item whose image is None is embedded from its text alone.
 
         Shapes:
-            images: each (H, W, 3) uint8 or None; returns (N, hidden_size) float32.
+            images: each (H, W, 3) uint8 or None; returns pooling -> (N, hidden_size) float32.
         """
-        pictures = [Image.fromarray(image) for image in images if image is not None]
-        texts_in = self.prompts(titles, texts, [image is not None for image in images])
-        inputs = self.processor(text=texts_in, images=pictures or None, padding=True, return_tensors="pt")
-        inputs = {key: value.to(self.device, dtype=self.model.dtype) if value.is_floating_point()
-                  else value.to(self.device) for key, value in inputs.items()}
+        prompts = self.prompts(titles, texts, [image is not None for image in images])
+        inputs = self.inputs(prompts, images, padding_side="right")
+        attention_mask = inputs.pop("attention_mask")
+        # Right padding puts every pad after every real token, so in a causal model no real token attends to a pad
+        # and no real token's position moves: the mask changes nothing we pool, and leaving it out lets SDPA run
+        # its fused causal kernel instead of materialising a (T, T) mask per item.
         outputs = self.model(**inputs, output_hidden_states=True, use_cache=False, logits_to_keep=1)
         hidden = outputs.hidden_states[self.layer]  # (N, T, hidden_size)
         image_mask = inputs["input_ids"] == self.image_token_id
-        return pool_hidden(hidden, inputs["attention_mask"], image_mask, self.pooling).cpu().numpy()
+        return {pooling: pool_hidden(hidden, attention_mask, image_mask, pooling).cpu().numpy()
+                for pooling in self.poolings}
+
+
+class LVLMDescriber(LVLM):
+    """Generates a structured description per item from a :class:`DescribeTemplate` (greedy by default).
+
+    Args:
+        template: the describe template (its slots are what the answer should contain).
+        max_new_tokens: generation budget per item.
+        do_sample, temperature, top_p: sampled decoding; ``seed`` seeds each batch's sampling.
+        **kwargs: see :class:`LVLM`.
+    """
+
+    def __init__(self, model_path: str, *, template: DescribeTemplate, max_new_tokens: int = 48,
+                 do_sample: bool = False, temperature: float = 0.7, top_p: float = 0.9, seed: int = 0,
+                 **kwargs: object) -> None:
+        super().__init__(model_path, **kwargs)
+        self.template = template
+        self.seed = seed
+        self.generation = {"max_new_tokens": max_new_tokens, "do_sample": do_sample}
+        if do_sample:
+            self.generation.update(temperature=temperature, top_p=top_p, top_k=0)
+        else:  # unset the checkpoint's sampling defaults so greedy decoding does not warn about them
+            self.generation.update(temperature=None, top_p=None, top_k=None)
+        pad = self.tokenizer.pad_token_id
+        self.generation["pad_token_id"] = pad if pad is not None else self.tokenizer.eos_token_id
+
+    def prompts(self, titles: Sequence[str], texts: Sequence[str], has_image: Sequence[bool]) -> list[str]:
+        return self.chat([build_describe_messages(self.template, title, text, image)
+                          for title, text, image in zip(titles, texts, has_image)])
+
+    @torch.inference_mode()
+    def describe(self, titles: Sequence[str], texts: Sequence[str],
+                 images: Sequence[np.ndarray | None]) -> list[str]:
+        """The generated answer of each item (special tokens removed, stripped)."""
+        prompts = self.prompts(titles, texts, [image is not None for image in images])
+        inputs = self.inputs(prompts, images, padding_side="left")
+        if self.generation["do_sample"]:
+            torch.manual_seed(self.seed)
+        output = self.model.generate(**inputs, **self.generation)
+        new_tokens = output[:, inputs["input_ids"].shape[1]:]  # (N, <= max_new_tokens)
+        return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
 def _image_token_id(processor: object, model: torch.nn.Module) -> int:

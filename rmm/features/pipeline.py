@@ -1,9 +1,14 @@
 """Feature extraction as a Ray Data graph (the only module of ``rmm.features`` that imports Ray).
 
-Per configured extractor: items -> image decoding in CPU tasks (image extractors only) -> the extractor in an
-actor pool (model loaded once per actor) -> ``part-*.parquet`` written by Ray Data -> ``matrix.npy`` +
-``manifest.json`` consolidated on the driver. A feature whose manifest records the same extractor config and
-the same items file is complete and skipped, so a rerun costs nothing and a changed config re-extracts.
+Extractors run in jobs: each extractor is its own job unless several share a ``group``, in which case one actor
+pool hosts them all (one read of the items, one image decode, one load of a model they have in common). Per job:
+items still to do -> image decoding in CPU tasks (image extractors only) -> :class:`ExtractorGroup` in an actor
+pool -> :class:`FeatureSink` writes each batch's rows into every output feature's ``part-*.parquet`` -> on the
+driver, ``matrix.npy`` + ``manifest.json`` per feature (and derived ones such as keywords).
+
+A feature whose manifest records the same extractor config and the same items file is complete and skipped, so
+a rerun costs nothing and a changed config re-extracts. An interrupted job resumes: parts written under the same
+fingerprint are kept and only the items they lack are extracted (see :mod:`rmm.features.store`).
 """
 
 from __future__ import annotations
@@ -11,68 +16,99 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
-from ray.data.datasource import FilenameProvider
+from ray.data.block import Block, BlockAccessor
+from ray.data.datasource import Datasink
 
 from rmm.cluster import init_ray
 from rmm.config import Config, ExtractorConfig, save_snapshot
 from rmm.data.schema import ITEMS_FILE, Dataset, load_dataset, sha256_file
-from rmm.features.extractors import Extractor, decode_images, get_extractor
-from rmm.features.store import MANIFEST_FILE, clear_feature, consolidate_parts, feature_dir, read_manifest
+from rmm.features.extractors import SKIPPED, TODO_PREFIX, Extractor, ExtractorGroup, decode_images, get_extractor
+from rmm.features.store import (
+    MANIFEST_FILE,
+    PROGRESS_FILE,
+    clear_feature,
+    feature_dir,
+    prune_incomplete_parts,
+    read_manifest,
+    read_progress,
+    write_part_group,
+    write_progress,
+    written_ids,
+)
 from rmm.features.tiny import cache_root
 
 log = logging.getLogger(__name__)
 
 ITEM_COLUMNS = ["item_id", "title", "text", "image_path"]
 # How an extractor runs, not what it computes: changing these must not invalidate a finished feature.
-RUNTIME_FIELDS = ("batch_size", "concurrency", "num_cpus", "num_gpus")
-# Rows per input block: enough blocks for image decoding to stream ahead of the actors, few enough that
-# per-task overhead stays small.
-_MIN_ROWS_PER_BLOCK = 64
+RUNTIME_FIELDS = ("batch_size", "bucket_window", "concurrency", "num_cpus", "num_gpus", "group")
 
 
-class _PartFiles(FilenameProvider):
-    """Names Ray Data's output files ``part-<task>-<write uuid>.parquet`` (the feature-store contract)."""
+@dataclass(frozen=True)
+class Plan:
+    """One extractor of a job: its config, class, features and the manifest fields common to its features."""
 
-    def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
-        return f"part-{task_index:06d}-{write_uuid}.parquet"
+    cfg: ExtractorConfig
+    cls: type[Extractor]
+    manifest: dict[str, Any]
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return self.cls.output_names(self.cfg)
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return self.cls.feature_names(self.cfg)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest["fingerprint"]
 
 
 def extract_features(cfg: Config) -> dict[str, Path]:
-    """Extract every feature in ``cfg.features.extractors`` into ``cfg.feature_root``.
+    """Extract every feature of ``cfg.features.extractors`` into ``cfg.feature_root``.
 
-    All extractor configs are checked (kind, pooling, prompt, model) before any work starts, so a typo in the
-    last one does not surface after hours of the first.
+    All extractor configs are checked (kind, pooling, prompt, model, unique feature names) before any work starts,
+    so a typo in the last one does not surface after hours of the first.
 
     Returns:
-        feature name -> its directory in the store.
+        feature name -> its directory in the store (every output and derived feature).
 
     Raises:
         KeyError: an unknown extractor kind or prompt template.
-        ValueError: an invalid pooling or a missing model.
+        ValueError: an invalid pooling, a missing model, two extractors writing the same feature.
         rmm.data.schema.DataError: the dataset directory breaks the contract.
     """
     dataset = load_dataset(cfg.dataset_dir)
     if dataset.num_items == 0:
         raise ValueError(f"{dataset.root} has no items to extract features from; check `rmm data prepare`")
     cache_dir = str(cache_root())
-    plans = [(extractor, get_extractor(extractor.kind)) for extractor in cfg.features.extractors]
-    described = {extractor.name: cls.describe(extractor, cache_dir) for extractor, cls in plans}
-    init_ray(cfg.ray)
-    save_snapshot(cfg, cfg.feature_root)
     items_sha256 = dataset.info.get("sha256", {}).get(ITEMS_FILE) or sha256_file(dataset.root / ITEMS_FILE)
-    paths = {}
-    for extractor, cls in plans:
-        fingerprint = feature_fingerprint(extractor, items_sha256)
-        manifest = {"kind": extractor.kind, **described[extractor.name], "config": asdict(extractor),
-                    "dataset": str(dataset.root), "items_sha256": items_sha256, "fingerprint": fingerprint}
-        paths[extractor.name] = _extract_one(cfg.feature_root, dataset, extractor, cls, manifest, cache_dir)
+    plans = []
+    for extractor in cfg.features.extractors:
+        cls = get_extractor(extractor.kind)
+        manifest = {"kind": extractor.kind, **cls.describe(extractor, cache_dir), "extractor": extractor.name,
+                    "config": asdict(extractor), "dataset": str(dataset.root), "items_sha256": items_sha256,
+                    "fingerprint": feature_fingerprint(extractor, items_sha256)}
+        plans.append(Plan(extractor, cls, manifest))
+    _check_unique_features(plans)
+    if any(not is_complete(cfg.feature_root, name, plan.fingerprint) for plan in plans for name in plan.features):
+        init_ray(cfg.ray)  # seconds: not needed when every feature is already complete
+    save_snapshot(cfg, cfg.feature_root)
+    paths: dict[str, Path] = {}
+    for job in group_jobs(plans):
+        _run_job(cfg.feature_root, dataset, job, cache_dir)
+        paths.update({name: feature_dir(cfg.feature_root, name) for plan in job for name in plan.features})
     return paths
 
 
@@ -89,41 +125,141 @@ def is_complete(feature_root: Path, name: str, fingerprint: str) -> bool:
     return read_manifest(feature_root, name).get("fingerprint") == fingerprint
 
 
-def _extract_one(feature_root: Path, dataset: Dataset, extractor: ExtractorConfig, cls: type[Extractor],
-                 manifest: dict[str, Any], cache_dir: str) -> Path:
-    target = feature_dir(feature_root, extractor.name)
-    if is_complete(feature_root, extractor.name, manifest["fingerprint"]):
-        log.info("feature %s is complete in %s; skipping", extractor.name, target)
-        return target
-    if (target / MANIFEST_FILE).exists():
-        log.warning("feature %s was extracted from another config or items file; re-extracting", extractor.name)
-    clear_feature(feature_root, extractor.name)
-    items = dataset.items[ITEM_COLUMNS if cls.needs_image else [c for c in ITEM_COLUMNS if c != "image_path"]]
-    rows = max(extractor.batch_size, _MIN_ROWS_PER_BLOCK)
-    # Split here: from_pandas(override_num_blocks=...) breaks on numpy 2.4 (np.array_split returns arrays).
-    ds = ray.data.from_pandas([items.iloc[start:start + rows] for start in range(0, len(items), rows)])
-    if cls.needs_image:
-        ds = ds.map_batches(decode_images, batch_size=extractor.batch_size,
+def group_jobs(plans: Sequence[Plan]) -> list[list[Plan]]:
+    """Extractors sharing a ``group`` form one job (at the position of the first); the others one job each."""
+    jobs: list[list[Plan]] = []
+    by_group: dict[str, list[Plan]] = {}
+    for plan in plans:
+        if plan.cfg.group is None:
+            jobs.append([plan])
+        elif plan.cfg.group in by_group:
+            by_group[plan.cfg.group].append(plan)
+        else:
+            by_group[plan.cfg.group] = [plan]
+            jobs.append(by_group[plan.cfg.group])
+    return jobs
+
+
+def _check_unique_features(plans: Sequence[Plan]) -> None:
+    owner: dict[str, str] = {}
+    for plan in plans:
+        for name in plan.features:
+            if name in owner:
+                raise ValueError(f"extractors {owner[name]!r} and {plan.cfg.key!r} both write feature {name!r}; "
+                                 "rename one")
+            owner[name] = plan.cfg.key
+
+
+def prepare_resume(feature_root: Path, plan: Plan, num_items: int) -> np.ndarray | None:
+    """Get ``plan``'s feature directories ready and return the items it still has to extract.
+
+    Returns:
+        None when every feature of the plan is complete (nothing to do); otherwise a bool mask over items, True
+        where no part holds the item yet. Parts of another fingerprint (changed config or items) are deleted,
+        parts of this one kept.
+    """
+    if all(is_complete(feature_root, name, plan.fingerprint) for name in plan.features):
+        return None
+    resumable = all(read_progress(feature_root, name) == plan.fingerprint or is_complete(feature_root, name,
+                                                                                         plan.fingerprint)
+                    for name in plan.outputs)
+    if not resumable:
+        if any((feature_dir(feature_root, name) / MANIFEST_FILE).exists() for name in plan.features):
+            log.warning("%s was extracted from another config or items file; re-extracting", plan.cfg.name)
+        for name in plan.features:
+            clear_feature(feature_root, name)
+    for name in plan.outputs:
+        write_progress(feature_root, name, plan.fingerprint)
+    removed = prune_incomplete_parts(feature_root, plan.outputs)
+    if removed:
+        log.warning("%s: dropped %d part files of a batch interrupted mid-write", plan.cfg.name, removed)
+    todo = np.ones(num_items, dtype=bool)
+    todo[written_ids(feature_root, plan.outputs[0])] = False
+    if resumable and not todo.all():
+        log.info("%s: resuming, %d of %d items already written", plan.cfg.name, num_items - todo.sum(), num_items)
+    return todo
+
+
+class FeatureSink(Datasink):
+    """Writes each block of :class:`ExtractorGroup` output into the part files of every output feature.
+
+    Args:
+        feature_root: the store's root.
+        outputs: extractor name -> its output features; the features of one extractor are written as one part
+            group (:func:`rmm.features.store.write_part_group`). Rows with status ``skipped`` are not written.
+    """
+
+    def __init__(self, feature_root: str, outputs: dict[str, tuple[str, ...]]) -> None:
+        self.feature_root = feature_root
+        self.outputs = outputs
+
+    def write(self, blocks: Iterable[Block], ctx: Any) -> int:
+        written = 0
+        for block in blocks:
+            table = BlockAccessor.for_block(block).to_arrow()
+            for features in self.outputs.values():
+                keep = pc.not_equal(table[f"{features[0]}/status"], SKIPPED)
+                rows = table.filter(keep)
+                if rows.num_rows == 0:
+                    continue
+                write_part_group(self.feature_root, {name: _feature_table(rows, name) for name in features})
+                written += rows.num_rows
+        return written
+
+
+def _feature_table(rows: pa.Table, name: str) -> pa.Table:
+    prefix = f"{name}/"
+    columns = {"item_id": rows["item_id"]}
+    columns.update({c[len(prefix):]: rows[c] for c in rows.column_names if c.startswith(prefix)})
+    return pa.table(columns)
+
+
+def _run_job(feature_root: Path, dataset: Dataset, job: list[Plan], cache_dir: str) -> None:
+    """Extract one job's pending items, then consolidate every plan's features."""
+    num_items = dataset.num_items
+    todo = {plan.cfg.key: prepare_resume(feature_root, plan, num_items) for plan in job}
+    pending = [plan for plan in job if todo[plan.cfg.key] is not None]
+    for plan in job:
+        if todo[plan.cfg.key] is None:
+            log.info("%s is complete in %s; skipping", ", ".join(plan.features), feature_root)
+    if not pending:
+        return
+    needs_image = any(plan.cls.needs_image for plan in pending)
+    items = dataset.items[ITEM_COLUMNS if needs_image else [c for c in ITEM_COLUMNS if c != "image_path"]]
+    items = items.assign(**{TODO_PREFIX + plan.cfg.key: todo[plan.cfg.key] for plan in pending})
+    mask = np.logical_or.reduce([todo[plan.cfg.key] for plan in pending])
+    items = items[mask]
+    if len(items):
+        _extract(feature_root, dataset, items, pending, cache_dir)
+    for plan in pending:
+        plan.cls.finalize(feature_root, plan.cfg, num_items, plan.manifest)
+        for name in plan.outputs:
+            (feature_dir(feature_root, name) / PROGRESS_FILE).unlink(missing_ok=True)
+        for name in plan.features:
+            log.info("feature %s: %s -> %s", name, read_manifest(feature_root, name)["counts"],
+                     feature_dir(feature_root, name))
+
+
+def _extract(feature_root: Path, dataset: Dataset, items: pd.DataFrame, plans: list[Plan], cache_dir: str) -> None:
+    """One Ray Data pass over ``items`` with every plan's extractor in one actor pool.
+
+    A group runs with the largest ``batch_rows``, ``num_cpus``, ``num_gpus`` and ``concurrency`` of its members.
+    """
+    cfgs = [plan.cfg for plan in plans]
+    batch_rows = max(c.batch_rows for c in cfgs)
+    ranges = [c.concurrency if isinstance(c.concurrency, tuple) else (c.concurrency, c.concurrency) for c in cfgs]
+    low, high = max(r[0] for r in ranges), max(r[1] for r in ranges)
+    # One input block per Ray batch: the actor's output of a task is one block, written as one part group as
+    # soon as it is done, so a killed run loses at most the batches in flight. (Split here:
+    # from_pandas(override_num_blocks=...) breaks on numpy 2.4, np.array_split returning arrays.)
+    ds = ray.data.from_pandas([items.iloc[start:start + batch_rows] for start in range(0, len(items), batch_rows)])
+    if any(plan.cls.needs_image for plan in plans):
+        ds = ds.map_batches(decode_images, batch_size=batch_rows,
                             fn_kwargs={"dataset_dir": str(dataset.root.resolve()),
-                                       "max_image_size": extractor.max_image_size})
-    ds = ds.map_batches(cls, fn_constructor_kwargs={"cfg": extractor, "cache_dir": cache_dir},
-                        batch_size=extractor.batch_size,
-                        compute=ray.data.ActorPoolStrategy(size=extractor.concurrency),
-                        num_cpus=extractor.num_cpus, num_gpus=extractor.num_gpus)
-    ds = ds.map_batches(_vectors_as_lists, batch_size=None)
-    log.info("extracting %s (%s) for %d items into %s", extractor.name, extractor.kind, len(items), target)
-    ds.write_parquet(str(target.resolve()), filename_provider=_PartFiles())
-    path = consolidate_parts(feature_root, extractor.name, len(items), manifest)
-    counts = read_manifest(feature_root, extractor.name)["counts"]
-    log.info("feature %s: %s -> %s", extractor.name, counts, path)
-    return path
-
-
-def _vectors_as_lists(batch: dict[str, np.ndarray]) -> pa.Table:
-    """Store ``vector`` as ``list<float32>`` (the contract), not Ray's tensor extension type."""
-    vectors = np.asarray(batch["vector"], dtype=np.float32)
-    lists = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1])
-    return pa.table({"item_id": pa.array(batch["item_id"], pa.int64()),
-                     "vector": lists.cast(pa.list_(pa.float32())),
-                     "status": pa.array(batch["status"], pa.string()),
-                     "reason": pa.array(batch["reason"], pa.string())})
+                                       "max_image_size": max(c.max_image_size for c in cfgs)})
+    ds = ds.map_batches(ExtractorGroup, fn_constructor_kwargs={"cfgs": tuple(cfgs), "cache_dir": cache_dir},
+                        batch_size=batch_rows, compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high),
+                        num_cpus=max(c.num_cpus for c in cfgs), num_gpus=max(c.num_gpus for c in cfgs))
+    names = ", ".join(f"{p.cfg.name} ({p.cfg.kind})" for p in plans)
+    log.info("extracting %s for %d items into %s", names, len(items), feature_root)
+    ds.write_datasink(FeatureSink(str(feature_root.resolve()), {p.cfg.key: p.outputs for p in plans}))

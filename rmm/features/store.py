@@ -4,25 +4,36 @@ A feature is complete once ``matrix.npy`` (float32 ``[num_items, dim]``, row = i
 exist; rows of items that could not be represented are zero and listed in the manifest (``missing``: the item
 lacks the input; ``failed``: encoding raised). Ray Data writes ``part-*.parquet`` rows first;
 :func:`consolidate_parts` turns them into the matrix.
+
+Resume: while a feature is being extracted its directory holds ``progress.json`` (the fingerprint of the config
+writing it). A rerun with the same fingerprint keeps the parts and extracts only the items none of them holds
+(:func:`written_ids`). Parts are written whole (temp file + rename) and the parts of one batch share a name
+across the features of one extractor, so a batch interrupted between two features is detected and dropped
+(:func:`prune_incomplete_parts`): a killed run loses at most its in-flight batches and never duplicates a row.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
+import uuid
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 MATRIX_FILE = "matrix.npy"
 MANIFEST_FILE = "manifest.json"
+PROGRESS_FILE = "progress.json"
+DESCRIPTIONS_FILE = "descriptions.parquet"
 PART_GLOB = "part-*.parquet"
 _VERSIONED = ("torch", "torchvision", "transformers", "tokenizers", "ray", "sentence-transformers", "numpy",
               "pyarrow", "pillow")
@@ -80,8 +91,75 @@ def write_feature(feature_root: str | Path, name: str, matrix: np.ndarray, manif
 def clear_feature(feature_root: str | Path, name: str) -> None:
     """Delete a feature's files, manifest first, so an interrupted rewrite never looks complete."""
     target = feature_dir(feature_root, name)
-    for path in [target / MANIFEST_FILE, target / MATRIX_FILE, *sorted(target.glob(PART_GLOB))]:
+    for path in [target / MANIFEST_FILE, target / PROGRESS_FILE, target / MATRIX_FILE, target / DESCRIPTIONS_FILE,
+                 *sorted(target.glob(PART_GLOB)), *sorted(target.glob(".part-*"))]:
         path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------- parts, resume
+
+def write_part_group(feature_root: str | Path, tables: Mapping[str, pa.Table]) -> str:
+    """Write one batch's rows of several features as ``<feature>/part-<id>.parquet`` with one shared ``<id>``.
+
+    Each file is written to a hidden temp name and renamed into place (a reader never sees half a file);
+    all temp files are written before the first rename, so an interruption leaves either no part of the batch
+    or an incomplete group that :func:`prune_incomplete_parts` removes.
+
+    Returns:
+        the part id.
+    """
+    part_id = uuid.uuid4().hex
+    staged = []
+    for name, table in tables.items():
+        target = feature_dir(feature_root, name)
+        target.mkdir(parents=True, exist_ok=True)
+        temp = target / f".part-{part_id}.parquet.tmp"
+        pq.write_table(table, temp)
+        staged.append((temp, target / f"part-{part_id}.parquet"))
+    for temp, final in staged:
+        os.replace(temp, final)
+    return part_id
+
+
+def prune_incomplete_parts(feature_root: str | Path, names: list[str] | tuple[str, ...]) -> int:
+    """Delete temp files and the parts whose id is not present in every feature of ``names`` (the outputs of one
+    extractor, always written together). Returns how many part files were removed."""
+    ids = {name: {p.name for p in feature_dir(feature_root, name).glob(PART_GLOB)} for name in names}
+    complete = set.intersection(*ids.values()) if ids else set()
+    removed = 0
+    for name in names:
+        target = feature_dir(feature_root, name)
+        for temp in target.glob(".part-*"):
+            temp.unlink()
+        for part in sorted(ids[name] - complete):
+            (target / part).unlink()
+            removed += 1
+    return removed
+
+
+def read_parts(feature_root: str | Path, name: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """All part rows of a feature (``columns`` only), as a DataFrame; empty when there are no parts."""
+    parts = sorted(feature_dir(feature_root, name).glob(PART_GLOB))
+    if not parts:
+        return pd.DataFrame({column: [] for column in (columns or ["item_id"])})
+    return pa.concat_tables([pq.read_table(part, columns=columns) for part in parts]).to_pandas()
+
+
+def written_ids(feature_root: str | Path, name: str) -> np.ndarray:
+    """Sorted item ids with a row in the feature's parts (done, missing or failed: all are written)."""
+    return np.unique(read_parts(feature_root, name, ["item_id"])["item_id"].to_numpy(dtype=np.int64))
+
+
+def read_progress(feature_root: str | Path, name: str) -> str | None:
+    """The fingerprint an unfinished extraction of ``name`` recorded, or None."""
+    path = feature_dir(feature_root, name) / PROGRESS_FILE
+    return json.loads(path.read_text()).get("fingerprint") if path.exists() else None
+
+
+def write_progress(feature_root: str | Path, name: str, fingerprint: str) -> None:
+    target = feature_dir(feature_root, name)
+    target.mkdir(parents=True, exist_ok=True)
+    (target / PROGRESS_FILE).write_text(json.dumps({"fingerprint": fingerprint}))
 
 
 def consolidate_parts(feature_root: str | Path, name: str, num_items: int, manifest: Mapping[str, Any]) -> Path:

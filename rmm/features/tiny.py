@@ -1,8 +1,10 @@
-"""Tiny randomly initialised LVLMs built offline, so tests and quickstarts exercise the real hub code path.
+"""Tiny randomly initialised models built offline, so tests and quickstarts exercise the real hub code path.
 
-``tiny:<arch>`` in a config names one of these. It is built from config objects (no download), saved with
-``save_pretrained`` and then loaded exactly like a hub checkpoint: ``AutoProcessor`` +
-``AutoModelForImageTextToText``. Builds are deterministic (fixed vocabulary, seeded weights in a forked RNG)
+``tiny:<arch>`` in a config names one of these: LVLMs (``qwen2-vl``, ``qwen2.5-vl``, ``llava``, ``llava-next``,
+``smolvlm``) and classic encoders (``vit``, ``clip``). Each is built from config objects (no download), saved with
+``save_pretrained`` and then loaded exactly like a hub checkpoint (``AutoProcessor`` +
+``AutoModelForImageTextToText`` for the LVLMs, ``AutoModel``/``CLIPModel`` for the encoders). Builds are
+deterministic (fixed vocabulary and merges, seeded weights in a forked RNG)
 so two machines, or two test runs, get byte-identical tokenizers and identical weights; they are cached under
 ``$RMM_CACHE/tiny/<arch>-v<version>`` and built at most once per cache (temp dir + atomic rename).
 
@@ -15,6 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,30 +139,132 @@ def _builder(arch: str) -> TinyBuilder:
     return TINY_BUILDERS[arch]
 
 
-def byte_level_vocab(special_tokens: tuple[str, ...]) -> dict[str, int]:
-    """A merge-free byte-level BPE vocabulary: the 256 byte symbols (sorted) then the special tokens.
+# What the tiny tokenizers' merges are learnt from: fixed text, so every build gets the same merges. Catalogue-like
+# English, so prompts tokenize to about as many tokens as with a real LVLM tokenizer (~4 characters per token)
+# and a tiny model's cost per item is shaped like a real one's (a byte per token would make every prompt ~4x
+# longer and attention-bound). Changing it changes every tiny LVLM: bump their versions.
+MERGE_CORPUS = """
+You describe catalogue items for a recommender system. You describe e-commerce products for a recommender system.
+This item is shown in the image. This product is shown in the image. Title: Description: Summarize this item in
+one word: Summarize this product (type, style, colour, use) in one word. Describe this product by filling in each
+field below with a few words. Answer with exactly these lines and nothing else: Category: Age group: Purpose:
+Material: Usage context: Type: Colour: Wear location: Style: Pet type: Pattern: Audience: what kind of item it is,
+who it is for, what it is used for, what it is made of, its look or style, its main colour.
+A soft cotton baby blanket with a classic stripe pattern, machine washable, a gift for newborns and toddlers.
+This leather shoe has a vintage look. Minimalist design in wool: a hat for every day. A sporty shirt made of cotton.
+Red, orange, yellow, green, blue, purple, black and white; solid, stripes, dots and checks; ceramic mug, metal lamp.
+Easy to care for. Ships in recycled packaging. A customer favourite. Lightweight and durable. Comes with a one-year
+warranty. Made in small batches. The stroller folds with one hand and fits in the car; the bottle is made of
+silicone and plastic; the toy is safe for children; the dog bed is washable; the cat toy is made of rubber.
+circle square drawn on a white background with the of and to in is for on that this with as by be are it from
+""".strip()
+_NUM_MERGES = 600
+_MERGES: dict[str, list[tuple[str, str]]] = {}
 
-    Untrained, hence identical on every machine (trained BPE merges are not stable across runs), and it still
-    encodes any UTF-8 text, one token per byte.
-    """
+
+def train_merges(pre_tokenizer: object, corpus: str = MERGE_CORPUS, num_merges: int = _NUM_MERGES
+                 ) -> list[tuple[str, str]]:
+    """Byte-level BPE merges learnt from ``corpus``, deterministically: the most frequent adjacent pair first,
+    ties broken by the pair itself (the ``tokenizers`` trainer breaks them differently from run to run)."""
+    words = Counter(piece for piece, _ in pre_tokenizer.pre_tokenize_str(corpus))
+    splits = {word: list(word) for word in words}
+    merges: list[tuple[str, str]] = []
+    for _ in range(num_merges):
+        pairs: Counter[tuple[str, str]] = Counter()
+        for word, count in words.items():
+            symbols = splits[word]
+            for pair in zip(symbols, symbols[1:]):
+                pairs[pair] += count
+        if not pairs:
+            break
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(best)
+        for word, symbols in splits.items():
+            merged, i = [], 0
+            while i < len(symbols):
+                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
+                    merged.append(symbols[i] + symbols[i + 1])
+                    i += 2
+                else:
+                    merged.append(symbols[i])
+                    i += 1
+            splits[word] = merged
+    return merges
+
+
+def byte_level_vocab(special_tokens: tuple[str, ...], merges: list[tuple[str, str]] = ()) -> dict[str, int]:
+    """A byte-level BPE vocabulary: the 256 byte symbols (sorted), the merged symbols in merge order, then the
+    special tokens. It encodes any UTF-8 text (at worst one token per byte)."""
     from tokenizers import pre_tokenizers
 
     vocab = {symbol: i for i, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    for left, right in merges:
+        vocab.setdefault(left + right, len(vocab))
     for token in special_tokens:
         vocab[token] = len(vocab)
     return vocab
 
 
-@tiny_builder("qwen2-vl", version=1)
+def byte_level_tokenizer(special_tokens: tuple[str, ...], *, pad: str | None = None, eos: str | None = None,
+                         bos: str | None = None, extra_special: tuple[str, ...] = ()) -> object:
+    """A byte-level BPE tokenizer (``Qwen2Tokenizer`` class) with the deterministic :func:`train_merges` merges.
+
+    ``special_tokens`` are in the vocabulary and never split; ``extra_special`` (default: all of them) are
+    registered as additional special tokens (what processors look up by name). Used for every tiny LVLM: the
+    tokenizer class of the hub checkpoint does not matter to the processor or the model, only the token ids do.
+    """
+    from transformers import Qwen2Tokenizer
+
+    extra = list(extra_special or special_tokens)
+    names = {"pad_token": pad, "eos_token": eos, "bos_token": bos}
+    names = {key: value for key, value in names.items() if value is not None}
+    untrained = Qwen2Tokenizer(vocab=byte_level_vocab(special_tokens), merges=[])
+    key = str(untrained.backend_tokenizer.pre_tokenizer)
+    if key not in _MERGES:  # ~1 s of pure Python: once per process and pre-tokenizer
+        _MERGES[key] = train_merges(untrained.backend_tokenizer.pre_tokenizer)
+    merges = _MERGES[key]
+    return Qwen2Tokenizer(vocab=byte_level_vocab(special_tokens, merges), merges=merges, extra_special_tokens=extra,
+                          model_max_length=4096, unk_token=None, **names)
+
+
+def _seeded(factory: Callable[[], object]) -> object:
+    """Build a model with weights from a fixed seed without touching the caller's RNG."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_SEED)
+        return factory()
+
+
+def _save(target: Path, model: object, processor: object) -> None:
+    model.save_pretrained(target)
+    processor.save_pretrained(target)
+
+
+def _qwen_text_config(tokenizer: object, ids: dict[str, int]) -> dict:
+    return {
+        "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 4096,
+        # head_dim 16: M-RoPE sections (temporal, height, width) must sum to head_dim / 2.
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+        "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+    }
+
+
+def _qwen_tokenizer() -> tuple[object, dict[str, int]]:
+    tokenizer = byte_level_tokenizer(QWEN2_SPECIAL_TOKENS, extra_special=QWEN2_SPECIAL_TOKENS[1:])
+    return tokenizer, {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN2_SPECIAL_TOKENS}
+
+
+@tiny_builder("qwen2-vl", version=2)
 def build_qwen2_vl(target: Path) -> None:
     """Qwen2-VL with a 64-d, 2-layer text model and a 1-block 32-d vision tower (~0.18M parameters).
 
     Real processor pieces (``Qwen2VLImageProcessor`` with patch 14 / merge 2, the hub chat template, the Qwen2
     special tokens), so a 224 px image becomes at most 64 image tokens as in the full model.
     """
-    import torch
     from transformers import (
-        Qwen2Tokenizer,
         Qwen2VLConfig,
         Qwen2VLForConditionalGeneration,
         Qwen2VLImageProcessor,
@@ -167,9 +272,7 @@ def build_qwen2_vl(target: Path) -> None:
         Qwen2VLVideoProcessor,
     )
 
-    tokenizer = Qwen2Tokenizer(vocab=byte_level_vocab(QWEN2_SPECIAL_TOKENS), merges=[],
-                               extra_special_tokens=list(QWEN2_SPECIAL_TOKENS[1:]), model_max_length=4096)
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN2_SPECIAL_TOKENS}
+    tokenizer, ids = _qwen_tokenizer()
     processor = Qwen2VLProcessor(
         image_processor=Qwen2VLImageProcessor(size={"shortest_edge": 56 * 56, "longest_edge": 224 * 224}),
         tokenizer=tokenizer,
@@ -177,14 +280,7 @@ def build_qwen2_vl(target: Path) -> None:
         chat_template=QWEN2_VL_CHAT_TEMPLATE,
     )
     config = Qwen2VLConfig(
-        text_config={
-            "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 4096,
-            # head_dim 16: M-RoPE sections (temporal, height, width) must sum to head_dim / 2.
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-            "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|endoftext|>"],
-        },
+        text_config=_qwen_text_config(tokenizer, ids),
         vision_config={"depth": 1, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2,
                        "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
         image_token_id=ids["<|image_pad|>"],
@@ -192,8 +288,187 @@ def build_qwen2_vl(target: Path) -> None:
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_SEED)
-        model = Qwen2VLForConditionalGeneration(config)
-    model.save_pretrained(target)
-    processor.save_pretrained(target)
+    _save(target, _seeded(lambda: Qwen2VLForConditionalGeneration(config)), processor)
+
+
+@tiny_builder("qwen2.5-vl", version=1)
+def build_qwen2_5_vl(target: Path) -> None:
+    """Qwen2.5-VL: the Qwen2-VL text model and processor with the 2.5 vision tower (windowed attention, SwiGLU,
+    RMSNorm; one full-attention block)."""
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    tokenizer, ids = _qwen_tokenizer()
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(size={"shortest_edge": 56 * 56, "longest_edge": 224 * 224}),
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(),
+        chat_template=QWEN2_VL_CHAT_TEMPLATE,
+    )
+    config = Qwen2_5_VLConfig(
+        text_config=_qwen_text_config(tokenizer, ids),
+        vision_config={"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                       "out_hidden_size": 64, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
+                       "window_size": 56, "fullatt_block_indexes": [1]},
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    _save(target, _seeded(lambda: Qwen2_5_VLForConditionalGeneration(config)), processor)
+
+
+# llava-hf/llava-1.5-*-hf's template: images first, then the text, "USER:" / "ASSISTANT:" turns.
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}"
+    "{% endif %}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\n' }}{% endfor %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] + ' ' }}{% endfor %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+# llava-hf/llava-v1.6-mistral-7b-hf's template ([INST] turns).
+LLAVA_NEXT_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}{{ '<<SYS>>\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '[INST] ' }}{% endif %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] }}{% endfor %}"
+    "{% if message['role'] == 'system' %}{{ '\n<</SYS>>\n\n' }}{% elif message['role'] == 'user' %}"
+    "{{ ' [/INST]' }}{% else %}{{ '</s>' }}{% endif %}{% endfor %}"
+)
+LLAVA_SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<image>", "<pad>")
+
+
+def _llava_parts() -> tuple[object, dict[str, int], dict, dict]:
+    """Tokenizer, token ids, text config and CLIP vision config shared by LLaVA and LLaVA-NeXT."""
+    tokenizer = byte_level_tokenizer(LLAVA_SPECIAL_TOKENS, pad="<pad>", eos="</s>", bos="<s>",
+                                     extra_special=("<image>",))
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in LLAVA_SPECIAL_TOKENS}
+    text = {"model_type": "llama", "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "max_position_embeddings": 4096, "bos_token_id": ids["<s>"], "eos_token_id": ids["</s>"],
+            "pad_token_id": ids["<pad>"]}
+    # A CLIP tower with a CLS token: 28 px / patch 14 = 4 patch tokens (+1 CLS, dropped by the "default"
+    # feature strategy; the processor needs num_additional_image_tokens=1 to count it).
+    vision = {"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64,
+              "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 28, "patch_size": 14,
+              "projection_dim": 32}
+    return tokenizer, ids, text, vision
+
+
+@tiny_builder("llava", version=1)
+def build_llava(target: Path) -> None:
+    """LLaVA-1.5: CLIP vision tower (28 px, patch 14: 4 image tokens), 2-layer MLP projector, Llama text model."""
+    from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    tokenizer, ids, text, vision = _llava_parts()
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
+                               vision_feature_select_strategy="default", chat_template=LLAVA_CHAT_TEMPLATE,
+                               num_additional_image_tokens=1)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=ids["<image>"],
+                         image_seq_length=4, vision_feature_layer=-2, vision_feature_select_strategy="default")
+    _save(target, _seeded(lambda: LlavaForConditionalGeneration(config)), processor)
+
+
+@tiny_builder("llava-next", version=1)
+def build_llava_next(target: Path) -> None:
+    """LLaVA-NeXT (1.6): LLaVA's parts with "anyres" tiling: the image is cut into 28 px tiles on the best grid of
+    ``image_grid_pinpoints`` plus a global view, with an ``image_newline`` token per row."""
+    from transformers import (
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
+    )
+
+    tokenizer, ids, text, vision = _llava_parts()
+    pinpoints = [[28, 28], [28, 56], [56, 28], [56, 56]]
+    image_processor = LlavaNextImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28},
+                                              image_grid_pinpoints=pinpoints)
+    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
+                                   vision_feature_select_strategy="default", chat_template=LLAVA_NEXT_CHAT_TEMPLATE,
+                                   num_additional_image_tokens=1)
+    config = LlavaNextConfig(vision_config=vision, text_config=text, image_token_index=ids["<image>"],
+                             image_grid_pinpoints=pinpoints, image_seq_length=4, vision_feature_layer=-2,
+                             vision_feature_select_strategy="default")
+    _save(target, _seeded(lambda: LlavaNextForConditionalGeneration(config)), processor)
+
+
+# HuggingFaceTB/SmolVLM-Instruct's template.
+SMOLVLM_CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{ line['text'] }}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+SMOLVLM_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<fake_token_around_image>", "<image>",
+                          "<end_of_utterance>", "<global-img>",
+                          *(f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)))
+
+
+@tiny_builder("smolvlm", version=1)
+def build_smolvlm(target: Path) -> None:
+    """SmolVLM (the Idefics3 architecture): SigLIP-style tower on 32 px tiles (patch 8, pixel shuffle x2: 4 tokens
+    per tile), images over 32 px split into a grid of tiles plus a global view, Llama text model."""
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessor, Idefics3Processor
+
+    tokenizer = byte_level_tokenizer(SMOLVLM_SPECIAL_TOKENS, pad="<|endoftext|>", eos="<end_of_utterance>",
+                                     bos="<|im_start|>")
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SMOLVLM_SPECIAL_TOKENS}
+    image_processor = Idefics3ImageProcessor(size={"longest_edge": 64}, max_image_size={"longest_edge": 32})
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4,
+                                  chat_template=SMOLVLM_CHAT_TEMPLATE)
+    text = {"model_type": "llama", "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "max_position_embeddings": 4096, "bos_token_id": ids["<|im_start|>"],
+            "eos_token_id": ids["<end_of_utterance>"], "pad_token_id": ids["<|endoftext|>"]}
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "image_size": 32, "patch_size": 8}
+    config = Idefics3Config(vision_config=vision, text_config=text, image_token_id=ids["<image>"], scale_factor=2,
+                            pad_token_id=ids["<|endoftext|>"])
+    _save(target, _seeded(lambda: Idefics3ForConditionalGeneration(config)), processor)
+
+
+# ------------------------------------------------------------------------------------- classic image/text models
+
+@tiny_builder("vit", version=1)
+def build_vit(target: Path) -> None:
+    """ViT (``ViTModel`` + ``ViTImageProcessor``): 32 px input, patch 8, 2 layers of width 32."""
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                       image_size=32, patch_size=8)
+    model = _seeded(lambda: ViTModel(config))
+    _save(target, model, ViTImageProcessor(size={"height": 32, "width": 32}))
+
+
+CLIP_SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
+
+
+@tiny_builder("clip", version=1)
+def build_clip(target: Path) -> None:
+    """CLIP (``CLIPModel`` + ``CLIPProcessor``): 32 px / patch 8 vision tower and a 2-layer text tower of width 32,
+    projected to 16-d; the real CLIP tokenizer class over a merge-free byte vocabulary (words end in ``</w>``)."""
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {symbol: i for i, symbol in enumerate([*alphabet, *(f"{s}</w>" for s in alphabet), *CLIP_SPECIAL_TOKENS])}
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    eos = vocab["<|endoftext|>"]
+    config = CLIPConfig(
+        text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "max_position_embeddings": 77, "bos_token_id": vocab["<|startoftext|>"],
+                     "eos_token_id": eos, "pad_token_id": eos},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                       "image_size": 32, "patch_size": 8},
+        projection_dim=16,
+    )
+    processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    _save(target, _seeded(lambda: CLIPModel(config)), processor)

@@ -1,8 +1,17 @@
 from __future__ import annotations
 
-import numpy as np
+from pathlib import Path
 
-from rmm.features.encoders import IMAGE_STATS_DIM, SentenceEncoder, image_stats, resolve_sentence_model
+import numpy as np
+import pytest
+
+from rmm.features.encoders import (
+    IMAGE_STATS_DIM,
+    SentenceEncoder,
+    image_stats,
+    resolve_sentence_model,
+    sentence_model_label,
+)
 from tests.features.helpers import draw_item
 
 
@@ -29,3 +38,45 @@ def test_sentence_model_aliases() -> None:
     local = resolve_sentence_model(None)
     assert resolve_sentence_model("minilm") == resolve_sentence_model("all-MiniLM-L6-v2") == local
     assert resolve_sentence_model("BAAI/bge-small-en") == "BAAI/bge-small-en"
+    assert sentence_model_label(None) == sentence_model_label("all-MiniLM-L6-v2") == "minilm"
+    assert sentence_model_label("BAAI/bge_small_en/") == "bge-small-en"
+
+
+def test_resnet50_random_and_local_weights_give_2048d(tmp_path: Path) -> None:
+    import torch
+
+    from rmm.features.encoders import TorchvisionImageEncoder, center_square, load_torchvision
+
+    images = [draw_item("red", "circle"), draw_item("blue", "square", size=40)[:, :25]]
+    assert center_square(images[1], 32).shape == (32, 32, 3)
+    random = TorchvisionImageEncoder("resnet50", None, image_size=32)
+    vectors = random.encode(images)
+    assert random.dim == 2048 and vectors.shape == (2, 2048) and np.isfinite(vectors).all()
+    assert not np.allclose(vectors[0], vectors[1])
+    weights = tmp_path / "resnet50.pth"  # the real-weights path: same code, a state dict of the architecture
+    head = {"fc.weight": torch.zeros(1000, 2048), "fc.bias": torch.zeros(1000)}
+    torch.save({**random.net.state_dict(), **head}, weights)
+    loaded = TorchvisionImageEncoder("resnet50", str(weights), image_size=32)
+    assert loaded.net is not random.net
+    np.testing.assert_allclose(loaded.encode(images), vectors, rtol=1e-5, atol=1e-5)
+    torch.manual_seed(123)  # "random" weights are seeded: any process builds the same network
+    fresh = load_torchvision("resnet50", None)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), random.net.state_dict().values()))
+    with pytest.raises(ValueError, match="IMAGENET1K_V2"):
+        load_torchvision("resnet50", "IMAGENET_BEST")
+
+
+def test_tiny_vit_and_clip_towers(rmm_cache: Path) -> None:
+    from rmm.features.encoders import CLIPEncoder, ViTImageEncoder
+    from rmm.features.tiny import resolve_model_id
+
+    images = [draw_item("red", "circle"), draw_item("green", "square", size=48)]
+    for pooling in ("cls", "mean"):
+        vit = ViTImageEncoder(resolve_model_id("tiny:vit"), pooling=pooling)
+        vectors = vit.encode(images)
+        assert vectors.shape == (2, 32) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    clip = CLIPEncoder(resolve_model_id("tiny:clip"))
+    assert CLIPEncoder(resolve_model_id("tiny:clip")).model is clip.model  # one load per process
+    image, text = clip.encode_images(images), clip.encode_texts(["red circle", "a green square " * 40])
+    assert image.shape == text.shape == (2, 16)
+    np.testing.assert_allclose(np.linalg.norm(np.concatenate([image, text]), axis=1), 1.0, atol=1e-5)

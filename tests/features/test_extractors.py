@@ -26,9 +26,10 @@ def _batch(root: Path, max_image_size: int = 224) -> dict[str, np.ndarray]:
     return decode_images(raw, str(root), max_image_size)
 
 
-def test_registry_has_the_three_kinds_and_names_them_on_error() -> None:
-    assert {"lvlm_embed", "sentence", "image_stats"} <= set(EXTRACTORS)
-    with pytest.raises(KeyError, match="image_stats.*lvlm_embed.*sentence"):
+def test_registry_has_every_kind_and_names_them_on_error() -> None:
+    assert set(EXTRACTORS) >= {"lvlm_embed", "lvlm_describe", "sentence", "image_stats", "torchvision", "vit",
+                               "clip_image", "clip_text"}
+    with pytest.raises(KeyError, match="clip_image.*image_stats.*lvlm_embed.*sentence"):
         get_extractor("resnet")
 
 
@@ -43,38 +44,55 @@ def test_decode_images_records_reasons_and_resizes(tmp_path: Path) -> None:
 
 def test_image_stats_and_sentence_extractors_mark_missing_inputs(tmp_path: Path) -> None:
     batch = _batch(make_dataset(tmp_path / "data", num_items=10))
-    stats = get_extractor("image_stats")(ExtractorConfig(name="img", kind="image_stats"))(batch)
+    stats = get_extractor("image_stats")(ExtractorConfig(name="img", kind="image_stats"))(batch)["img"]
     assert stats["vector"].shape == (10, stats["vector"].shape[1])
     assert stats["status"][CORRUPT_ITEM] == "missing" and "unreadable" in stats["reason"][CORRUPT_ITEM]
     assert stats["status"][NO_IMAGE_ITEM] == "missing"
     assert not stats["vector"][CORRUPT_ITEM].any()
-    text = get_extractor("sentence")(ExtractorConfig(name="txt", kind="sentence"))(batch)
+    text = get_extractor("sentence")(ExtractorConfig(name="txt", kind="sentence"))(batch)["txt"]
     assert text["vector"].shape == (10, 384)
     assert text["status"][EMPTY_TEXT_ITEM] == "missing" and text["status"][CORRUPT_ITEM] == "done"
 
 
 class _Fragile(Extractor):
-    """Encodes item ids as vectors and raises on item 2, to check failure isolation."""
+    """Encodes item ids as vectors (two outputs) and raises on item 2, to check failure isolation; sorts items by
+    descending title length to check that bucketing restores the order."""
 
-    dim = 2
+    def __init__(self, cfg: ExtractorConfig, cache_dir: str | None = None) -> None:
+        super().__init__(cfg, cache_dir)
+        self.dims = {"f_a": 2, "f_b": 1}
+        self.batches: list[list[int]] = []
+
+    @classmethod
+    def output_names(cls, cfg: ExtractorConfig) -> tuple[str, ...]:
+        return ("f_a", "f_b")
 
     @classmethod
     def describe(cls, cfg: ExtractorConfig, cache_dir: str | None = None) -> dict:
         return {}
 
-    def encode(self, items: list[Item]) -> np.ndarray:
+    def sort_keys(self, items: list[Item]) -> list[int]:
+        return [-len(item.title) for item in items]
+
+    def encode(self, items: list[Item]) -> dict[str, np.ndarray]:
+        self.batches.append([item.item_id for item in items])
         if any(item.item_id == 2 for item in items):
             raise RuntimeError("cannot encode item 2")
-        return np.array([[item.item_id, 1.0] for item in items])
+        return {"f_a": np.array([[item.item_id, 1.0] for item in items]),
+                "f_b": np.array([[10.0 * item.item_id] for item in items])}
 
 
-def test_an_item_that_raises_fails_alone() -> None:
-    batch = {"item_id": np.arange(4), "title": np.array(["a", "b", "c", "d"], dtype=object),
-             "text": np.array(["", "", "", ""], dtype=object)}
-    out = _Fragile(ExtractorConfig(name="f", kind="fragile"))(batch)
-    assert out["status"].tolist() == ["done", "done", FAILED, "done"]
-    assert out["reason"][2] == "RuntimeError: cannot encode item 2"
-    np.testing.assert_array_equal(out["vector"], [[0, 1], [1, 1], [0, 0], [3, 1]])
+def test_an_item_that_raises_fails_alone_and_buckets_keep_row_order() -> None:
+    batch = {"item_id": np.arange(5), "title": np.array(["a", "bbb", "c", "dddd", "ee"], dtype=object),
+             "text": np.array([""] * 5, dtype=object), "todo/fragile:f": np.array([True, True, True, True, False])}
+    extractor = _Fragile(ExtractorConfig(name="f", kind="fragile", batch_size=2))
+    out = extractor(batch)
+    assert extractor.batches[:2] == [[3, 1], [0, 2]]  # longest first, then item by item after the failure
+    for name in ("f_a", "f_b"):
+        assert out[name]["status"].tolist() == ["done", "done", FAILED, "done", "skipped"]
+        assert out[name]["reason"][2] == "RuntimeError: cannot encode item 2"
+    np.testing.assert_array_equal(out["f_a"]["vector"], [[0, 1], [1, 1], [0, 0], [3, 1], [0, 0]])
+    np.testing.assert_array_equal(out["f_b"]["vector"][:, 0], [0, 10, 0, 30, 0])
 
 
 def test_lvlm_extractor_notes_partial_inputs(tmp_path: Path, tiny_qwen2_vl: str) -> None:
@@ -82,7 +100,7 @@ def test_lvlm_extractor_notes_partial_inputs(tmp_path: Path, tiny_qwen2_vl: str)
     cfg = ExtractorConfig(name="lvlm", kind="lvlm_embed", model="tiny:qwen2-vl", pooling="image_mean")
     info = get_extractor("lvlm_embed").describe(cfg)
     assert info["model_path"] == tiny_qwen2_vl and len(info["prompt_sha256"]) == 64
-    out = get_extractor("lvlm_embed")(cfg)(batch)
+    out = get_extractor("lvlm_embed")(cfg)(batch)["lvlm"]
     assert out["vector"].shape == (8, 64) and np.isfinite(out["vector"]).all()
     assert set(out["status"]) == {"done"}
     assert out["reason"][NO_IMAGE_ITEM] == "text only (no image); image_mean pooled all tokens"
@@ -98,3 +116,24 @@ def test_lvlm_config_errors_surface_in_describe() -> None:
         lvlm.describe(ExtractorConfig(name="x", kind="lvlm_embed", model="m", pooling="cls"))
     with pytest.raises(KeyError, match="prompt template"):
         lvlm.describe(ExtractorConfig(name="x", kind="lvlm_embed", model="m", prompt="poem"))
+    with pytest.raises(KeyError, match="describe template.*baby"):
+        get_extractor("lvlm_describe").describe(ExtractorConfig(name="x", kind="lvlm_describe", model="m",
+                                                                prompt="poem"))
+    with pytest.raises(ValueError, match="cls or mean"):
+        get_extractor("vit").describe(ExtractorConfig(name="x", kind="vit", model="m", pooling="last"))
+    with pytest.raises(ValueError, match="IMAGENET1K_V2"):
+        get_extractor("torchvision").describe(ExtractorConfig(name="x", kind="torchvision", weights="IMAGENET"))
+    with pytest.raises(ValueError, match="unknown torchvision model"):
+        get_extractor("torchvision").describe(ExtractorConfig(name="x", kind="torchvision", model="resnet51"))
+
+
+def test_failing_sort_keys_fall_back_to_input_order() -> None:
+    class _BadKeys(_Fragile):
+        def sort_keys(self, items: list[Item]) -> list[int]:
+            raise RuntimeError("no tokenizer")
+
+    batch = {"item_id": np.array([0, 1, 3]), "title": np.array(["a", "bbb", "c"], dtype=object),
+             "text": np.array(["", "", ""], dtype=object)}
+    extractor = _BadKeys(ExtractorConfig(name="f", kind="fragile", batch_size=8))
+    out = extractor(batch)
+    assert extractor.batches == [[0, 1, 3]] and out["f_a"]["status"].tolist() == ["done"] * 3

@@ -32,14 +32,15 @@ def test_pool_hidden_by_hand() -> None:
 
 
 @pytest.fixture(scope="module")
-def embedders(tiny_qwen2_vl: str) -> dict[str, LVLMEmbedder]:
-    return {pooling: LVLMEmbedder(tiny_qwen2_vl, pooling=pooling) for pooling in POOLINGS}
+def embedder(tiny_qwen2_vl: str) -> LVLMEmbedder:
+    return LVLMEmbedder(tiny_qwen2_vl, poolings=POOLINGS)
 
 
-def test_each_pooling_gives_finite_distinct_vectors(embedders: dict[str, LVLMEmbedder]) -> None:
-    vectors = {p: e.embed(TITLES, TEXTS, _images()) for p, e in embedders.items()}
+def test_each_pooling_gives_finite_distinct_vectors_from_one_forward(embedder: LVLMEmbedder) -> None:
+    vectors = embedder.embed(TITLES, TEXTS, _images())
+    assert set(vectors) == set(POOLINGS)
     for pooling, matrix in vectors.items():
-        assert matrix.shape == (3, embedders[pooling].dim) and matrix.dtype == np.float32
+        assert matrix.shape == (3, embedder.dim) and matrix.dtype == np.float32
         assert np.isfinite(matrix).all(), pooling
     for a in POOLINGS:
         for b in POOLINGS:
@@ -47,22 +48,35 @@ def test_each_pooling_gives_finite_distinct_vectors(embedders: dict[str, LVLMEmb
                 assert not np.allclose(vectors[a], vectors[b]), (a, b)
 
 
-def test_embedding_is_deterministic_and_independent_of_batch(embedders: dict[str, LVLMEmbedder]) -> None:
-    embedder = embedders["mean"]
+def test_embedding_is_deterministic_and_independent_of_batch(embedder: LVLMEmbedder) -> None:
     batch = embedder.embed(TITLES, TEXTS, _images())
-    np.testing.assert_array_equal(batch, embedder.embed(TITLES, TEXTS, _images()))
-    alone = np.concatenate([embedder.embed([t], [x], [i]) for t, x, i in zip(TITLES, TEXTS, _images())])
-    np.testing.assert_allclose(batch, alone, atol=1e-4)
+    again = embedder.embed(TITLES, TEXTS, _images())
+    alone = [embedder.embed([t], [x], [i]) for t, x, i in zip(TITLES, TEXTS, _images())]
+    for pooling in POOLINGS:
+        np.testing.assert_array_equal(batch[pooling], again[pooling])
+        np.testing.assert_allclose(batch[pooling], np.concatenate([a[pooling] for a in alone]), atol=1e-4)
 
 
-def test_image_changes_the_embedding(embedders: dict[str, LVLMEmbedder]) -> None:
-    embedder = embedders["image_mean"]
+def test_image_changes_the_embedding(embedder: LVLMEmbedder) -> None:
     red, blue = draw_item("red", "circle"), draw_item("blue", "circle")
-    vectors = embedder.embed(["circle", "circle"], ["", ""], [red, blue])
+    vectors = embedder.embed(["circle", "circle"], ["", ""], [red, blue])["image_mean"]
     assert not np.allclose(vectors[0], vectors[1])
 
 
-def test_layer_out_of_range(tiny_qwen2_vl: str) -> None:
+def test_layer_out_of_range_and_model_loaded_once(tiny_qwen2_vl: str, embedder: LVLMEmbedder) -> None:
     with pytest.raises(ValueError, match="hidden states"):
         LVLMEmbedder(tiny_qwen2_vl, layer=3)
-    assert LVLMEmbedder(tiny_qwen2_vl, layer=-3).embed(["a"], ["b"], [None]).shape == (1, 64)
+    other = LVLMEmbedder(tiny_qwen2_vl, layer=-3)
+    assert other.model is embedder.model  # one load per process and (path, dtype, attention, device)
+    assert other.embed(["a"], ["b"], [None])["mean"].shape == (1, 64)
+
+
+def test_chat_prompts_rendered_once_per_shape_equal_the_template(embedder: LVLMEmbedder) -> None:
+    from rmm.features.prompts import build_messages
+
+    slow = [embedder.processor.apply_chat_template(build_messages(embedder.template, t, x, i is not None),
+                                                   tokenize=False, add_generation_prompt=True)
+            for t, x, i in zip(TITLES * 2, ["{{ x }}", "50% off", "a\\nb", "", "  ", "é"], _images() * 2)]
+    fast = embedder.prompts(TITLES * 2, ["{{ x }}", "50% off", "a\\nb", "", "  ", "é"],
+                            [i is not None for i in _images() * 2])
+    assert fast == slow and len(embedder._shapes) == 2  # with and without an image

@@ -39,3 +39,31 @@ def test_consolidate_rejects_repeated_ids(tmp_path: Path) -> None:
     _part(target / "part-1.parquet", [0], [[1.0]], ["done"], [""])
     with pytest.raises(ValueError, match="repeated item ids"):
         consolidate_parts(tmp_path, "f", num_items=1, manifest={})
+
+
+def test_part_groups_resume_bookkeeping(tmp_path: Path) -> None:
+    from rmm.features.store import (
+        PART_GLOB,
+        prune_incomplete_parts,
+        read_progress,
+        write_part_group,
+        write_progress,
+        written_ids,
+    )
+
+    def table(ids: list[int]) -> pa.Table:
+        return pa.table({"item_id": pa.array(ids, pa.int64()),
+                         "vector": pa.array([[float(i)] for i in ids], pa.list_(pa.float32()))})
+
+    first = write_part_group(tmp_path, {"a": table([0, 1]), "b": table([0, 1])})
+    write_part_group(tmp_path, {"a": table([4])})  # b's file of this batch never made it: incomplete group
+    (feature_dir(tmp_path, "b") / ".part-x.parquet.tmp").write_bytes(b"half")
+    assert written_ids(tmp_path, "a").tolist() == [0, 1, 4]
+    assert prune_incomplete_parts(tmp_path, ("a", "b")) == 1
+    for name in ("a", "b"):
+        assert [p.name for p in feature_dir(tmp_path, name).glob("*")] == [f"part-{first}.parquet"]
+        assert written_ids(tmp_path, name).tolist() == [0, 1]
+    assert written_ids(tmp_path, "c").tolist() == [] and read_progress(tmp_path, "a") is None
+    write_progress(tmp_path, "a", "abc")
+    assert read_progress(tmp_path, "a") == "abc"
+    assert len(list(feature_dir(tmp_path, "a").glob(PART_GLOB))) == 1

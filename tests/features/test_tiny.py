@@ -24,6 +24,10 @@ def test_tiny_qwen2_vl_loads_through_auto_classes(tiny_qwen2_vl: str) -> None:
     assert processor.chat_template
 
 
+def test_every_tiny_arch_is_registered() -> None:
+    assert set(TINY_BUILDERS) == {"qwen2-vl", "qwen2.5-vl", "llava", "llava-next", "smolvlm", "vit", "clip"}
+
+
 def test_resolve_model_id_builds_once_and_passes_other_ids_through(tiny_qwen2_vl: str) -> None:
     path = Path(tiny_qwen2_vl)
     assert path.name == f"qwen2-vl-v{TINY_BUILDERS['qwen2-vl'].version}"
@@ -40,10 +44,14 @@ def test_unknown_tiny_arch_lists_available(tmp_path: Path) -> None:
         tiny_model_path("no-such-arch", tmp_path)
 
 
-def test_builds_are_identical_in_separate_dirs(tmp_path: Path) -> None:
-    first, second = build_tiny("qwen2-vl", tmp_path / "a"), build_tiny("qwen2-vl", tmp_path / "b")
-    for name in ("tokenizer.json", "tokenizer_config.json", "config.json", "chat_template.jinja"):
-        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+@pytest.mark.parametrize("arch", sorted(TINY_BUILDERS))
+def test_builds_are_identical_in_separate_dirs(tmp_path: Path, arch: str) -> None:
+    first, second = build_tiny(arch, tmp_path / "a"), build_tiny(arch, tmp_path / "b")
+    files = sorted(p.name for p in first.iterdir())
+    assert files == sorted(p.name for p in second.iterdir()) and "config.json" in files
+    for name in files:
+        if name != "model.safetensors":
+            assert (first / name).read_bytes() == (second / name).read_bytes(), name
     weights_a, weights_b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
     assert weights_a.keys() == weights_b.keys()
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
@@ -55,7 +63,6 @@ def test_a_build_in_another_process_is_identical(tmp_path: Path, tiny_qwen2_vl: 
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert (tmp_path / "tokenizer.json").read_bytes() == (Path(tiny_qwen2_vl) / "tokenizer.json").read_bytes()
     assert (tmp_path / "model.safetensors").read_bytes() == (Path(tiny_qwen2_vl) / "model.safetensors").read_bytes()
-
 
 
 def test_a_concurrent_build_wins_cleanly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
