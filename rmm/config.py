@@ -225,11 +225,16 @@ class TrainConfig:
     cpus_per_worker: float = 0.5
     checkpoint_every: int = 5
     max_failures: int = 0
+    #: ``fp32``, or ``bf16``: the training step runs under ``torch.autocast`` to bfloat16 (meant for GPUs; sparse
+    #: graph propagation and evaluation stay float32). See ``rmm.train.loop.PRECISIONS``.
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_every", "patience", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
         if self.num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")
         if self.learning_rate <= 0:

@@ -228,23 +228,44 @@ def knn_edges(features: Tensor, k: int, *, chunk_size: int | None = None, simila
     if chunk_size is None:
         chunk_size = max(1, CHUNK_ELEMENTS // num_items)
     with torch.no_grad():
-        x = torch.where(valid.unsqueeze(1), features.float(), 0.0)  # (I, d); invalid rows zeroed (no NaN)
+        x = features.float()  # no copy for float32 input: at 1M x 384 a copy is another 1.5 GB
+        if not bool(valid.all()):
+            x = torch.where(valid.unsqueeze(1), x, 0.0)  # (I, d); invalid rows zeroed (no NaN)
         norms = x.norm(dim=1)
         rows, cols, values = [], [], []
         for start in range(0, num_items, chunk_size):
             chunk = torch.arange(start, min(start + chunk_size, num_items), device=device)
-            sim = x[chunk] @ x.T  # (C, I)
-            if similarity == "cosine":
-                sim = sim / (norms[chunk].unsqueeze(1) * norms.unsqueeze(0) + shrink).clamp_min(1e-12)
-            keep = valid[chunk].unsqueeze(1) & valid.unsqueeze(0)  # (C, I)
-            keep[torch.arange(len(chunk), device=device), chunk] = False  # never its own neighbour
-            sim = sim.masked_fill(~keep, -torch.inf)
-            top, at = torch.topk(sim, k, dim=1)  # (C, k)
+            top, at = _chunk_top_k(x, norms, valid, chunk, k, similarity, shrink)
             found = torch.isfinite(top)
             rows.append(chunk.unsqueeze(1).expand(-1, k)[found])
             cols.append(at[found])
             values.append(top[found])
-    return torch.stack([torch.cat(rows), torch.cat(cols)]), torch.cat(values)
+        # Concatenated straight into the result (no stacked copy), each list freed once copied.
+        index = torch.empty(2, sum(len(r) for r in rows), dtype=torch.long, device=device)
+        torch.cat(rows, out=index[0])
+        del rows
+        torch.cat(cols, out=index[1])
+        del cols
+    return index, torch.cat(values)
+
+
+def _chunk_top_k(x: Tensor, norms: Tensor, valid: Tensor, chunk: Tensor, k: int, similarity: str,
+                 shrink: float) -> tuple[Tensor, Tensor]:
+    """The ``k`` best similarities of the rows ``chunk`` against all rows and their columns, ``-inf`` where an
+    item has fewer than ``k`` valid others. Temporaries: two ``(C, I)`` float32 blocks and one bool block.
+
+    Shapes:
+        x (I, d), norms (I,), valid (I,), chunk (C,) -> values (C, k), indices (C, k).
+    """
+    sim = x[chunk] @ x.T  # (C, I)
+    if similarity == "cosine":
+        denominator = torch.outer(norms[chunk], norms)  # (C, I)
+        sim.div_(denominator.add_(shrink).clamp_min_(1e-12))
+        del denominator
+    keep = valid[chunk].unsqueeze(1) & valid.unsqueeze(0)  # (C, I)
+    keep[torch.arange(len(chunk), device=x.device), chunk] = False  # never its own neighbour
+    sim.masked_fill_(~keep, -torch.inf)
+    return torch.topk(sim, k, dim=1)  # (C, k) each
 
 
 def knn_graph(features: Tensor, k: int, *, chunk_size: int | None = None, similarity: str = "cosine",
@@ -313,7 +334,8 @@ def normalize_graph(adj: Tensor, normalization: str = "sym", *, binary: bool = F
     if binary:
         values = torch.ones_like(values)
     values = normalize_edges(index, values, adj.shape[0], normalization)
-    return torch.sparse_coo_tensor(index, values, adj.shape, check_invariants=True).coalesce()
+    # Same (coalesced) indices: flag them so, instead of sorting a copy again.
+    return torch.sparse_coo_tensor(index, values, adj.shape, check_invariants=True, is_coalesced=True)
 
 
 @dataclass(frozen=True)

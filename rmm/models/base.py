@@ -117,6 +117,12 @@ class Recommender(nn.Module):
             graphs.append(graph.coalesce().float())
         return graphs
 
+    @property
+    def has_unused_parameters(self) -> bool:
+        """Whether some steps leave some parameters without a gradient (LATTICE's projections after an epoch's
+        first step): DDP must then run with ``find_unused_parameters=True``."""
+        return False
+
     def start_epoch(self, seed: int, epoch: int) -> None:
         """Called by the training loop before epoch ``epoch``'s batches (on every rank, with the same
         arguments); a model resamples or rebuilds per-epoch state here, deterministically in

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from rmm.data.graph import TrainGraph
 from rmm.models.base import DEFAULT_FUSION, BPRBatch, EmbeddingRecommender, register
-from rmm.models.layers import FeatureBank, segment_softmax
+from rmm.models.layers import FeatureBank, aggregate, segment_softmax
 
 
 @dataclass(frozen=True)
@@ -30,16 +30,6 @@ class GRCNConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.reg_weight < 0:
             raise ValueError(f"reg_weight must be >= 0, got {self.reg_weight}")
-
-
-def aggregate(src: Tensor, dst: Tensor, weights: Tensor, x: Tensor, num_nodes: int) -> Tensor:
-    r"""Weighted sum over incoming edges, :math:`\sum_{j \to v} w_{jv} x_j`.
-
-    Shapes:
-        src, dst, weights: (E,); x: (N, D) -> (num_nodes, D).
-    """
-    return torch.zeros(num_nodes, x.shape[1], dtype=x.dtype, device=x.device).index_add(
-        0, dst, weights.unsqueeze(1) * x[src])
 
 
 def attention(src: Tensor, dst: Tensor, x_src: Tensor, x_dst: Tensor, num_nodes: int) -> Tensor:

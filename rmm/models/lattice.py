@@ -11,14 +11,21 @@ from torch import Tensor, nn
 
 from rmm.data.graph import KNNSpec, TrainGraph, knn_edges, normalize_edges, to_csr
 from rmm.models.base import DEFAULT_FUSION, EmbeddingRecommender, register
-from rmm.models.layers import FeatureBank, projections, propagate, sparse_matmul
+from rmm.models.layers import FeatureBank, aggregate, projections, propagate, sparse_matmul
 
 
 @dataclass(frozen=True)
 class LATTICEConfig:
     """MMRec's ``LATTICE.yaml`` with ``cf_model: lightgcn``: d 64, ``feat_embed_dim`` 64, kNN k 10,
     ``lambda_coeff`` 0.9 (weight of the frozen graph), 1 item-graph layer (``n_layers``), 2 user-item layers
-    (``len(weight_size)``), ``reg_weight`` 1e-4 from its grid."""
+    (``len(weight_size)``), ``reg_weight`` 1e-4 from its grid.
+
+    ``graph_update`` says when the learned graph's edge weights carry a gradient: ``epoch`` (the reference code's
+    ``build_item_graph``) at each epoch's first step only, the weights then being held for the epoch's other
+    steps, so the projections and modality weights learn once per epoch; ``step`` at every step (more signal
+    for the projections, but every step then projects the whole catalogue: ~2x the reference's step time at
+    Baby scale, see bench/RESULTS.md).
+    """
 
     embedding_dim: int = 64
     feat_embed_dim: int = 64
@@ -27,8 +34,11 @@ class LATTICEConfig:
     num_layers: int = 1
     num_ui_layers: int = 2
     reg_weight: float = 1e-4
+    graph_update: str = "epoch"
 
     def __post_init__(self) -> None:
+        if self.graph_update not in ("epoch", "step"):
+            raise ValueError(f"graph_update must be 'epoch' or 'step', got {self.graph_update!r}")
         for name in ("embedding_dim", "feat_embed_dim", "knn_k", "num_layers", "num_ui_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -54,9 +64,11 @@ class LATTICE(EmbeddingRecommender):
 
     where :math:`\mathcal{N}` is :math:`D^{-1/2} \cdot D^{-1/2}` and :math:`\bar{\mathbf{e}}` LightGCN over the
     user-item graph. Which pairs are neighbours in :math:`\hat{S}^m` is refreshed every epoch (``start_epoch``,
-    as MMRec rebuilds the graph at each epoch's first batch) and when scoring; their weights are recomputed
-    from the current projections at every step, so the projections and :math:`w` are trained by BPR. The
-    learned graph is built in chunks and kept sparse (MMRec's is a dense I x I matrix).
+    as MMRec rebuilds the graph at each epoch's first batch) and when scoring. Their weights, and
+    :math:`\alpha`, are computed from the current projections with a gradient at the epoch's first step and held
+    (detached) for its other steps, as in the reference code; ``graph_update: step`` recomputes them with a
+    gradient at every step. The learned graph is built in chunks and kept sparse (MMRec's is a dense I x I
+    matrix), and propagated edge-wise (:func:`~rmm.models.layers.aggregate`).
 
     Other differences from MMRec: kNN graphs exclude the item itself (MMRec's top k include it), features
     are frozen inputs (MMRec fine-tunes them), and the user-item graph is LightGCN's
@@ -78,6 +90,7 @@ class LATTICE(EmbeddingRecommender):
             self.register_buffer(f"frozen_{m}", to_csr(frozen), persistent=False)
             self.register_buffer(f"frozen_t_{m}", to_csr(frozen.t()), persistent=False)
         self.learned_index: list[Tensor] | None = None  # per modality (2, E); rebuilt, never checkpointed
+        self.held: tuple[Tensor, Tensor] | None = None  # this epoch's detached (edge weights, alpha)
         self.register_buffer("adj", graph.norm_adj(), persistent=False)
         self.user_embedding = nn.Embedding(self.num_users, cfg.embedding_dim)
         self.item_embedding = nn.Embedding(self.num_items, cfg.embedding_dim)
@@ -94,9 +107,15 @@ class LATTICE(EmbeddingRecommender):
         nn.init.xavier_uniform_(self.item_embedding.weight)
         nn.init.constant_(self.modal_weight, 1.0 / len(self.features))  # MMRec: [0.5, 0.5]
 
+    @property
+    def has_unused_parameters(self) -> bool:
+        # With graph_update "epoch", the projections and modality weights get no gradient after an epoch's first step.
+        return self.cfg.graph_update == "epoch"
+
     def start_epoch(self, seed: int, epoch: int) -> None:
         """Re-learn which item pairs are neighbours from the current projections."""
         self.learned_index = self._learned_structure()
+        self.held = None
 
     def _learned_structure(self) -> list[Tensor]:
         """The kNN pairs of each modality's projected features (no gradient). Shapes: (2, E_m) each."""
@@ -104,8 +123,13 @@ class LATTICE(EmbeddingRecommender):
             return [knn_edges(proj(x), self.cfg.knn_k, valid=valid)[0]
                     for proj, x, valid in zip(self.projections, self.features.matrices(), self.features.valid())]
 
-    def _item_graph_conv(self, learned_index: list[Tensor]) -> Tensor:
-        r""":math:`S^L \mathbf{E}_{id}`, differentiable in the projections and the modality weights."""
+    def _learned_weights(self, learned_index: list[Tensor]) -> tuple[Tensor, Tensor]:
+        r"""The learned graph's edge weights, :math:`(1 - \lambda)\,\mathcal{N}(\sum_m \alpha_m \hat{S}^m)` on
+        ``torch.cat(learned_index, 1)``, and :math:`\alpha`; differentiable in the projections and :math:`w`.
+
+        Shapes:
+            (E,), (M,).
+        """
         alpha = torch.softmax(self.modal_weight, dim=0)  # (M,)
         values = []
         for m, (proj, x) in enumerate(zip(self.projections, self.features.matrices())):
@@ -113,14 +137,19 @@ class LATTICE(EmbeddingRecommender):
             index = learned_index[m]
             values.append(alpha[m] * (z[index[0]] * z[index[1]]).sum(-1))  # cosine of each kept pair
         index = torch.cat(learned_index, dim=1)
-        values = normalize_edges(index, torch.cat(values), self.num_items, "sym")
-        learned = torch.sparse_coo_tensor(index, (1.0 - self.cfg.lambda_coeff) * values,
-                                          (self.num_items, self.num_items), check_invariants=False)
+        values = normalize_edges(index, torch.cat(values).float(), self.num_items, "sym")  # fp32 under autocast
+        return (1.0 - self.cfg.lambda_coeff) * values, alpha
+
+    def _item_graph_conv(self, learned_index: list[Tensor], weights: tuple[Tensor, Tensor]) -> Tensor:
+        r""":math:`S^L \mathbf{E}_{id}` with the learned graph on ``learned_index`` weighted by ``weights``."""
+        values, alpha = weights
+        index = torch.cat(learned_index, dim=1)
         h = self.item_embedding.weight
         for _ in range(self.cfg.num_layers):
             frozen = sum(alpha[m] * sparse_matmul(getattr(self, f"frozen_{m}"), h, getattr(self, f"frozen_t_{m}"))
                          for m in range(len(self.features)))
-            h = torch.sparse.mm(learned, h) + self.cfg.lambda_coeff * frozen
+            # Edge-wise, not torch.sparse.mm: the weights need a gradient, and sparse.mm's would be a dense I x I.
+            h = aggregate(index[1], index[0], values, h, self.num_items) + self.cfg.lambda_coeff * frozen
         return h
 
     def embeddings(self, learned_index: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
@@ -128,9 +157,17 @@ class LATTICE(EmbeddingRecommender):
         if learned_index is None:
             if self.learned_index is None or self.learned_index[0].device != self.adj.device:
                 # a loop that never calls start_epoch (or a moved model): learn the pairs now
-                self.learned_index = self._learned_structure()
+                self.start_epoch(0, 0)
             learned_index = self.learned_index
-        h = self._item_graph_conv(learned_index)
+            if self.held is not None:
+                weights = self.held
+            else:
+                weights = self._learned_weights(learned_index)
+                if self.cfg.graph_update == "epoch":
+                    self.held = (weights[0].detach(), weights[1].detach())
+        else:
+            weights = self._learned_weights(learned_index)
+        h = self._item_graph_conv(learned_index, weights)
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         users, items = torch.split(propagate(self.adj, ego, self.cfg.num_ui_layers), [self.num_users, self.num_items])
         return users, items + F.normalize(h, dim=1)

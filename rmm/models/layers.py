@@ -35,16 +35,22 @@ class _SparseMM(torch.autograd.Function):
     ``torch.sparse.mm``'s own backward transposes the sparse matrix every step; NOTES.md measured the
     precomputed (there: symmetric, ``adj_t = adj``) transpose ~4x faster per LightGCN epoch. ``adj`` is a
     constant (no gradient).
+
+    Under ``torch.autocast`` (``train.precision: bf16``) the product still runs in ``adj``'s dtype: ``x`` is
+    cast up and autocast is suspended, because sparse CSR kernels have no bfloat16 version on the CPU, and a
+    memory-bound sparse product gains nothing from tensor cores anyway. The gradient goes back in ``x``'s dtype.
     """
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, adj: Tensor, x: Tensor, adj_t: Tensor) -> Tensor:
-        ctx.adj_t = adj_t
-        return torch.sparse.mm(adj, x)
+        ctx.adj_t, ctx.x_dtype = adj_t, x.dtype
+        with torch.autocast(x.device.type, enabled=False):
+            return torch.sparse.mm(adj, x.to(adj.dtype))
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[None, Tensor, None]:
-        return None, torch.sparse.mm(ctx.adj_t, grad), None
+        with torch.autocast(grad.device.type, enabled=False):
+            return None, torch.sparse.mm(ctx.adj_t, grad.to(ctx.adj_t.dtype)).to(ctx.x_dtype), None
 
 
 def sparse_matmul(adj: Tensor, x: Tensor, adj_t: Tensor | None = None) -> Tensor:
@@ -91,6 +97,20 @@ def smooth(adj: Tensor, x: Tensor, num_layers: int, adj_t: Tensor | None = None)
     for _ in range(num_layers):
         x = sparse_matmul(adj, x, adj_t)
     return x
+
+
+def aggregate(src: Tensor, dst: Tensor, weights: Tensor, x: Tensor, num_nodes: int) -> Tensor:
+    r"""Weighted sum over incoming edges, :math:`\sum_{j \to v} w_{jv} x_j`, differentiable in ``weights`` and
+    ``x`` at O(E * D) both ways.
+
+    Use it instead of ``torch.sparse.mm`` when the edge weights need a gradient: the sparse product's backward
+    for its sparse operand forms the dense ``grad @ x.T`` (N x N) before masking it to the edges.
+
+    Shapes:
+        src, dst, weights: (E,); x: (N, D) -> (num_nodes, D).
+    """
+    messages = weights.unsqueeze(1) * x[src]  # (E, D); promoted to the wider dtype under autocast
+    return torch.zeros(num_nodes, x.shape[1], dtype=messages.dtype, device=x.device).index_add(0, dst, messages)
 
 
 def segment_softmax(logits: Tensor, index: Tensor, num_segments: int) -> Tensor:

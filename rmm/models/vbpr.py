@@ -9,8 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from rmm.data.graph import TrainGraph
-from rmm.models.base import EmbeddingRecommender, register
-from rmm.models.layers import FUSIONS, build_fusion
+from rmm.models.base import BPRBatch, EmbeddingRecommender, register
+from rmm.models.layers import FUSIONS, bpr_loss, build_fusion, l2_reg
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,19 @@ class VBPR(EmbeddingRecommender):
         nn.init.xavier_uniform_(self.user_embedding.weight)
         nn.init.xavier_uniform_(self.item_embedding.weight)
 
+    def item_rows(self, items: Tensor) -> Tensor:
+        r"""Final item embeddings :math:`[\gamma_i; \mathbf{E} f_i]` of ``items``. Shapes: (N,) -> (N, 2d)."""
+        content = self.fusion([getattr(self, f"feature_{i}")[items] for i in range(len(self.modalities))])
+        return torch.cat([self.item_embedding(items), content], dim=-1)
+
     def embeddings(self) -> tuple[Tensor, Tensor]:
-        content = self.fusion([getattr(self, f"feature_{i}") for i in range(len(self.modalities))])
-        return self.user_embedding.weight, torch.cat([self.item_embedding.weight, content], dim=-1)
+        return self.user_embedding.weight, self.item_rows(torch.arange(self.num_items, device=self.feature_0.device))
+
+    def loss(self, batch: BPRBatch) -> Tensor:
+        """The BPR loss of :class:`EmbeddingRecommender`, projecting only the batch's distinct items (every
+        fusion is row-wise), not the whole catalogue: at 7k items x 4480-d content that is most of a step."""
+        items, inverse = torch.unique(torch.cat([batch.pos_items, batch.neg_items]), return_inverse=True)
+        pos, neg = self.item_rows(items)[inverse].split(len(batch.pos_items))  # (B, 2d) each
+        users = self.user_embedding(batch.users)
+        ranking = bpr_loss((users * pos).sum(-1), (users * neg).sum(-1))
+        return ranking + self.cfg.reg_weight * l2_reg(users, pos, neg)

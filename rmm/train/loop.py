@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
 
+#: ``train.precision`` -> the autocast dtype of the training step (None: plain float32). Evaluation always
+#: scores in float32: bfloat16's 8-bit mantissa would tie and reorder close scores in the full ranking.
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
+
 #: ``report(metrics, checkpoint_dir)``, called on every rank after each evaluation; ``checkpoint_dir`` (rank 0
 #: only, every ``checkpoint_every`` epochs and at the end) holds ``state.pt`` and is deleted after the call.
 ReportFn = Callable[[dict[str, float], str | None], None]
@@ -127,6 +131,7 @@ class FitResult:
     train_seconds: float
     history: list[dict[str, float]]
     best_state: dict[str, Tensor] | None = None
+    resumed_after_epoch: int | None = None
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -201,6 +206,7 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features:
         FloatingPointError: the epoch loss is NaN or infinite.
     """
     rank, world_size = rank_and_world()
+    autocast_dtype = _autocast_dtype(train_cfg)
     ks = tuple(train_cfg.topk)
     if train_cfg.metric not in metric_names(ks):
         raise ValueError(f"train.metric {train_cfg.metric!r} is not computed; choose one of {metric_names(ks)}")
@@ -215,10 +221,12 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features:
     optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.learning_rate,
                                  weight_decay=train_cfg.weight_decay)
     state = _initial_state(model)
+    resumed_after_epoch = None
     if resume_from is not None:
         state = torch.load(Path(resume_from) / STATE_FILE, weights_only=True)
         model.load_state_dict(state.pop("model"))
         optimizer.load_state_dict(state.pop("optimizer"))
+        resumed_after_epoch = state["epoch"]
         log.info("%s: resuming after epoch %d from %s", model_cfg.label, state["epoch"], resume_from)
     trained = prepare_model(model) if prepare_model is not None else model
     sampler = BPRSampler(graph)
@@ -235,7 +243,7 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features:
         loss = 0.0
         if model.trainable:
             loss = _mean_across_ranks(_train_epoch(trained, optimizer, sampler, train_cfg, epoch, rank,
-                                                   world_size, device), world_size, device)
+                                                   world_size, device, autocast_dtype), world_size, device)
         if not math.isfinite(loss):
             raise FloatingPointError(f"{model_cfg.label}: loss is {loss} at epoch {epoch}; lower "
                                      f"train.learning_rate, raise reg_weight, or check the features for NaN")
@@ -270,7 +278,16 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features:
     return FitResult(best_epoch=state["best_epoch"],
                      valid={k.removeprefix("valid/"): v for k, v in best.items() if k.startswith("valid/")},
                      test=summarize(per_user_test), test_per_user=per_user_test, train_seconds=train_seconds,
-                     history=state["history"], best_state=state["best_model"])
+                     history=state["history"], best_state=state["best_model"],
+                     resumed_after_epoch=resumed_after_epoch)
+
+
+def _autocast_dtype(train_cfg: TrainConfig) -> torch.dtype | None:
+    """The autocast dtype ``train_cfg.precision`` asks for (a config without the field trains in fp32)."""
+    precision = train_cfg.precision
+    if precision not in PRECISIONS:
+        raise ValueError(f"train.precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    return PRECISIONS[precision]
 
 
 def _item_graphs(model_cfg: ModelConfig, features: Mapping[str, Tensor],
@@ -294,13 +311,17 @@ def _cpu_copy(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, sampler: BPRSampler, cfg: TrainConfig,
-                 epoch: int, rank: int, world_size: int, device: torch.device | str) -> float:
-    """One pass over this rank's shard; returns the mean batch loss."""
+                 epoch: int, rank: int, world_size: int, device: torch.device | str,
+                 autocast_dtype: torch.dtype | None = None) -> float:
+    """One pass over this rank's shard; returns the mean batch loss. With ``autocast_dtype`` the forward pass
+    runs under autocast (bfloat16 needs no loss scaling: it has float32's exponent range)."""
     model.train()
+    device_type = torch.device(device).type
     total, batches = 0.0, sampler.epoch(cfg.seed, epoch, cfg.batch_size, rank, world_size)
     for batch in batches:
         optimizer.zero_grad(set_to_none=True)
-        loss = model(batch.to(device))
+        with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            loss = model(batch.to(device))
         loss.backward()
         optimizer.step()
         total += float(loss.detach())

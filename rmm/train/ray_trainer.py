@@ -7,6 +7,10 @@ back as the trainer's ``return_value``.
 
 A run is named: re-running the same ``run_name`` under the same output dir resumes from its latest checkpoint
 (Ray Train restores it and ``fit`` continues after that epoch), which is also how ``max_failures`` recovers.
+
+Fault injection (tests only): with ``RMM_TEST_FAIL_AT_EPOCH=N`` in the driver's environment, the last-ranked
+worker raises once per run, after training and evaluating epoch N and before reporting it, so the epoch's
+checkpoint is never written and a ``max_failures >= 1`` run must restart from the one before.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,10 +42,18 @@ log = logging.getLogger(__name__)
 
 #: Item-item kNN graphs keyed by feature content and graph spec (rmm.data.knn_cache), shared by all runs in <out>.
 KNN_CACHE_DIR = "cache/knn"
+#: Test-only: the epoch at which one worker fails, once per run (see the module docstring).
+FAIL_AT_EPOCH_ENV = "RMM_TEST_FAIL_AT_EPOCH"
+#: Marker, in the run directory, that the injected failure has happened (so the restarted run goes on).
+_FAILED_MARKER = ".injected-failure"
+
+
+class InjectedFailure(RuntimeError):
+    """The worker failure ``RMM_TEST_FAIL_AT_EPOCH`` asks for."""
 
 
 def train_model(cfg: Config, model_cfg: ModelConfig, *, run_name: str, train_cfg: TrainConfig | None = None,
-                callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+                callbacks: Sequence[Any] = (), gpus_per_worker: float | None = None) -> dict[str, Any]:
     """Train one model with Ray Train and return its run record (DESIGN.md results contract).
 
     Args:
@@ -50,28 +63,30 @@ def train_model(cfg: Config, model_cfg: ModelConfig, *, run_name: str, train_cfg
             ``<out>/runs/<run_name>/``.
         train_cfg: training settings; ``cfg.train`` when None (a Tune trial passes its sampled one).
         callbacks: Ray Train ``UserCallback``s, e.g. ``TuneReportCallback()`` inside a Tune trial.
+        gpus_per_worker: GPUs of each worker, a fraction to share a GPU (e.g. between Tune trials); None: one
+            whole GPU per worker when ``train_cfg.use_gpu``.
 
     Returns:
         ``{"model", "label", "features", "fusion", "config": {"model", "train"}, "best_epoch", "valid",
-        "test", "train_seconds", "history", "run_name", "run_dir"}``; ``valid`` and ``test`` map
-        ``<metric>@K`` to the mean over users, ``fusion`` is None unless several features were fused.
+        "test", "train_seconds", "history", "resumed_after_epoch", "run_name", "run_dir"}``; ``valid`` and
+        ``test`` map ``<metric>@K`` to the mean over users, ``fusion`` is None unless several features were
+        fused, ``resumed_after_epoch`` is the checkpoint epoch the final attempt resumed from (after a worker
+        failure or a re-run of the same ``run_name``), None when it trained from scratch.
     """
     train_cfg = train_cfg or cfg.train
     _check_inputs(cfg, model_cfg)
     init_ray(cfg.ray)
-    out_dir = cfg.out_dir.resolve()
-    run_dir = out_dir / "runs" / run_name
+    run_dir = cfg.out_dir.resolve() / "runs" / run_name
     trainer = ray.train.torch.TorchTrainer(
         _train_worker,
-        train_loop_config={"dataset_dir": str(cfg.dataset_dir.resolve()),
-                           "feature_root": str(cfg.feature_root.resolve()),
-                           "run_dir": str(run_dir), "knn_cache_dir": str(out_dir / KNN_CACHE_DIR),
-                           "model_cfg": model_cfg, "train_cfg": train_cfg},
-        scaling_config=ray.train.ScalingConfig(num_workers=train_cfg.num_workers, use_gpu=train_cfg.use_gpu,
-                                               resources_per_worker={"CPU": train_cfg.cpus_per_worker}),
+        train_loop_config=worker_config(cfg, model_cfg, run_dir=run_dir, train_cfg=train_cfg),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=train_cfg.num_workers, use_gpu=train_cfg.use_gpu or bool(gpus_per_worker),
+            resources_per_worker={"CPU": train_cfg.cpus_per_worker,
+                                  **({"GPU": gpus_per_worker} if gpus_per_worker else {})}),
         run_config=ray.train.RunConfig(
             name=run_name,
-            storage_path=str(out_dir / "ray_results"),
+            storage_path=str(cfg.out_dir.resolve() / "ray_results"),
             failure_config=ray.train.FailureConfig(max_failures=train_cfg.max_failures),
             # Checkpoints exist to resume; the latest one holds the best state too.
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
@@ -84,13 +99,14 @@ def train_model(cfg: Config, model_cfg: ModelConfig, *, run_name: str, train_cfg
         "model": model_cfg.name,
         "label": model_cfg.label,
         "features": list(model_cfg.features),
-        "fusion": model_cfg.fusion if len(model_cfg.features) > 1 else None,
+        "fusion": model_cfg.fusion if model_cfg.fuses else None,
         "config": {"model": model_to_dict(model_cfg), "train": dataclasses.asdict(train_cfg)},
         "best_epoch": fitted.best_epoch,
         "valid": fitted.valid,
         "test": fitted.test,
         "train_seconds": fitted.train_seconds,
         "history": fitted.history,
+        "resumed_after_epoch": fitted.resumed_after_epoch,
         "run_name": run_name,
         "run_dir": str(run_dir),
     }
@@ -98,6 +114,14 @@ def train_model(cfg: Config, model_cfg: ModelConfig, *, run_name: str, train_cfg
     run_cfg = cfg.replace(train=train_cfg, model=(model_cfg,), tune=TuneConfig())
     _write_run(run_dir, record, fitted, run_cfg, result.path)
     return record
+
+
+def worker_config(cfg: Config, model_cfg: ModelConfig, *, run_dir: Path, train_cfg: TrainConfig) -> dict[str, Any]:
+    """The ``train_loop_config`` of one run's workers: paths (never data) and the model and train settings."""
+    fail_at = os.environ.get(FAIL_AT_EPOCH_ENV)
+    return {"dataset_dir": str(cfg.dataset_dir.resolve()), "feature_root": str(cfg.feature_root.resolve()),
+            "run_dir": str(run_dir), "knn_cache_dir": str(cfg.out_dir.resolve() / KNN_CACHE_DIR),
+            "model_cfg": model_cfg, "train_cfg": train_cfg, "fail_at_epoch": int(fail_at) if fail_at else None}
 
 
 def _check_inputs(cfg: Config, model_cfg: ModelConfig) -> None:
@@ -119,20 +143,13 @@ def _write_run(run_dir: Path, record: dict[str, Any], fitted: FitResult, cfg: Co
 
 
 def _train_worker(config: dict[str, Any]) -> FitResult:
-    """One Ray Train worker: load inputs from disk, resume if Ray restored a checkpoint, run ``fit``."""
-    logging.getLogger("rmm").setLevel(logging.INFO)  # Ray's worker root handler prints it to the driver
-    model_cfg: ModelConfig = config["model_cfg"]
-    data = load_dataset(config["dataset_dir"])
-    features = {name: torch.from_numpy(load_feature(config["feature_root"], name)) for name in model_cfg.features}
-    run = functools.partial(
-        fit, model_cfg, config["train_cfg"], data, features, report=_ray_report, prepare_model=_prepare_ddp,
-        device=ray.train.torch.get_device(), knn_cache_dir=config["knn_cache_dir"])
+    """One Ray Train worker: resume if Ray restored a checkpoint, run ``fit``, save the best weights (rank 0)."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        fitted = run()
+        fitted = fit_in_worker(config)
     else:
         with checkpoint.as_directory() as directory:
-            fitted = run(resume_from=directory)
+            fitted = fit_in_worker(config, resume_from=directory)
     if ray.train.get_context().get_world_rank() == 0:
         run_dir = Path(config["run_dir"])
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -140,14 +157,45 @@ def _train_worker(config: dict[str, Any]) -> FitResult:
     return dataclasses.replace(fitted, best_state=None)  # the weights travel by file, not through Ray
 
 
+def fit_in_worker(config: dict[str, Any], *, resume_from: str | None = None) -> FitResult:
+    """Inside a Ray Train worker: load a :func:`worker_config`'s dataset and features from disk and run ``fit``
+    with DDP (``prepare_model``), this worker's device and ``ray.train.report`` with checkpoints."""
+    logging.getLogger("rmm").setLevel(logging.INFO)  # Ray's worker root handler prints it to the driver
+    model_cfg: ModelConfig = config["model_cfg"]
+    data = load_dataset(config["dataset_dir"])
+    features = {name: torch.from_numpy(load_feature(config["feature_root"], name)) for name in model_cfg.features}
+    report = _ray_report
+    if config.get("fail_at_epoch") is not None:
+        report = functools.partial(_report_or_fail, fail_at=config["fail_at_epoch"],
+                                   marker=Path(config["run_dir"]) / _FAILED_MARKER)
+    return fit(model_cfg, config["train_cfg"], data, features, report=report, prepare_model=_prepare_ddp,
+               resume_from=resume_from, device=ray.train.torch.get_device(),
+               knn_cache_dir=config["knn_cache_dir"])
+
+
 def _prepare_ddp(model: nn.Module) -> nn.Module:
     """``prepare_model`` with DDP's ``broadcast_buffers=False``: features and the graph adjacency are
     buffers that every worker loads itself; broadcasting them would cost a feature matrix per step, and a
     sparse buffer cannot be broadcast at all. Its replacement ``forward_sync_buffers`` still broadcasts at
-    start-up, so torch 2.14's deprecation warning itself says to keep ``broadcast_buffers=False``."""
+    start-up, so torch 2.14's deprecation warning itself says to keep ``broadcast_buffers=False``.
+    ``find_unused_parameters`` only for a model that leaves parameters without gradient in some steps."""
+    kwargs = {"broadcast_buffers": False,
+              "find_unused_parameters": bool(getattr(model, "has_unused_parameters", False))}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
-        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})
+        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=kwargs)
+
+
+def _report_or_fail(metrics: dict[str, float], checkpoint_dir: str | None, *, fail_at: int, marker: Path) -> None:
+    """``_ray_report``, except that the last-ranked worker fails instead at epoch ``fail_at``, once per run."""
+    context = ray.train.get_context()
+    if (metrics["epoch"] == fail_at and context.get_world_rank() == context.get_world_size() - 1
+            and not marker.exists()):
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        raise InjectedFailure(f"{FAIL_AT_EPOCH_ENV}={fail_at}: worker {context.get_world_rank()} fails at "
+                              f"epoch {fail_at}")
+    _ray_report(metrics, checkpoint_dir)
 
 
 def _ray_report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:

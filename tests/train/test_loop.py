@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 from pathlib import Path
 
@@ -88,3 +89,12 @@ def test_training_free_model_is_evaluated_once_and_knn_graphs_are_cached(planted
                  knn_cache_dir=tmp_path)
     assert [h["epoch"] for h in result.history] == [1] and result.test["recall@5"] > 0.6
     assert len(list(tmp_path.glob("knn-*.pt"))) == 1
+
+
+@pytest.mark.skipif(not hasattr(TRAIN, "precision"), reason="TrainConfig.precision not added yet (issue 4 diff)")
+def test_bf16_precision_trains_with_float32_weights(planted: Dataset) -> None:
+    features = {"image": torch.nn.functional.one_hot(torch.arange(planted.num_items) % 4, 4).float()}
+    bf16 = dataclasses.replace(TRAIN, epochs=2, precision="bf16")
+    result = fit(ModelConfig("freedom", features=("image",)), bf16, planted, features)
+    assert all(math.isfinite(h["loss"]) for h in result.history)
+    assert all(v.dtype == torch.float32 for v in result.best_state.values() if v.is_floating_point())

@@ -1,9 +1,13 @@
-"""Ray Train wiring: 2-worker runs write the run record; sharded evaluation equals one worker's exactly."""
+"""Ray Train wiring: 2-worker runs write the run record; sharded evaluation equals one worker's exactly; a
+worker failure is survived from the last checkpoint and the run continues the uninterrupted curve."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -12,7 +16,7 @@ import pytest
 from rmm.config import Config, ModelConfig, OutputConfig, TrainConfig
 from rmm.data.schema import TEST, load_dataset
 from rmm.features.store import write_feature
-from rmm.train.ray_trainer import PER_USER_FILE, RUN_FILE, train_model
+from rmm.train.ray_trainer import FAIL_AT_EPOCH_ENV, PER_USER_FILE, RUN_FILE, train_model
 from tests.train.planted import write_planted_dataset
 
 pytestmark = pytest.mark.ray
@@ -29,17 +33,32 @@ def run_cfg(tmp_path_factory: pytest.TempPathFactory) -> Config:
     return cfg
 
 
+@pytest.fixture(scope="module")
+def trained(run_cfg: Config) -> Callable[[ModelConfig], dict[str, Any]]:
+    """The record of a plain 2-worker run of a model on ``run_cfg``, trained once per module (a worker group
+    costs ~10 s to start): the record test and the failure test's reference share the LightGCN run."""
+    records: dict[str, dict[str, Any]] = {}
+
+    def get(model_cfg: ModelConfig) -> dict[str, Any]:
+        if model_cfg.label not in records:
+            records[model_cfg.label] = train_model(run_cfg, model_cfg, run_name=f"test-{model_cfg.name}")
+        return records[model_cfg.label]
+
+    return get
+
+
 @pytest.mark.parametrize("model_cfg", [ModelConfig("lightgcn"), ModelConfig("vbpr", features=("image_tiny",))],
                          ids=lambda m: m.name)
-def test_two_worker_run_returns_and_writes_the_record(ray_cluster, run_cfg: Config, model_cfg: ModelConfig) -> None:
-    record = train_model(run_cfg, model_cfg, run_name=f"test-{model_cfg.name}")
+def test_two_worker_run_returns_and_writes_the_record(ray_cluster, run_cfg: Config, trained,
+                                                      model_cfg: ModelConfig) -> None:
+    record = trained(model_cfg)
 
     assert {"model", "features", "fusion", "config", "best_epoch", "valid", "test", "train_seconds", "history",
             "run_dir"} <= set(record)
     assert record["model"] == model_cfg.name and record["features"] == list(model_cfg.features)
     assert record["fusion"] is None  # one feature: nothing fused
     assert {"recall@5", "recall@10", "ndcg@5", "ndcg@10", "map@10"} <= set(record["test"])
-    assert [h["epoch"] for h in record["history"]] == [1, 2]
+    assert [h["epoch"] for h in record["history"]] == [1, 2] and record["resumed_after_epoch"] is None
     assert record["valid"]["recall@10"] == record["history"][record["best_epoch"] - 1]["valid/recall@10"]
     run_dir = Path(record["run_dir"])
     saved = json.loads((run_dir / RUN_FILE).read_text())
@@ -78,6 +97,31 @@ def test_two_workers_evaluate_a_fixed_model_exactly_like_one(ray_cluster, run_cf
                            run_config=ray.train.RunConfig(name="eval-equality", storage_path=str(tmp_path)))
     sharded, single = trainer.fit().return_value
     pd.testing.assert_frame_equal(sharded, single, check_exact=True)
+
+
+def test_worker_failure_resumes_from_the_checkpoint_and_continues_the_same_curve(
+        ray_cluster, run_cfg: Config, trained, monkeypatch: pytest.MonkeyPatch) -> None:
+    reference = trained(ModelConfig("lightgcn"))  # the same run, uninterrupted
+    # Epoch 1 is checkpointed (checkpoint_every=1); worker 1 dies after computing epoch 2, before reporting it.
+    monkeypatch.setenv(FAIL_AT_EPOCH_ENV, "2")
+    survived = train_model(run_cfg, ModelConfig("lightgcn"), run_name="test-lightgcn-failure",
+                           train_cfg=dataclasses.replace(run_cfg.train, max_failures=1))
+
+    assert (Path(survived["run_dir"]) / ".injected-failure").exists()  # the failure did happen
+    assert survived["resumed_after_epoch"] == 1  # ... and the second attempt started from epoch 1's checkpoint
+    assert [h["epoch"] for h in survived["history"]] == [1, 2]
+    for key in ("loss", "valid/recall@10", "valid/ndcg@10"):
+        assert [h[key] for h in survived["history"]] == [h[key] for h in reference["history"]]
+    assert survived["test"] == reference["test"] and survived["best_epoch"] == reference["best_epoch"]
+
+
+def test_worker_failure_without_retries_fails_the_run(ray_cluster, run_cfg: Config,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray.train
+
+    monkeypatch.setenv(FAIL_AT_EPOCH_ENV, "1")
+    with pytest.raises(ray.train.TrainingFailedError, match="InjectedFailure"):
+        train_model(run_cfg, ModelConfig("lightgcn"), run_name="test-lightgcn-no-retry")
 
 
 def test_missing_feature_fails_before_any_worker_starts(run_cfg: Config) -> None:

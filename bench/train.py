@@ -1,0 +1,612 @@
+"""Training cost on a Baby-sized dataset: rmm's sparse models (1 and 2 data-parallel workers) against
+straightforward dense reference implementations, plus the kNN item-graph build at 100k and 1M items.
+
+    .venv/bin/python bench/train.py                         # everything (~4 min on 2 CPU cores)
+    .venv/bin/python bench/train.py --models lightgcn --steps 20 --skip-knn
+
+Every case runs in a fresh subprocess, so its peak memory (``VmHWM``, see :func:`peak_rss_mib`) is its own; the
+cases run one after the other on the same machine and the same data, within one invocation. Every process uses
+``--threads`` torch threads (default 1: one core per worker; 2-thread OpenMP under a shared machine's load was
+erratic).
+
+Dataset: 19,445 users, 7,050 items, 160,792 interactions (MMRec's Baby sizes), per-user 8:1:1 random split, only
+the train split (~128k pairs) is used. Items have a latent taste vector in 40 clusters; users pick items by a
+softmax over taste affinity plus a popularity prior; the 4096-d image features (non-negative, CNN-like) and 384-d
+text features (L2-normalised, sentence-encoder-like) are noisy random projections of the item latents.
+
+What is timed, per case (after ``--warmup`` steps): the median optimiser step (forward = loss, backward, Adam) over
+``--steps`` steps of BPR batches of 2,048 from the real sampler, and the per-epoch work outside the steps
+(FREEDOM's edge pruning, LATTICE's learned-graph rebuild; for the reference LATTICE its first-batch dense graph
+rebuild, each with its first step's extra cost). ``epoch s`` = per-epoch work + steps/epoch x median step time,
+an extrapolation from those steps (one real epoch is 64 steps). Evaluation is not included.
+
+- ``rmm``, 1 worker: :func:`rmm.models.base.build_model` with kNN graphs from :mod:`rmm.data.knn_cache` (a disk
+  cache under the bench's temp dir; ``setup s`` says whether it hit), the training loop's own sampler and step.
+- ``rmm``, 2 workers: two processes (``torch.multiprocessing``, gloo, 1 thread each, DDP with
+  ``broadcast_buffers=False`` as in ``rmm.train.ray_trainer``), each rank with its half of every batch; the step
+  time is the slower rank's. Models whose step is per-batch work speed up; full-graph models (LightGCN, LATTICE)
+  do not, since every rank still propagates the whole graph each step. Peak memory is per worker process (each
+  loads the dataset and features, as Ray Train workers do).
+- ``dense ref``: the models as MMRec's reference code writes them, in one process: COO ``torch.sparse.mm`` with
+  autograd's own backward for the user-item graph, content projections of the whole catalogue every step;
+  LATTICE with dense I x I similarity, dense top-k scatter, dense normalisation and a dense I x I item graph
+  (``torch.mm``), rebuilt at each epoch's first batch and detached after it; FREEDOM's dense I x I similarity for
+  its kNN at set-up. The dense normalisation here is ``d[:, None] * A * d[None, :]``; MMRec's ``diagflat``
+  matrix products cost O(I^3) more, so the reference shown is the faster of the two.
+
+kNN build (``KNNSpec(k=10, cosine, sym)``, what LATTICE reads): N x 384 float32 features in 200 clusters. A full
+build is I^2 x 384 multiply-adds (1M items: 3.8e14), hours on 2 cores, so by default only the first and last
+``--knn-rows`` rows' chunks are computed; the chunks in between return k placeholder neighbours of the right size and
+dtype without computing similarities. Memory is therefore the true full-size footprint (all of the feature
+matrix, the full result, the per-chunk temporaries while the result is full-size, assembly and normalisation),
+and ``build s`` is extrapolated from the computed rows. ``--knn-full`` computes every chunk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rmm.config import ModelConfig
+from rmm.data.graph import KNNSpec, TrainGraph
+from rmm.models.base import BPRBatch, build_model, get_model_class, model_params
+from rmm.models.layers import bpr_loss, emb_norm_loss, l2_reg
+from rmm.train.loop import BPRSampler
+
+BABY = {"num_users": 19_445, "num_items": 7_050, "num_interactions": 160_792}
+MODELS = ("lightgcn", "vbpr", "lattice", "freedom", "bm3")
+FEATURES = ("image", "text")
+BATCH_SIZE = 2048
+SEED = 2024
+EMBEDDING_DIM = 64
+
+
+# ---------------------------------------------------------------------------------------------------- data
+
+
+def make_baby(out: Path, seed: int = SEED, clusters: int = 40, latent_dim: int = 32) -> None:
+    """Write ``train.npz`` (users, items of the distinct train pairs) and ``image.npy`` / ``text.npy``."""
+    rng = np.random.default_rng(seed)
+    num_users, num_items, total = BABY["num_users"], BABY["num_items"], BABY["num_interactions"]
+    centroids = rng.standard_normal((clusters, latent_dim))
+    item_cluster = rng.choice(clusters, num_items, p=rng.dirichlet(np.ones(clusters)))
+    item_latent = centroids[item_cluster] + 0.6 * rng.standard_normal((num_items, latent_dim))
+    user_latent = centroids[rng.integers(clusters, size=num_users)] + 0.8 * rng.standard_normal((num_users, latent_dim))
+    log_popularity = -0.8 * np.log(rng.permutation(num_items) + 1.0)
+    # 5-core-like counts summing to exactly ``total``: 5 each plus a skewed share of the rest.
+    counts = 5 + rng.multinomial(total - 5 * num_users, rng.dirichlet(np.full(num_users, 0.5)))
+    counts = np.minimum(counts, num_items // 2)
+    generator = torch.Generator().manual_seed(seed)
+    item_t, popularity_t = torch.from_numpy(item_latent).float(), torch.from_numpy(log_popularity).float()
+    train_users, train_items = [], []
+    for start in range(0, num_users, 1024):  # Gumbel top-k: a weighted draw without replacement, per user
+        block = slice(start, min(start + 1024, num_users))
+        logits = torch.from_numpy(user_latent[block]).float() @ item_t.T * (2.0 / math.sqrt(latent_dim))
+        # -log(Exp(1)) is a standard Gumbel draw
+        keys = logits.add_(popularity_t).sub_(torch.empty_like(logits).exponential_(generator=generator).log_())
+        ranked = torch.topk(keys, int(counts[block].max()), dim=1).indices.numpy()  # (block, max count)
+        for row, user in enumerate(range(block.start, block.stop)):
+            picked = rng.permutation(ranked[row, :counts[user]])  # random order; the first 80% are train
+            keep = max(1, int(round(0.8 * len(picked))))
+            train_users.append(np.full(keep, user))
+            train_items.append(picked[:keep])
+    np.savez(out / "train.npz", users=np.concatenate(train_users), items=np.concatenate(train_items),
+             interactions=int(counts.sum()))
+    image = np.maximum(item_latent @ rng.standard_normal((latent_dim, 4096)) / math.sqrt(latent_dim)
+                       + 0.5 * rng.standard_normal((num_items, 4096)), 0.0)
+    np.save(out / "image.npy", image.astype(np.float32))
+    text = item_latent @ rng.standard_normal((latent_dim, 384)) + 1.0 * rng.standard_normal((num_items, 384))
+    np.save(out / "text.npy", (text / np.linalg.norm(text, axis=1, keepdims=True)).astype(np.float32))
+
+
+def load_baby(data_dir: Path) -> tuple[TrainGraph, dict[str, Tensor]]:
+    train = np.load(data_dir / "train.npz")
+    graph = TrainGraph(BABY["num_users"], BABY["num_items"], users=torch.from_numpy(train["users"]).long(),
+                       items=torch.from_numpy(train["items"]).long())
+    features = {name: torch.from_numpy(np.load(data_dir / f"{name}.npy")) for name in FEATURES}
+    return graph, features
+
+
+# ------------------------------------------------------------------------------ dense (MMRec-style) references
+
+
+def coo(adj: Tensor) -> Tensor:
+    return adj.to_sparse_coo().coalesce()
+
+
+def dense_sim(x: Tensor) -> Tensor:
+    """MMRec ``build_sim``: dense I x I cosine."""
+    unit = x / x.norm(dim=-1, keepdim=True)
+    return unit @ unit.T
+
+
+def dense_knn(sim: Tensor, k: int) -> Tensor:
+    """MMRec ``build_knn_neighbourhood``: top-k kept, scattered into a dense I x I zero matrix."""
+    values, index = torch.topk(sim, k, dim=-1)
+    return torch.zeros_like(sim).scatter_(-1, index, values)
+
+
+def dense_sym_norm(adj: Tensor) -> Tensor:
+    """Dense :math:`D^{-1/2} A D^{-1/2}` (MMRec: ``diagflat`` and two I x I x I products; broadcasting here)."""
+    inv_sqrt = adj.sum(-1).pow(-0.5)
+    inv_sqrt[torch.isinf(inv_sqrt)] = 0.0
+    return inv_sqrt[:, None] * adj * inv_sqrt[None, :]
+
+
+class RefGraphModel(nn.Module):
+    """The user-item part MMRec's graph models share: a COO normalised adjacency and LightGCN layers through
+    ``torch.sparse.mm`` and autograd's own sparse backward."""
+
+    def __init__(self, graph: TrainGraph, layers: int) -> None:
+        super().__init__()
+        self.num_users, self.num_items, self.layers = graph.num_users, graph.num_items, layers
+        self.adj = coo(graph.norm_adj())
+
+    def propagate(self, adj: Tensor, ego: Tensor, layers: int) -> tuple[Tensor, Tensor]:
+        out = [ego]
+        for _ in range(layers):
+            out.append(torch.sparse.mm(adj, out[-1]))
+        return torch.split(torch.stack(out, 1).mean(1), [self.num_users, self.num_items])
+
+    def start_epoch(self, epoch: int) -> None:
+        """Per-epoch work (none by default)."""
+
+
+class RefLightGCN(RefGraphModel):
+    """MMRec ``LightGCN``: 3 layers, L2 on the batch's ego embeddings."""
+
+    def __init__(self, graph: TrainGraph, features: dict[str, Tensor], layers: int = 3) -> None:
+        super().__init__(graph, layers)
+        self.embedding = nn.Embedding(graph.num_users + graph.num_items, EMBEDDING_DIM)
+        nn.init.xavier_uniform_(self.embedding.weight)
+
+    def forward(self, batch: BPRBatch) -> Tensor:
+        users, items = self.propagate(self.adj, self.embedding.weight, self.layers)
+        u, i, j = users[batch.users], items[batch.pos_items], items[batch.neg_items]
+        ego = self.embedding.weight
+        return bpr_loss((u * i).sum(-1), (u * j).sum(-1)) + 1e-4 * l2_reg(
+            ego[batch.users], ego[self.num_users + batch.pos_items], ego[self.num_users + batch.neg_items])
+
+
+class RefVBPR(nn.Module):
+    """MMRec ``VBPR``: the linear map of the concatenated raw features, for every item, every step."""
+
+    def __init__(self, graph: TrainGraph, features: dict[str, Tensor]) -> None:
+        super().__init__()
+        self.raw = torch.cat([features["text"], features["image"]], -1)
+        self.user = nn.Embedding(graph.num_users, 2 * EMBEDDING_DIM)
+        self.item = nn.Embedding(graph.num_items, EMBEDDING_DIM)
+        self.linear = nn.Linear(self.raw.shape[1], EMBEDDING_DIM)
+        nn.init.xavier_uniform_(self.user.weight)
+        nn.init.xavier_uniform_(self.item.weight)
+
+    def forward(self, batch: BPRBatch) -> Tensor:
+        items = torch.cat([self.item.weight, self.linear(self.raw)], -1)  # (I, 2d)
+        u, i, j = self.user.weight[batch.users], items[batch.pos_items], items[batch.neg_items]
+        return bpr_loss((u * i).sum(-1), (u * j).sum(-1)) + 1e-4 * l2_reg(u, i, j)
+
+    def start_epoch(self, epoch: int) -> None:
+        """No per-epoch work."""
+
+
+class RefLATTICE(RefGraphModel):
+    """MMRec ``LATTICE`` (LightGCN backbone): dense I x I graphs throughout; the learned graph is rebuilt from
+    the projections at each epoch's first batch and detached for the others (``build_item_graph``)."""
+
+    def __init__(self, graph: TrainGraph, features: dict[str, Tensor], k: int = 10, lambda_coeff: float = 0.9):
+        super().__init__(graph, layers=2)
+        self.k, self.lambda_coeff = k, lambda_coeff
+        self.raw = features
+        self.original = {m: dense_sym_norm(dense_knn(dense_sim(x), k)) for m, x in features.items()}
+        self.user_embedding = nn.Embedding(graph.num_users, EMBEDDING_DIM)
+        self.item_embedding = nn.Embedding(graph.num_items, EMBEDDING_DIM)
+        nn.init.xavier_uniform_(self.user_embedding.weight)
+        nn.init.xavier_uniform_(self.item_embedding.weight)
+        self.trs = nn.ModuleDict({m: nn.Linear(x.shape[1], EMBEDDING_DIM) for m, x in features.items()})
+        self.modal_weight = nn.Parameter(torch.tensor([0.5, 0.5]))
+        self.item_adj: Tensor | None = None
+        self.build_item_graph = True
+
+    def forward(self, batch: BPRBatch) -> Tensor:
+        projected = {m: self.trs[m](x) for m, x in self.raw.items()}  # MMRec projects every step
+        if self.build_item_graph:
+            weight = torch.softmax(self.modal_weight, 0)
+            learned = sum(w * dense_knn(dense_sim(projected[m]), self.k) for w, m in zip(weight, FEATURES))
+            original = sum(w * self.original[m] for w, m in zip(weight, FEATURES))
+            self.item_adj = (1 - self.lambda_coeff) * dense_sym_norm(learned) + self.lambda_coeff * original
+            self.build_item_graph = False
+        else:
+            self.item_adj = self.item_adj.detach()
+        h = self.item_adj @ self.item_embedding.weight  # (I, I) @ (I, d)
+        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
+        users, items = self.propagate(self.adj, ego, self.layers)
+        items = items + F.normalize(h, dim=1)
+        u, i, j = users[batch.users], items[batch.pos_items], items[batch.neg_items]
+        return bpr_loss((u * i).sum(-1), (u * j).sum(-1)) + 1e-4 * l2_reg(u, i, j)
+
+    def start_epoch(self, epoch: int) -> None:
+        self.build_item_graph = True
+
+
+class RefFREEDOM(RefGraphModel):
+    """MMRec ``FREEDOM``: kNN from a dense I x I similarity at set-up (then sparse COO), degree-sensitive pruning
+    each epoch, projections of every item every step."""
+
+    def __init__(self, graph: TrainGraph, features: dict[str, Tensor], k: int = 10, dropout: float = 0.8):
+        super().__init__(graph, layers=2)
+        self.raw, self.dropout = features, dropout
+        adjs = []
+        for x in features.values():
+            _, index = torch.topk(dense_sim(x), k, dim=-1)  # dense I x I, then freed
+            rows = torch.arange(graph.num_items).unsqueeze(1).expand(-1, k).flatten()
+            indices = torch.stack([rows, index.flatten()])
+            degree = torch.bincount(indices[0], minlength=graph.num_items).float() + 1e-7
+            adjs.append(torch.sparse_coo_tensor(indices, degree[indices[0]].rsqrt() * degree[indices[1]].rsqrt(),
+                                                (graph.num_items,) * 2, check_invariants=False))
+        self.mm_adj = (0.5 * adjs[0] + 0.5 * adjs[1]).coalesce()
+        self.edges = torch.stack([graph.users, graph.items])
+        degree = graph.degrees()
+        self.edge_values = (degree[graph.users] * degree[graph.num_users + graph.items]).rsqrt()
+        self.user_embedding = nn.Embedding(graph.num_users, EMBEDDING_DIM)
+        self.item_embedding = nn.Embedding(graph.num_items, EMBEDDING_DIM)
+        nn.init.xavier_uniform_(self.user_embedding.weight)
+        nn.init.xavier_uniform_(self.item_embedding.weight)
+        self.trs = nn.ModuleDict({m: nn.Linear(x.shape[1], EMBEDDING_DIM) for m, x in features.items()})
+        self.masked_adj: Tensor | None = None
+
+    def start_epoch(self, epoch: int) -> None:
+        keep = torch.multinomial(self.edge_values, int(len(self.edge_values) * (1 - self.dropout)))
+        kept = self.edges[:, keep]
+        pruned = TrainGraph(self.num_users, self.num_items, kept[0], kept[1])
+        self.masked_adj = coo(pruned.norm_adj())
+
+    def forward(self, batch: BPRBatch) -> Tensor:
+        h = torch.sparse.mm(self.mm_adj, self.item_embedding.weight)
+        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
+        users, items = self.propagate(self.masked_adj, ego, self.layers)
+        items = items + h
+        u, i, j = users[batch.users], items[batch.pos_items], items[batch.neg_items]
+        loss = bpr_loss((u * i).sum(-1), (u * j).sum(-1))
+        for m, x in self.raw.items():
+            content = self.trs[m](x)  # every item, every step
+            loss = loss + 1e-4 * bpr_loss((u * content[batch.pos_items]).sum(-1),
+                                          (u * content[batch.neg_items]).sum(-1))
+        return loss
+
+
+class RefBM3(RefGraphModel):
+    """MMRec ``BM3``: COO propagation (1 layer), projections of every item every step, cosine bootstrapping."""
+
+    def __init__(self, graph: TrainGraph, features: dict[str, Tensor], dropout: float = 0.5):
+        super().__init__(graph, layers=1)
+        self.raw, self.dropout = features, dropout
+        self.user_embedding = nn.Embedding(graph.num_users, EMBEDDING_DIM)
+        self.item_embedding = nn.Embedding(graph.num_items, EMBEDDING_DIM)
+        nn.init.xavier_uniform_(self.user_embedding.weight)
+        nn.init.xavier_uniform_(self.item_embedding.weight)
+        self.predictor = nn.Linear(EMBEDDING_DIM, EMBEDDING_DIM)
+        self.trs = nn.ModuleDict({m: nn.Linear(x.shape[1], EMBEDDING_DIM) for m, x in features.items()})
+
+    def forward(self, batch: BPRBatch) -> Tensor:
+        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
+        users, items = self.propagate(self.adj, ego, self.layers)
+        items = items + self.item_embedding.weight
+        content = {m: self.trs[m](x) for m, x in self.raw.items()}
+        with torch.no_grad():
+            u_target, i_target = F.dropout(users, self.dropout), F.dropout(items, self.dropout)
+            c_target = {m: F.dropout(c, self.dropout) for m, c in content.items()}
+        u_online, i_online = self.predictor(users), self.predictor(items)
+        u, i = batch.users, batch.pos_items
+
+        def cos_loss(a: Tensor, b: Tensor) -> Tensor:
+            return 1 - F.cosine_similarity(a, b.detach(), dim=-1).mean()
+
+        loss = cos_loss(u_online[u], i_target[i]) + cos_loss(i_online[i], u_target[u])
+        for m, c in content.items():
+            online = self.predictor(c)[i]
+            loss = loss + 2.0 * (cos_loss(online, i_target[i]) + cos_loss(online, c_target[m][i]))
+        return loss + 0.1 * emb_norm_loss(users, items)
+
+
+REFERENCES = {"lightgcn": RefLightGCN, "vbpr": RefVBPR, "lattice": RefLATTICE, "freedom": RefFREEDOM,
+              "bm3": RefBM3}
+
+
+# ------------------------------------------------------------------------------------------ training cases
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory: ``VmHWM``, the high-water mark of its own address space.
+
+    ``ru_maxrss`` would do, except that Linux carries it across ``fork`` + ``exec`` (the signal struct keeps the
+    pre-exec maximum), so a case started from a big driver would report at least the driver's size.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def build(case: dict[str, Any], graph: TrainGraph, features: dict[str, Tensor]) -> tuple[nn.Module, dict]:
+    """The case's model and what its set-up did."""
+    name = case["model"]
+    if case["impl"] == "dense ref":
+        return REFERENCES[name](graph, features if name != "lightgcn" else {}), {}
+    from rmm.data.knn_cache import cached_knn_graph
+
+    params = get_model_class(name).config_class(**case.get("params", {}))
+    model_cfg = ModelConfig(name, features=FEATURES if get_model_class(name).uses_features else (), params=params)
+    feats = {m: features[m] for m in model_cfg.features}
+    spec = get_model_class(name).item_graph_spec(model_params(model_cfg))
+    info: dict[str, Any] = {}
+    item_graphs = None
+    if spec is not None:
+        cache = Path(case["cache_dir"])
+        before = set(cache.glob("knn-*.pt")) if cache.exists() else set()
+        item_graphs = {m: cached_knn_graph(x, spec, cache_dir=cache) for m, x in feats.items()}
+        info["knn_cache"] = "hit" if set(cache.glob("knn-*.pt")) == before else "miss"
+    return build_model(model_cfg, graph, feats, item_graphs=item_graphs), info
+
+
+def start_epoch(model: nn.Module, epoch: int) -> None:
+    """The model's per-epoch work: ``start_epoch(seed, epoch)`` of an rmm model, ``start_epoch(epoch)`` of a
+    reference."""
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    if isinstance(inner, (RefGraphModel, RefVBPR)):
+        inner.start_epoch(epoch)
+    else:
+        inner.start_epoch(SEED, epoch)
+
+
+def time_steps(case: dict[str, Any], rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+    """Build the case's model and time its optimiser steps on this rank's batches of epoch 1."""
+    torch.set_num_threads(case["threads"])
+    tic = time.perf_counter()
+    graph, features = load_baby(Path(case["data_dir"]))
+    load_s = time.perf_counter() - tic
+    torch.manual_seed(SEED)
+    tic = time.perf_counter()
+    model, info = build(case, graph, features)
+    setup_s = time.perf_counter() - tic
+    trained = model
+    if world_size > 1:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
+            trained = nn.parallel.DistributedDataParallel(
+                model, broadcast_buffers=False, find_unused_parameters=model.has_unused_parameters)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    batches = BPRSampler(graph).epoch(SEED, 1, BATCH_SIZE, rank, world_size)
+
+    def barrier() -> None:
+        if world_size > 1:
+            torch.distributed.barrier()
+
+    def step(batch: BPRBatch) -> float:
+        optimizer.zero_grad(set_to_none=True)
+        loss = trained(batch)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    barrier()
+    tic = time.perf_counter()
+    start_epoch(trained, 1)
+    epoch_work_s = time.perf_counter() - tic
+    times, losses = [], []
+    for index, batch in enumerate(batches[:case["warmup"] + case["steps"]]):
+        barrier()
+        tic = time.perf_counter()
+        losses.append(step(batch))
+        barrier()
+        times.append(time.perf_counter() - tic)
+    if case["model"] == "lattice":  # the first batch rebuilds the learned graph with a gradient (both)
+        epoch_work_s += max(0.0, times[0] - float(np.median(times[case["warmup"]:])))
+    step_s = float(np.median(times[case["warmup"]:]))
+    return {**info, "load_s": load_s, "setup_s": setup_s, "epoch_work_s": epoch_work_s, "step_s": step_s,
+            "steps_per_epoch": len(batches), "epoch_s": epoch_work_s + len(batches) * step_s,
+            "loss_finite": all(math.isfinite(v) for v in losses), "peak_rss_mib": peak_rss_mib()}
+
+
+def _ddp_worker(rank: int, case: dict[str, Any], port: int, results: Any) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                         world_size=case["workers"])
+    try:
+        results.put((rank, time_steps(case, rank, case["workers"])))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def run_case(case: dict[str, Any]) -> dict[str, Any]:
+    """In the case's own subprocess: 1 worker in-process, 2 workers as spawned gloo processes."""
+    if case["impl"] == "baseline":  # the memory every case starts from: interpreter, torch, rmm, the data
+        load_baby(Path(case["data_dir"]))
+        return {"peak_rss_mib": peak_rss_mib()}
+    if case["workers"] == 1:
+        return time_steps(case)
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = mp.get_context("spawn")
+    results = context.SimpleQueue()
+    mp.start_processes(_ddp_worker, args=(case, port, results), nprocs=case["workers"], start_method="spawn")
+    by_rank = dict(results.get() for _ in range(case["workers"]))
+    out = dict(by_rank[0])
+    out["peak_rss_mib"] = max(r["peak_rss_mib"] for r in by_rank.values())
+    out["total_rss_mib"] = sum(r["peak_rss_mib"] for r in by_rank.values())
+    out["step_s"] = max(r["step_s"] for r in by_rank.values())
+    out["epoch_s"] = max(r["epoch_s"] for r in by_rank.values())
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- kNN build
+
+
+def structured_features(num_items: int, dim: int = 384, clusters: int = 200, seed: int = SEED) -> Tensor:
+    """Clustered unit-norm rows, filled in place (no full-size temporaries, so they do not inflate the peak)."""
+    generator = torch.Generator().manual_seed(seed)
+    centroids = torch.randn(clusters, dim, generator=generator)
+    out = torch.empty(num_items, dim)
+    for start in range(0, num_items, 65_536):
+        rows = out[start:start + 65_536]
+        labels = torch.randint(clusters, (len(rows),), generator=generator)
+        torch.randn(rows.shape, generator=generator, out=rows)
+        rows.mul_(0.7).add_(centroids[labels])
+        rows.div_(rows.norm(dim=1, keepdim=True))
+    return out
+
+
+def knn_case(case: dict[str, Any]) -> dict[str, Any]:
+    """Build the kNN graph of ``case["items"]`` x 384 features; computes only the first and last
+    ``case["rows"]`` rows' chunks unless ``case["full"]`` (see the module docstring)."""
+    import rmm.data.graph as graph_module
+
+    torch.set_num_threads(case["threads"])
+    features = structured_features(case["items"])
+    base_rss = peak_rss_mib()
+    real_chunk = graph_module._chunk_top_k
+    computed = {"rows": 0, "seconds": 0.0}
+    num_items, rows = case["items"], case["rows"]
+
+    def sampled_chunk(x: Tensor, norms: Tensor, valid: Tensor, chunk: Tensor, k: int, *args: Any):
+        if case["full"] or int(chunk[0]) < rows or int(chunk[-1]) >= num_items - rows:
+            tic = time.perf_counter()
+            out = real_chunk(x, norms, valid, chunk, k, *args)
+            computed["seconds"] += time.perf_counter() - tic
+            computed["rows"] += len(chunk)
+            return out
+        # Same shapes and dtypes as a computed chunk: k distinct other items, decreasing similarities.
+        index = (chunk.unsqueeze(1) + torch.arange(1, k + 1)) % num_items
+        return torch.linspace(0.9, 0.5, k).expand(len(chunk), k).contiguous(), index
+
+    graph_module._chunk_top_k = sampled_chunk
+    tic = time.perf_counter()
+    graph = KNNSpec(k=10, similarity="cosine", normalization="sym").build(features)
+    wall_s = time.perf_counter() - tic
+    per_row = computed["seconds"] / computed["rows"]
+    return {"items": num_items, "edges": int(graph._nnz()), "computed_rows": computed["rows"], "wall_s": wall_s,
+            "build_s": wall_s - computed["seconds"] + per_row * num_items, "features_mib": features.nbytes / 2**20,
+            "rss_after_features_mib": base_rss, "peak_rss_mib": peak_rss_mib()}
+
+
+# -------------------------------------------------------------------------------------------------- driver
+
+
+def run_in_subprocess(kind: str, case: dict[str, Any]) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, __file__, f"--{kind}-case", json.dumps(case)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{kind} case {case} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def machine() -> str:
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+            f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per case")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process (every case)")
+    parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--skip-knn", action="store_true")
+    parser.add_argument("--knn-items", nargs="+", type=int, default=[100_000, 1_000_000])
+    parser.add_argument("--knn-rows", type=int, default=1024, help="rows computed at each end (see docstring)")
+    parser.add_argument("--knn-full", action="store_true", help="compute every chunk (hours at 1M on a CPU)")
+    parser.add_argument("--knn-threads", type=int, default=os.cpu_count(), help="torch threads of the kNN build")
+    parser.add_argument("--train-case", help=argparse.SUPPRESS)
+    parser.add_argument("--knn-case", help=argparse.SUPPRESS)
+    parser.add_argument("--data-case", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.train_case:
+        print(json.dumps(run_case(json.loads(args.train_case))))
+        return
+    if args.knn_case:
+        print(json.dumps(knn_case(json.loads(args.knn_case))))
+        return
+    if args.data_case:
+        tic = time.perf_counter()
+        make_baby(Path(args.data_case))
+        print(json.dumps({"seconds": time.perf_counter() - tic}))
+        return
+
+    print(f"machine: {machine()}")
+    with tempfile.TemporaryDirectory(prefix="rmm-bench-") as tmp:
+        data_dir = Path(tmp)
+        generated = subprocess.run([sys.executable, __file__, "--data-case", str(data_dir)], check=True,
+                                   capture_output=True, text=True)
+        train = np.load(data_dir / "train.npz")
+        print(f"data: {BABY['num_users']:,} users, {BABY['num_items']:,} items, {int(train['interactions']):,} "
+              f"interactions ({len(train['users']):,} train pairs), image 4096-d, text 384-d "
+              f"({json.loads(generated.stdout.splitlines()[-1])['seconds']:.0f}s to generate)")
+        baseline = run_in_subprocess("train", {"impl": "baseline", "data_dir": str(data_dir)})["peak_rss_mib"]
+        print(f"{args.threads} torch thread(s) per process; load average before: "
+              f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}")
+        print(f"baseline peak RSS (interpreter + torch + rmm imported, dataset and features loaded): "
+              f"{baseline:,.0f} MiB\n")
+        print("| model | implementation | workers | set-up s | per-epoch work s | step ms | steps/epoch | "
+              "epoch s (extrap.) | peak RSS MiB / process |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for name in args.models:
+            impls = [("rmm", w, {}) for w in args.workers] + ([] if args.skip_reference else [("dense ref", 1, {})])
+            if name == "lattice":  # LATTICE's non-default mode: a gradient through the learned graph every step
+                impls.insert(1, ("rmm", 1, {"graph_update": "step"}))
+            for impl, workers, params in impls:
+                case = {"model": name, "impl": impl, "workers": workers, "steps": args.steps, "warmup": args.warmup,
+                        "threads": args.threads, "data_dir": str(data_dir), "cache_dir": str(data_dir / "knn-cache"),
+                        "params": params}
+                r = run_in_subprocess("train", case)
+                setup = f"{r['setup_s']:.1f}" + (f" (kNN cache {r['knn_cache']})" if "knn_cache" in r else "")
+                rss = f"{r['peak_rss_mib']:,.0f}" + (f" (x{workers} = {r['total_rss_mib']:,.0f})" if workers > 1
+                                                     else "")
+                assert r["loss_finite"], f"{name} {impl}: non-finite loss"
+                impl = impl + "".join(f" ({k}={v})" for k, v in params.items())
+                print(f"| {name} | {impl} | {workers} | {setup} | {r['epoch_work_s']:.2f} | {1000 * r['step_s']:.0f} | "
+                      f"{r['steps_per_epoch']} | {r['epoch_s']:.1f} | {rss} |", flush=True)
+        if args.skip_knn:
+            return
+        print(f"\nkNN build: {args.knn_threads} torch thread(s)")
+        print("\n| kNN graph (k=10, cosine, sym) | items | edges | computed rows | build s | "
+              "features MiB | RSS after features MiB | peak RSS MiB |")
+        print("|---|---|---|---|---|---|---|---|")
+        for items in args.knn_items:
+            r = run_in_subprocess("knn", {"items": items, "rows": args.knn_rows, "full": args.knn_full,
+                                          "threads": args.knn_threads})
+            build_s = f"{r['build_s']:.0f}" + ("" if r["computed_rows"] == items else " (extrap.)")
+            print(f"| rmm chunked | {items:,} | {r['edges']:,} | {r['computed_rows']:,} | {build_s} | "
+                  f"{r['features_mib']:,.0f} | {r['rss_after_features_mib']:,.0f} | {r['peak_rss_mib']:,.0f} |",
+                  flush=True)
+        dense = ", ".join(f"{n:,} items: {n * n * 4 / 2**30:,.0f} GiB" for n in args.knn_items)
+        print(f"\nA dense I x I float32 similarity (the reference's first step) would need {dense}.")
+    print(f"load average after: {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
