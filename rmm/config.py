@@ -27,6 +27,15 @@ SOURCES = ("synthetic", "mmrec", "amazon", "movielens")
 class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names the file, section and key."""
 
+def require_at_least(section: Any, minimum: float, *names: str) -> None:
+    """Raise ``ValueError("<name> must be >= <minimum>, got <value>")`` for the first field of ``section`` below
+    ``minimum``: the range check every config dataclass (sections and model hyperparameters) shares."""
+    for name in names:
+        value = getattr(section, name)
+        if value < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
 
 @dataclass(frozen=True)
 class SyntheticConfig:
@@ -39,9 +48,7 @@ class SyntheticConfig:
     popularity_skew: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("num_users", "num_items", "interactions_per_user", "image_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least(self, 1, "num_users", "num_items", "interactions_per_user", "image_size")
 
 
 @dataclass(frozen=True)
@@ -138,9 +145,7 @@ class ExtractorConfig:
             raise ValueError("every extractor needs a name")
         if "/" in self.name or self.name.startswith("."):
             raise ValueError(f"extractor name {self.name!r} is a directory name: no '/', no leading '.'")
-        for field_name in ("batch_size", "bucket_window", "max_image_size", "max_new_tokens", "keywords_top_n"):
-            if getattr(self, field_name) < 1:
-                raise ValueError(f"{field_name} must be >= 1, got {getattr(self, field_name)}")
+        require_at_least(self, 1, "batch_size", "bucket_window", "max_image_size", "max_new_tokens", "keywords_top_n")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.attn_implementation not in ("sdpa", "eager", "flash_attention_2", "flash_attention_3"):
@@ -230,9 +235,7 @@ class TrainConfig:
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "eval_every", "patience", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least(self, 1, "epochs", "batch_size", "eval_every", "patience", "checkpoint_every")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
         if self.num_workers < 1:

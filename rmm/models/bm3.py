@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rmm.config import require_at_least
 from rmm.data.graph import TrainGraph
 from rmm.models.base import DEFAULT_FUSION, BPRBatch, EmbeddingRecommender, register
 from rmm.models.layers import FeatureBank, emb_norm_loss, projections, propagate
@@ -27,13 +28,10 @@ class BM3Config:
     cl_weight: float = 2.0
 
     def __post_init__(self) -> None:
-        for name in ("embedding_dim", "num_layers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least(self, 1, "embedding_dim", "num_layers")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.reg_weight < 0 or self.cl_weight < 0:
-            raise ValueError(f"reg_weight and cl_weight must be >= 0, got {self.reg_weight}, {self.cl_weight}")
+        require_at_least(self, 0, "reg_weight", "cl_weight")
 
 
 def bootstrap_loss(online: Tensor, target: Tensor) -> Tensor:

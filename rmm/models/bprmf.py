@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from rmm.config import require_at_least
 from rmm.data.graph import TrainGraph
 from rmm.models.base import EmbeddingRecommender, register
 
@@ -19,10 +20,8 @@ class BPRMFConfig:
     reg_weight: float = 1e-4
 
     def __post_init__(self) -> None:
-        if self.embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be >= 1, got {self.embedding_dim}")
-        if self.reg_weight < 0:
-            raise ValueError(f"reg_weight must be >= 0, got {self.reg_weight}")
+        require_at_least(self, 1, "embedding_dim")
+        require_at_least(self, 0, "reg_weight")
 
 
 @register("bprmf")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from rmm.config import require_at_least
 from rmm.data.graph import KNNSpec, TrainGraph, combine_graphs, to_csr
 from rmm.models.base import DEFAULT_FUSION, BPRBatch, EmbeddingRecommender, epoch_generator, register
 from rmm.models.layers import FeatureBank, bpr_loss, projections, propagate, smooth
@@ -34,13 +35,10 @@ class FREEDOMConfig:
     modality_weights: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("embedding_dim", "knn_k", "num_mm_layers", "num_ui_layers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least(self, 1, "embedding_dim", "knn_k", "num_mm_layers", "num_ui_layers")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.reg_weight < 0:
-            raise ValueError(f"reg_weight must be >= 0, got {self.reg_weight}")
+        require_at_least(self, 0, "reg_weight")
         if self.modality_weights is not None and (not self.modality_weights or min(self.modality_weights) < 0
                                                   or sum(self.modality_weights) <= 0):
             raise ValueError(f"modality_weights must be non-negative with a positive sum, got "

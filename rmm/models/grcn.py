@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rmm.config import require_at_least
 from rmm.data.graph import TrainGraph
 from rmm.models.base import DEFAULT_FUSION, BPRBatch, EmbeddingRecommender, register
 from rmm.models.layers import FeatureBank, aggregate, segment_softmax
@@ -25,11 +26,8 @@ class GRCNConfig:
     reg_weight: float = 1e-4
 
     def __post_init__(self) -> None:
-        for name in ("embedding_dim", "latent_dim", "num_routing"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.reg_weight < 0:
-            raise ValueError(f"reg_weight must be >= 0, got {self.reg_weight}")
+        require_at_least(self, 1, "embedding_dim", "latent_dim", "num_routing")
+        require_at_least(self, 0, "reg_weight")
 
 
 def attention(src: Tensor, dst: Tensor, x_src: Tensor, x_dst: Tensor, num_nodes: int) -> Tensor:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from rmm.config import require_at_least
 from rmm.data.graph import KNNSpec, TrainGraph, combine_graphs, to_csr
 from rmm.models.base import DEFAULT_FUSION, TrainingFreeRecommender, register
 
@@ -20,10 +21,8 @@ class ItemKNNContentConfig:
     shrink: float = 10.0
 
     def __post_init__(self) -> None:
-        if self.knn_k < 1:
-            raise ValueError(f"knn_k must be >= 1, got {self.knn_k}")
-        if self.shrink < 0:
-            raise ValueError(f"shrink must be >= 0, got {self.shrink}")
+        require_at_least(self, 1, "knn_k")
+        require_at_least(self, 0, "shrink")
 
 
 @register("itemknn_content")

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rmm.config import require_at_least
 from rmm.data.graph import KNNSpec, TrainGraph, knn_edges, normalize_edges, to_csr
 from rmm.models.base import DEFAULT_FUSION, EmbeddingRecommender, register
 from rmm.models.layers import FeatureBank, aggregate, projections, propagate, sparse_matmul
@@ -39,13 +40,10 @@ class LATTICEConfig:
     def __post_init__(self) -> None:
         if self.graph_update not in ("epoch", "step"):
             raise ValueError(f"graph_update must be 'epoch' or 'step', got {self.graph_update!r}")
-        for name in ("embedding_dim", "feat_embed_dim", "knn_k", "num_layers", "num_ui_layers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least(self, 1, "embedding_dim", "feat_embed_dim", "knn_k", "num_layers", "num_ui_layers")
         if not 0 <= self.lambda_coeff <= 1:
             raise ValueError(f"lambda_coeff must be in [0, 1], got {self.lambda_coeff}")
-        if self.reg_weight < 0:
-            raise ValueError(f"reg_weight must be >= 0, got {self.reg_weight}")
+        require_at_least(self, 0, "reg_weight")
 
 
 @register("lattice")

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rmm.config import require_at_least
 from rmm.data.graph import TrainGraph
 from rmm.models.base import DEFAULT_FUSION, BPRBatch, EmbeddingRecommender, register
 from rmm.models.layers import FeatureBank, bpr_loss, emb_norm_loss, info_nce, propagate, smooth, sparse_matmul
@@ -33,15 +34,13 @@ class LGMRecConfig:
     temperature: float = 0.2
 
     def __post_init__(self) -> None:
-        for name in ("embedding_dim", "num_ui_layers", "num_mm_layers", "num_hyper_layers", "num_hyperedges"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least(self, 1, "embedding_dim", "num_ui_layers", "num_mm_layers", "num_hyper_layers",
+                         "num_hyperedges")
         if not 0 < self.keep_rate <= 1:
             raise ValueError(f"keep_rate must be in (0, 1], got {self.keep_rate}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if min(self.alpha, self.cl_weight, self.reg_weight) < 0:
-            raise ValueError("alpha, cl_weight and reg_weight must be >= 0")
+        require_at_least(self, 0, "alpha", "cl_weight", "reg_weight")
 
 
 @register("lgmrec")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from rmm.config import require_at_least
 from rmm.data.graph import TrainGraph
 from rmm.models.base import BPRBatch, EmbeddingRecommender, register
 from rmm.models.layers import FUSIONS, bpr_loss, build_fusion, l2_reg
@@ -21,10 +22,8 @@ class VBPRConfig:
     reg_weight: float = 1e-4
 
     def __post_init__(self) -> None:
-        if self.embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be >= 1, got {self.embedding_dim}")
-        if self.reg_weight < 0:
-            raise ValueError(f"reg_weight must be >= 0, got {self.reg_weight}")
+        require_at_least(self, 1, "embedding_dim")
+        require_at_least(self, 0, "reg_weight")
 
 
 @register("vbpr")
