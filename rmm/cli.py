@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--command", dest="job_command", default="run",
                         choices=["run", "extract", "train", "tune"], help="rmm command the job runs")
     submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    submit.add_argument("--pip", action="append", default=[], metavar="REQUIREMENT",
+                        help="a pip requirement (or wheel path) Ray installs into the job's own environment on "
+                             "top of the cluster's; repeatable; a single *.txt names a requirements file")
     submit.add_argument("--no-wait", action="store_true", help="print the job id and return")
     submit.add_argument("--status", metavar="JOB_ID", help="print a job's status")
     submit.add_argument("--logs", metavar="JOB_ID", help="print a job's logs")
@@ -93,9 +96,11 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         cfg = _load(args)
         stages.run_stages(cfg)
-        print(f"done: outputs in {cfg.out_dir.resolve()} (report: {cfg.out_dir.resolve() / 'report.md'})")
+        print(f"done: outputs in {cfg.storage.where()} (report: {cfg.storage.where('report.md')})")
     elif args.command == "data" and args.data_command == "prepare":
-        print(f"dataset written to {stages.run_data(_load(args))}")
+        cfg = _load(args)
+        stages.run_stage(cfg, "data")
+        print(f"dataset written to {cfg.storage.where(cfg.dataset_dir.relative_to(cfg.out_dir).as_posix())}")
     elif args.command == "data":
         from rmm.data.prepare import dataset_stats
 
@@ -104,16 +109,11 @@ def dispatch(args: argparse.Namespace) -> int:
         print(json.dumps(dataset_stats(directory), indent=2))
     elif args.command in ("extract", "train", "tune"):
         cfg = _load(args)
-        from rmm.config import save_snapshot
-
-        save_snapshot(cfg, cfg.out_dir)
-        result = stages.STAGE_RUNNERS[args.command](cfg)
-        print(f"{args.command} done: outputs in {cfg.out_dir.resolve()}")
+        result = stages.run_stage(cfg, args.command)
+        print(f"{args.command} done: outputs in {cfg.storage.where()}")
         return 0 if result is not None else 1
     elif args.command == "report":
-        from rmm.report.tables import write_report
-
-        print(f"report written to {write_report(args.out_dir)}")
+        print(f"report written to {stages.report_location(args.out_dir)}")
     elif args.command == "recommend":
         from rmm.recommend import recommend_command
 

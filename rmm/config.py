@@ -19,6 +19,8 @@ from typing import Any, Union
 
 import yaml
 
+from rmm.storage import Storage
+
 STAGES = ("data", "extract", "train", "tune", "report")
 SPLITS = ("temporal_ratio", "random_ratio", "leave_last_out", "global_temporal", "predefined")
 SOURCES = ("synthetic", "mmrec", "amazon", "movielens")
@@ -316,6 +318,9 @@ class RayConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
+    """``dir``: a local directory, or a URI (``s3://bucket/run``, ``gs://...``) that every node of a cluster
+    reaches; see :mod:`rmm.storage`."""
+
     dir: str = "runs/default"
 
 
@@ -336,8 +341,14 @@ class Config:
             raise ValueError(f"unknown stage(s) {unknown}; valid stages: {list(STAGES)}")
 
     @property
+    def storage(self) -> Storage:
+        """Where the outputs live: ``output.dir``, a local path or a URI (see :mod:`rmm.storage`)."""
+        return Storage(self.output.dir)
+
+    @property
     def out_dir(self) -> Path:
-        return Path(self.output.dir)
+        """The local directory the stages read and write: ``output.dir``, or this node's mirror of its URI."""
+        return self.storage.local
 
     @property
     def dataset_dir(self) -> Path:

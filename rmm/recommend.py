@@ -27,6 +27,7 @@ from rmm.data.schema import Dataset, load_dataset
 from rmm.features.store import load_feature
 from rmm.models.base import Recommender, build_model
 from rmm.report.results import MODEL_FILE, load_results, load_run_record, run_dir
+from rmm.storage import Storage
 
 DESCRIPTIONS_FILE = "descriptions.parquet"
 #: How many history items ``--explain`` names per recommendation.
@@ -61,11 +62,15 @@ class TrainedRun:
     """A run's model, dataset and features, loaded once; ranks batches of users with their seen items masked.
 
     Args:
-        out_dir: the output directory holding ``results.json`` and ``runs/``.
+        out_dir: the output directory holding ``results.json`` and ``runs/``: a local path, or a URI whose
+            changes are first pulled into this node's mirror (:mod:`rmm.storage`).
         run_name: a run_name from results.json; None picks the best test recall@20.
     """
 
     def __init__(self, out_dir: str | Path, run_name: str | None = None) -> None:
+        storage = Storage(str(out_dir))
+        storage.pull()
+        out_dir = storage.local
         run = pick_run(out_dir, run_name)
         # A sweep's record points at its best trial, whose directory holds the weights.
         trained = load_run_record(out_dir, run.get("best_trial") or run["run_name"])

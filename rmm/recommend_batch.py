@@ -9,12 +9,12 @@ join ``item_id`` with the dataset's ``items.parquet`` for titles.
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import ray
+from pyarrow.fs import FileType
 from ray.data import ActorPoolStrategy
 
 from rmm.cluster import init_ray
@@ -22,16 +22,17 @@ from rmm.config import load_config
 from rmm.data.schema import USERS_FILE
 from rmm.recommend import TrainedRun, pick_run
 from rmm.report.results import load_run_record, run_dir
+from rmm.storage import Storage, filesystem
 
 log = logging.getLogger(__name__)
 
 RECOMMENDATIONS_DIR = "recommendations"
 
 
-def output_path(out_dir: str | Path, k: int) -> Path:
-    """``<out>/recommendations/top<K>.parquet``: a parquet dataset directory (one file per written block);
-    ``pandas.read_parquet`` reads it whole."""
-    return Path(out_dir) / RECOMMENDATIONS_DIR / f"top{k}.parquet"
+def output_path(out_dir: str | Path, k: int) -> str:
+    """``<out>/recommendations/top<K>.parquet`` (``out_dir`` a local path or URI): a parquet dataset directory
+    (one file per written block); ``pandas.read_parquet`` reads it whole."""
+    return Storage(str(out_dir)).where(f"{RECOMMENDATIONS_DIR}/top{k}.parquet")
 
 
 class TopKBatch:
@@ -56,7 +57,8 @@ def recommend_all(out_dir: str | Path, k: int = 10, run_name: str | None = None,
     """Write every user's top-``k`` unseen items to :func:`output_path` (replacing an earlier file).
 
     Args:
-        out_dir: output directory of a trained run (results.json, runs/, data/).
+        out_dir: output directory of a trained run (results.json, runs/, data/): a local path or a URI, where
+            the parquet is then written too (the actors may run on any node).
         k: items per user.
         run_name: run_name from results.json; None picks the best test recall@20 (resolved once, here).
         batch_users: users per batch (one ``score_users`` call each).
@@ -66,11 +68,13 @@ def recommend_all(out_dir: str | Path, k: int = 10, run_name: str | None = None,
         ray_address: join this cluster; default: the run config's ``ray`` section (a local Ray).
 
     Returns:
-        The parquet dataset directory.
+        The parquet dataset directory (a path or URI).
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    out = Path(out_dir).resolve()
+    storage = Storage(str(out_dir))
+    storage.pull()
+    out = storage.local.resolve()
     run = pick_run(out, run_name)
     trained_dir = run_dir(out, load_run_record(out, run.get("best_trial") or run["run_name"])["run_name"])
     cfg = load_config(trained_dir / "config.yaml")
@@ -79,15 +83,19 @@ def recommend_all(out_dir: str | Path, k: int = 10, run_name: str | None = None,
         raise FileNotFoundError(f"no dataset at {users_file.parent}: the run's data must sit under {out}/data")
     num_users = pq.ParquetFile(users_file).metadata.num_rows
     init_ray(cfg.ray, ray_address)
-    path = output_path(out, k)
-    if path.exists():
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    location = storage.location if storage.is_remote else str(out)
+    path = output_path(location, k)
+    fs, fs_path = filesystem(path)
+    existing = fs.get_file_info(fs_path).type
+    if existing == FileType.Directory:
+        fs.delete_dir(fs_path)
+    elif existing == FileType.File:
+        fs.delete_file(fs_path)
     log.info("ranking %d users with run %s on %d actor(s)", num_users, run["run_name"], num_actors)
     blocks = max(1, -(-num_users // batch_users))  # one block per batch, not Ray's default hundreds of tiny ones
     ranked = ray.data.range(num_users, override_num_blocks=blocks).map_batches(
-        TopKBatch, fn_constructor_kwargs={"out_dir": str(out), "run_name": run["run_name"], "k": k},
+        TopKBatch, fn_constructor_kwargs={"out_dir": location, "run_name": run["run_name"], "k": k},
         batch_size=batch_users, batch_format="numpy", compute=ActorPoolStrategy(size=num_actors),
         num_cpus=cpus_per_actor)
-    ranked.write_parquet(str(path))
+    ranked.write_parquet(path)
     return path

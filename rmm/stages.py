@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rmm.config import Config, ModelConfig, save_snapshot
+from rmm.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +80,48 @@ STAGE_RUNNERS: dict[str, Callable[[Config], Any]] = {
 }
 
 
-def run_stages(cfg: Config, stages: tuple[str, ...] | None = None) -> None:
-    """Run ``stages`` (default: those the config names) in order, snapshotting the resolved config first."""
-    save_snapshot(cfg, cfg.out_dir)
-    for stage in stages or cfg.stages:
+def report_location(location: str) -> str:
+    """``rmm report OUT``: (re)write the report of the outputs at ``location`` (a path or URI); returns where
+    ``report.md`` is."""
+    from rmm.report.tables import write_report
+
+    storage = Storage(location)
+    storage.pull()
+    write_report(storage.local)
+    storage.push()
+    return storage.where("report.md")
+
+
+def run_stage(cfg: Config, stage: str) -> Any:
+    """Run one stage in the local output directory, snapshotting the resolved config first. Where ``output.dir``
+    is a URI, the stage's mirror first pulls what changed there and pushes what the stage wrote afterwards,
+    whether the stage succeeds or not, so nothing computed is lost with the node (a failed push after a failed
+    stage is logged; the stage's own error is the one raised)."""
+    storage = cfg.storage
+    pulled = storage.pull()
+    if pulled:
+        log.info("pulled %d changed files from %s into %s", pulled, storage.location, storage.local)
+    try:
+        save_snapshot(cfg, cfg.out_dir)
         log.info("stage %s", stage)
-        STAGE_RUNNERS[stage](cfg)
+        result = STAGE_RUNNERS[stage](cfg)
+    except BaseException:
+        try:
+            _push(storage)
+        except Exception as err:  # noqa: BLE001 - keep the stage's error, which says what went wrong first
+            log.error("could not push the outputs of the failed stage %s to %s: %s", stage, storage.location, err)
+        raise
+    _push(storage)
+    return result
+
+
+def _push(storage: Storage) -> None:
+    pushed = storage.push()
+    if pushed:
+        log.info("pushed %d new or changed files to %s", pushed, storage.location)
+
+
+def run_stages(cfg: Config, stages: tuple[str, ...] | None = None) -> None:
+    """Run ``stages`` (default: those the config names) in order."""
+    for stage in stages or cfg.stages:
+        run_stage(cfg, stage)

@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ray.job_submission import JobStatus, JobSubmissionClient
 
@@ -25,6 +25,23 @@ def job_entrypoint(command: str, config: str, overrides: list[str]) -> str:
     """The shell command the job runs on the cluster."""
     sets = " ".join(f"--set {shlex.quote(o)}" for o in overrides)
     return f"python -m rmm.cli {command} {shlex.quote(config)} {sets} --ray-address auto".strip()
+
+
+def job_runtime_env(working_dir: Path, pip: list[str]) -> dict[str, Any]:
+    """The job's runtime_env: this project folder as its working directory (large local folders excluded) and,
+    with ``pip``, packages Ray installs into a per-job virtualenv that still sees the cluster's own packages
+    (torch, ray and rmm's dependencies come from the cluster's setup, cluster.yaml). ``pip`` is a list of
+    requirements or wheel paths, or one requirements file (``*.txt``)."""
+    env: dict[str, Any] = {"working_dir": str(working_dir), "excludes": _EXCLUDES,
+                           "env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}}
+    if len(pip) == 1 and pip[0].endswith(".txt"):
+        requirements = Path(pip[0])
+        if not requirements.is_file():
+            raise FileNotFoundError(f"--pip {pip[0]}: no such requirements file")
+        env["pip"] = str(requirements.resolve())
+    elif pip:
+        env["pip"] = list(pip)
+    return env
 
 
 def follow(client: JobSubmissionClient, job_id: str, poll_seconds: float = 1.0) -> JobStatus:
@@ -74,11 +91,8 @@ def submit_command(args: argparse.Namespace) -> int:
     if args.stop:
         print(f"stop requested: {_job_call('stop', args.stop, client.stop_job)}")
         return 0
-    job_id = client.submit_job(
-        entrypoint=job_entrypoint(args.job_command, config_in_job, args.overrides),
-        runtime_env={"working_dir": str(Path.cwd()), "excludes": _EXCLUDES,
-                     "env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}},
-    )
+    job_id = client.submit_job(entrypoint=job_entrypoint(args.job_command, config_in_job, args.overrides),
+                               runtime_env=job_runtime_env(Path.cwd(), getattr(args, "pip", [])))
     print(f"submitted job {job_id} to {args.address}")
     if args.no_wait:
         print(f"follow it with: rmm submit --address {args.address} --logs {job_id}  (or --status / --stop)")

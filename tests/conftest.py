@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
@@ -12,6 +13,13 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# S3 tests talk to a local moto server (tests/test_storage.py); any credentials do, but there must be some, in
+# the environment the session's Ray workers inherit, or the AWS SDK goes looking for an instance profile.
+for _key, _value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                     ("AWS_EC2_METADATA_DISABLED", "true")):
+    os.environ.setdefault(_key, _value)
+# Storage mirrors and tiny models of the session's Ray workers go to a temp dir, not the user's ~/.cache/rmm.
+os.environ.setdefault("RMM_CACHE", tempfile.mkdtemp(prefix="rmm-test-cache-"))
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,8 @@ The head is stopped whatever the outcome, by signalling the processes this modul
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import re
@@ -20,7 +22,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -71,9 +75,15 @@ def _stop_head(process: subprocess.Popen) -> None:
             pass
 
 
+@dataclass(frozen=True)
+class Head:
+    address: str  # the dashboard (job API) address
+    temp_dir: Path  # the head's --temp-dir (sessions, logs)
+
+
 @pytest.fixture(scope="module")
-def ray_head() -> Iterator[str]:
-    """A Ray head with 4 CPUs on loopback; yields its dashboard (job API) address."""
+def ray_head() -> Iterator[Head]:
+    """A Ray head with 4 CPUs on loopback."""
     ray_script = VENV_BIN / "ray" if (VENV_BIN / "ray").exists() else shutil.which("ray")
     if ray_script is None:
         pytest.skip(f"no `ray` script beside {sys.executable} or on PATH")
@@ -105,7 +115,7 @@ def ray_head() -> Iterator[str]:
                 if process.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"ray head did not come up (exit {process.poll()}):\n{log_path.read_text()[-3000:]}")
                 time.sleep(0.5)
-        yield address
+        yield Head(address, Path(temp_dir))
     finally:
         _stop_head(process)
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -117,7 +127,7 @@ def submitted_job_id(printed: str) -> str:
     return match.group(1)
 
 
-def test_quickstart_job_succeeds_on_a_real_head(ray_head: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_quickstart_job_succeeds_on_a_real_head(ray_head: Head, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(REPO)  # the job uploads the working directory
     out = tmp_path / "out"
@@ -126,7 +136,7 @@ def test_quickstart_job_succeeds_on_a_real_head(ray_head: str, tmp_path: Path, m
                  "model=[{name: lightgcn}]", "tune=null", "train.epochs=2", "train.num_workers=1",
                  "train.topk=[10,20]",
                  "stages=[data,train,report]"]
-    args = ["submit", "configs/quickstart.yaml", "--address", ray_head]
+    args = ["submit", "configs/quickstart.yaml", "--address", ray_head.address]
     for override in overrides:
         args += ["--set", override]
     assert main(args) == 0, capsys.readouterr().out[-3000:]
@@ -140,25 +150,25 @@ def test_quickstart_job_succeeds_on_a_real_head(ray_head: str, tmp_path: Path, m
     assert (out / "data" / "synthetic" / "dataset.json").exists()
     assert (out / "runs" / runs[0]["run_name"] / "model.pt").exists()
 
-    assert main(["submit", "--address", ray_head, "--status", job_id]) == 0
+    assert main(["submit", "--address", ray_head.address, "--status", job_id]) == 0
     assert capsys.readouterr().out.strip() == "SUCCEEDED"
-    assert main(["submit", "--address", ray_head, "--logs", job_id]) == 0
+    assert main(["submit", "--address", ray_head.address, "--logs", job_id]) == 0
     assert "done: outputs in" in capsys.readouterr().out
 
 
-def test_no_wait_then_stop(ray_head: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_no_wait_then_stop(ray_head: Head, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                            capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(REPO)
-    args = ["submit", "configs/quickstart.yaml", "--address", ray_head, "--no-wait",
+    args = ["submit", "configs/quickstart.yaml", "--address", ray_head.address, "--no-wait",
             "--set", f"output.dir={tmp_path / 'out'}", "--set", "stages=[data]"]
     assert main(args) == 0
     job_id = submitted_job_id(capsys.readouterr().out)
-    assert main(["submit", "--address", ray_head, "--stop", job_id]) == 0
+    assert main(["submit", "--address", ray_head.address, "--stop", job_id]) == 0
     assert "stop requested" in capsys.readouterr().out
     deadline = time.monotonic() + 60
     status = ""
     while time.monotonic() < deadline:
-        main(["submit", "--address", ray_head, "--status", job_id])
+        main(["submit", "--address", ray_head.address, "--status", job_id])
         status = capsys.readouterr().out.strip()
         if status in ("STOPPED", "SUCCEEDED", "FAILED"):
             break
@@ -166,9 +176,49 @@ def test_no_wait_then_stop(ray_head: str, tmp_path: Path, monkeypatch: pytest.Mo
     assert status == "STOPPED"
 
 
-def test_unknown_job_and_missing_config_are_one_line(ray_head: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["submit", "--address", ray_head, "--status", "raysubmit_nosuchjob"]) == 2
+def _probe_wheel(directory: Path) -> Path:
+    """A minimal pure-Python wheel (package ``rmm_probe``, no dependencies): pip installs it offline."""
+    name, version = "rmm_probe", "0.1"
+    files = {f"{name}/__init__.py": b"VALUE = 1\n",
+             f"{name}-{version}.dist-info/METADATA":
+                 f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+             f"{name}-{version}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: rmm-tests\nRoot-Is-Purelib: true\n"
+                                                  b"Tag: py3-none-any\n"}
+    record = [f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},"
+              f"{len(data)}" for path, data in files.items()]
+    files[f"{name}-{version}.dist-info/RECORD"] = ("\n".join(record + [f"{name}-{version}.dist-info/RECORD,,"])
+                                                  + "\n").encode()
+    wheel = directory / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, data in files.items():
+            archive.writestr(path, data)
+    return wheel
+
+
+def test_job_with_pip_packages_writes_to_a_uri_output_dir(ray_head: Head, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """``--pip`` gives the job its own virtualenv (which must still see the cluster's torch and ray), and an
+    ``output.dir`` URI receives what the job wrote (the job's node-local mirror is gone with the job)."""
+    monkeypatch.chdir(REPO)
+    remote = tmp_path / "bucket" / "out"
+    args = ["submit", "configs/quickstart.yaml", "--address", ray_head.address, "--pip", str(_probe_wheel(tmp_path)),
+            "--set", f"output.dir=file://{remote}", "--set", "stages=[data]",
+            "--set", "dataset.synthetic.num_users=30", "--set", "dataset.synthetic.num_items=20",
+            "--set", "dataset.synthetic.image_size=8"]
+    assert main(args) == 0, capsys.readouterr().out[-3000:]
+    assert json.loads((remote / "data" / "synthetic" / "dataset.json").read_text())["counts"]["items"] > 0
+    logs = ray_head.temp_dir / "session_latest" / "logs"
+    setup = "".join(p.read_text(errors="replace") for p in logs.glob("runtime_env*.log"))
+    assert "rmm_probe" in setup, "Ray did not install the --pip wheel into the job's environment"
+
+
+def test_unknown_job_and_missing_config_are_one_line(ray_head: Head, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["submit", "--address", ray_head.address, "--status", "raysubmit_nosuchjob"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "raysubmit_nosuchjob" in err
-    assert main(["submit", "--address", ray_head]) == 2
+    assert main(["submit", "--address", ray_head.address]) == 2
     assert "needs a CONFIG" in capsys.readouterr().err
+    assert main(["submit", str(REPO / "configs" / "quickstart.yaml"), "--address", ray_head.address,
+                 "--pip", "no-such-requirements.txt"]) == 2
+    assert "no-such-requirements.txt" in capsys.readouterr().err

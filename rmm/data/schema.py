@@ -21,6 +21,8 @@ ITEMS_FILE = "items.parquet"
 INTERACTIONS_FILE = "interactions.parquet"
 USERS_FILE = "users.parquet"
 INFO_FILE = "dataset.json"
+#: The files of a dataset directory besides images: what a process needs to load it.
+DATASET_FILES = (ITEMS_FILE, INTERACTIONS_FILE, USERS_FILE, INFO_FILE)
 
 ITEM_COLUMNS = ("item_id", "source_id", "title", "text", "image_path")
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp", "split")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ from rmm.features.store import (
     write_feature,
 )
 from rmm.features.tiny import resolve_model_id
+from rmm.storage import join_location, open_input
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,7 @@ class Item:
 
 def load_image(dataset_dir: str | Path, image_path: str | None, max_image_size: int) -> tuple[np.ndarray | None, str]:
     """Decode one image as RGB, shrunk (aspect kept) so its longer side is at most ``max_image_size``.
+    ``dataset_dir`` may be a URI (:mod:`rmm.storage`): a task on any node reads the images where they live.
 
     Returns:
         ``(pixels, "")``, or ``(None, reason)`` when there is no path or the file is missing or unreadable: a
@@ -91,13 +94,14 @@ def load_image(dataset_dir: str | Path, image_path: str | None, max_image_size: 
     """
     if not isinstance(image_path, str) or not image_path:  # None, or NaN from a pandas object column
         return None, NO_IMAGE
-    path = Path(dataset_dir) / image_path
+    where = join_location(str(dataset_dir), image_path)
     try:
-        with Image.open(path) as picture:
+        with open_input(str(dataset_dir), image_path) as stream, Image.open(stream) as picture:
             picture = picture.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as err:
-        log.warning("skipping image of %s: %s", path, err)
-        message = str(err).replace(str(path), image_path)  # manifests must not depend on where the data lives
+        log.warning("skipping image of %s: %s", where, err)
+        # The reason goes to the manifest, which must not depend on where the data lives.
+        message = re.sub(r"\S*" + re.escape(image_path), image_path, str(err))
         return None, f"unreadable image {image_path}: {type(err).__name__}: {message}"
     picture.thumbnail((max_image_size, max_image_size))
     return np.asarray(picture, dtype=np.uint8), ""

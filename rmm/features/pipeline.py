@@ -45,7 +45,7 @@ from rmm.features.store import (
     write_progress,
     written_ids,
 )
-from rmm.features.tiny import cache_root
+from rmm.storage import Storage, cache_root
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def extract_features(cfg: Config) -> dict[str, Path]:
     save_snapshot(cfg, cfg.feature_root)
     paths: dict[str, Path] = {}
     for job in group_jobs(plans):
-        _run_job(cfg.feature_root, dataset, job, cache_dir)
+        _run_job(cfg.feature_root, dataset, job, cache_dir, cfg.storage)
         paths.update({name: feature_dir(cfg.feature_root, name) for plan in job for name in plan.features})
     return paths
 
@@ -214,8 +214,13 @@ def _feature_table(rows: pa.Table, name: str) -> pa.Table:
     return pa.table(columns)
 
 
-def _run_job(feature_root: Path, dataset: Dataset, job: list[Plan], cache_dir: str) -> None:
-    """Extract one job's pending items, then consolidate every plan's features."""
+def _run_job(feature_root: Path, dataset: Dataset, job: list[Plan], cache_dir: str, storage: Storage) -> None:
+    """Extract one job's pending items, then consolidate every plan's features.
+
+    Where the outputs live at a URI, the tasks read the images and write the parts there (they may run on any
+    node): the store's cleaned-up state is pushed first (parts of another fingerprint or of an interrupted
+    batch must not come back), and the new parts are pulled before consolidating them here.
+    """
     num_items = dataset.num_items
     todo = {plan.cfg.key: prepare_resume(feature_root, plan, num_items) for plan in job}
     pending = [plan for plan in job if todo[plan.cfg.key] is not None]
@@ -224,13 +229,17 @@ def _run_job(feature_root: Path, dataset: Dataset, job: list[Plan], cache_dir: s
             log.info("%s is complete in %s; skipping", ", ".join(plan.features), feature_root)
     if not pending:
         return
+    written = [storage.relative(feature_dir(feature_root, name)) for plan in pending for name in plan.features]
+    storage.push(*written, delete=True)
     needs_image = any(plan.cls.needs_image for plan in pending)
     items = dataset.items[ITEM_COLUMNS if needs_image else [c for c in ITEM_COLUMNS if c != "image_path"]]
     items = items.assign(**{TODO_PREFIX + plan.cfg.key: todo[plan.cfg.key] for plan in pending})
     mask = np.logical_or.reduce([todo[plan.cfg.key] for plan in pending])
     items = items[mask]
     if len(items):
-        _extract(feature_root, dataset, items, pending, cache_dir)
+        _extract(storage.where(storage.relative(feature_root)), storage.where(storage.relative(dataset.root)),
+                 items, pending, cache_dir)
+        storage.pull(*written)
     for plan in pending:
         plan.cls.finalize(feature_root, plan.cfg, num_items, plan.manifest)
         for name in plan.outputs:
@@ -240,8 +249,9 @@ def _run_job(feature_root: Path, dataset: Dataset, job: list[Plan], cache_dir: s
                      feature_dir(feature_root, name))
 
 
-def _extract(feature_root: Path, dataset: Dataset, items: pd.DataFrame, plans: list[Plan], cache_dir: str) -> None:
-    """One Ray Data pass over ``items`` with every plan's extractor in one actor pool.
+def _extract(feature_root: str, dataset_dir: str, items: pd.DataFrame, plans: list[Plan], cache_dir: str) -> None:
+    """One Ray Data pass over ``items`` with every plan's extractor in one actor pool; ``feature_root`` and
+    ``dataset_dir`` are absolute paths or URIs, which every node reaches.
 
     A group runs with the largest ``batch_rows``, ``num_cpus``, ``num_gpus`` and ``concurrency`` of its members.
     """
@@ -255,11 +265,11 @@ def _extract(feature_root: Path, dataset: Dataset, items: pd.DataFrame, plans: l
     ds = ray.data.from_pandas([items.iloc[start:start + batch_rows] for start in range(0, len(items), batch_rows)])
     if any(plan.cls.needs_image for plan in plans):
         ds = ds.map_batches(decode_images, batch_size=batch_rows,
-                            fn_kwargs={"dataset_dir": str(dataset.root.resolve()),
+                            fn_kwargs={"dataset_dir": dataset_dir,
                                        "max_image_size": max(c.max_image_size for c in cfgs)})
     ds = ds.map_batches(ExtractorGroup, fn_constructor_kwargs={"cfgs": tuple(cfgs), "cache_dir": cache_dir},
                         batch_size=batch_rows, compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high),
                         num_cpus=max(c.num_cpus for c in cfgs), num_gpus=max(c.num_gpus for c in cfgs))
     names = ", ".join(f"{p.cfg.name} ({p.cfg.kind})" for p in plans)
     log.info("extracting %s for %d items into %s", names, len(items), feature_root)
-    ds.write_datasink(FeatureSink(str(feature_root.resolve()), {p.cfg.key: p.outputs for p in plans}))
+    ds.write_datasink(FeatureSink(feature_root, {p.cfg.key: p.outputs for p in plans}))

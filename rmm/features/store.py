@@ -15,8 +15,8 @@ across the features of one extractor, so a batch interrupted between two feature
 from __future__ import annotations
 
 import json
-import os
 import platform
+import posixpath
 import time
 import uuid
 from collections.abc import Mapping
@@ -30,8 +30,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from rmm.storage import filesystem
+
 MATRIX_FILE = "matrix.npy"
 MANIFEST_FILE = "manifest.json"
+#: What a reader of a complete feature needs (parts and descriptions stay behind).
+FEATURE_FILES = (MATRIX_FILE, MANIFEST_FILE)
 PROGRESS_FILE = "progress.json"
 DESCRIPTIONS_FILE = "descriptions.parquet"
 PART_GLOB = "part-*.parquet"
@@ -101,23 +105,25 @@ def clear_feature(feature_root: str | Path, name: str) -> None:
 def write_part_group(feature_root: str | Path, tables: Mapping[str, pa.Table]) -> str:
     """Write one batch's rows of several features as ``<feature>/part-<id>.parquet`` with one shared ``<id>``.
 
-    Each file is written to a hidden temp name and renamed into place (a reader never sees half a file);
-    all temp files are written before the first rename, so an interruption leaves either no part of the batch
+    ``feature_root`` may be a URI (:mod:`rmm.storage`), so a task on any node writes where the driver reads.
+    Each file is written to a hidden temp name and moved into place (a reader never sees half a file);
+    all temp files are written before the first move, so an interruption leaves either no part of the batch
     or an incomplete group that :func:`prune_incomplete_parts` removes.
 
     Returns:
         the part id.
     """
     part_id = uuid.uuid4().hex
+    fs, root = filesystem(str(feature_root))
     staged = []
     for name, table in tables.items():
-        target = feature_dir(feature_root, name)
-        target.mkdir(parents=True, exist_ok=True)
-        temp = target / f".part-{part_id}.parquet.tmp"
-        pq.write_table(table, temp)
-        staged.append((temp, target / f"part-{part_id}.parquet"))
+        target = posixpath.join(root, name)
+        fs.create_dir(target, recursive=True)
+        temp = posixpath.join(target, f".part-{part_id}.parquet.tmp")
+        pq.write_table(table, temp, filesystem=fs)
+        staged.append((temp, posixpath.join(target, f"part-{part_id}.parquet")))
     for temp, final in staged:
-        os.replace(temp, final)
+        fs.move(temp, final)
     return part_id
 
 

@@ -14,7 +14,6 @@ Adding an architecture is one builder function registered with :func:`tiny_build
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 from collections import Counter
@@ -22,10 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from rmm.storage import cache_root
+
 log = logging.getLogger(__name__)
 
 TINY_PREFIX = "tiny:"
-CACHE_ENV = "RMM_CACHE"
 _SEED = 1234
 
 # The chat template shipped with Qwen/Qwen2-VL-*-Instruct: the tiny model must format prompts like the hub one.
@@ -76,11 +76,6 @@ def tiny_builder(arch: str, version: int) -> Callable[[Callable[[Path], None]], 
         return build
 
     return register
-
-
-def cache_root() -> Path:
-    """``$RMM_CACHE`` or ``~/.cache/rmm``: where built tiny models live."""
-    return Path(os.environ.get(CACHE_ENV) or "~/.cache/rmm").expanduser()
 
 
 def resolve_model_id(model: str, cache_dir: str | Path | None = None) -> str:

@@ -42,7 +42,8 @@ def metric_by_representation(cells: Mapping[tuple[str, str], Mapping[str, Any]],
         metrics: test metrics, one panel each.
         path: the PNG to write.
     """
-    fig = Figure(figsize=(max(5.0, 1.6 * len(models) * max(1, len(columns)) / 2 + 2), 3.6 * len(metrics)))
+    width = min(16.0, max(5.0, 1.6 * len(models) * max(1, len(columns)) / 2 + 2))  # a page, not a banner
+    fig = Figure(figsize=(width, 3.6 * len(metrics)), layout="constrained")
     width = 0.8 / max(1, max((sum((m, c) in cells for c in columns) for m in models), default=1))
     for row, metric in enumerate(metrics):
         ax = fig.add_subplot(len(metrics), 1, row + 1)
@@ -112,7 +113,8 @@ def validation_curves(series: Mapping[str, Sequence[tuple[str, Sequence[int], Se
     models = sorted(series)
     cols = min(2, max(1, len(models)))
     rows = -(-max(1, len(models)) // cols)
-    fig = Figure(figsize=(6.2 * cols, 3.6 * rows))
+    # Constrained layout keeps a panel's title clear of the x-axis label of the panel above it.
+    fig = Figure(figsize=(6.2 * cols, 3.6 * rows), layout="constrained")
     for index, model in enumerate(models):
         ax = fig.add_subplot(rows, cols, index + 1)
         for label, epochs, values in series[model]:

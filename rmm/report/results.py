@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_FILE = "results.json"
+RUNS_DIR = "runs"
 # The files of a run directory, written by rmm.train.ray_trainer (which must not be imported here: it imports
 # Ray and torch).
 RUN_FILE = "run.json"
@@ -48,7 +49,7 @@ def record_runs(out_dir: str | Path, records: Iterable[Mapping[str, Any]]) -> Pa
 
 def run_dir(out_dir: str | Path, run_name: str) -> Path:
     """Where one training run keeps its record, per-user metrics and checkpoint: ``<out>/runs/<run_name>/``."""
-    return Path(out_dir) / "runs" / run_name
+    return Path(out_dir) / RUNS_DIR / run_name
 
 
 def load_run_record(out_dir: str | Path, run_name: str) -> dict[str, Any]:

@@ -20,6 +20,18 @@ DETAIL = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 ID_ONLY = "ID only"
 
 
+def report_metrics(runs: Sequence[dict[str, Any]]) -> tuple[tuple[str, str], tuple[str, ...]]:
+    """The headline pair (recall@K, ndcg@K) and the detail columns for these runs: :data:`HEADLINE` and
+    :data:`DETAIL` where every run has them, else the cut-offs ``train.topk`` gave every run (largest K heads)."""
+    common = set.intersection(*(set(r["test"]) for r in runs)) if runs else set(DETAIL)
+    ks = sorted({int(m.split("@")[1]) for m in common
+                 if m.startswith("recall@") and m.replace("recall", "ndcg") in common})
+    if set(HEADLINE) <= common or not ks:
+        return HEADLINE, tuple(m for m in DETAIL if m in common) or HEADLINE
+    detail = tuple(f"{name}@{k}" for name in ("recall", "ndcg") for k in ks[-2:])
+    return (f"recall@{ks[-1]}", f"ndcg@{ks[-1]}"), detail
+
+
 def features_label(run: dict[str, Any]) -> str:
     return "+".join(run.get("features") or []) or ID_ONLY
 
@@ -43,7 +55,7 @@ def runs_table(runs: Sequence[dict[str, Any]], metrics: Sequence[str] = DETAIL) 
     best = {m: max((r["test"].get(m, float("-inf")) for r in runs), default=None) for m in metrics}
     lines = ["| run | model | features | fusion | best epoch | " + " | ".join(f"test {m}" for m in metrics)
              + " | train s |", "|" + "---|" * (6 + len(metrics))]
-    for run in sorted(runs, key=lambda r: -r["test"].get("recall@20", 0.0)):
+    for run in sorted(runs, key=lambda r: -r["test"].get(metrics[0], 0.0)):
         cells = [_fmt(run["test"].get(m), run["test"].get(m) == best[m]) for m in metrics]
         lines.append(f"| {run['run_name']} | {run['model']} | {features_label(run)} | {run.get('fusion') or '–'} | "
                      f"{run.get('best_epoch', '–')} | " + " | ".join(cells)
@@ -160,12 +172,15 @@ def write_report(out_dir: str | Path) -> Path:
     if not runs:
         raise FileNotFoundError(f"no runs in {results_path(out)}; run `rmm train CONFIG` first")
     dataset = _dataset_line(out)
-    baseline = best_id_only(runs, HEADLINE[0])
-    tests = against_baseline(out, runs, baseline, HEADLINE) if baseline else {}
+    headline, detail = report_metrics(runs)
+    recall, ndcg = (m.replace("recall", "Recall").replace("ndcg", "NDCG") for m in headline)
+    baseline = best_id_only(runs, headline[0])
+    tests = against_baseline(out, runs, baseline, headline) if baseline else {}
+    tests = {name: tested for name, tested in tests.items() if tested}
     marks = {name: {m: t.mark() for m, t in tested.items()} for name, tested in tests.items()}
     models = sorted({r["model"] for r in runs})
     columns = representation_columns(runs)
-    bars = plots.metric_by_representation(best_cells(runs), models, columns, HEADLINE,
+    bars = plots.metric_by_representation(best_cells(runs, headline[0]), models, columns, headline,
                                           out / plots.PLOTS_DIR / plots.BARS_FILE)
     curve_metric = _curve_metric(runs)
     curves = plots.validation_curves(plots.curve_series(out, runs, curve_metric), curve_metric,
@@ -175,15 +190,15 @@ def write_report(out_dir: str | Path) -> Path:
         f"Output directory: `{out.resolve()}`  ",
         f"Dataset: {dataset}  ",
         f"Rendered: {time.strftime('%Y-%m-%d %H:%M:%S')} from `{results_path(out).name}` ({len(runs)} runs)", "",
-        "## Test Recall@20 / NDCG@20 by model and representation", "",
-        "Best run of each (model, representation) by test Recall@20; a representation is the feature set, "
+        f"## Test {recall} / {ndcg} by model and representation", "",
+        f"Best run of each (model, representation) by test {recall}; a representation is the feature set, "
         "with its fusion where several features are fused. Best cell of each row in bold.", "",
-        *model_by_features_table(runs, marks=marks, baseline=baseline["run_name"] if baseline else None), "",
-        *_significance_note(baseline, tests), "",
-        f"![Test Recall@20 and NDCG@20 by representation, per model]({bars.relative_to(out).as_posix()})", "",
+        *model_by_features_table(runs, headline, marks=marks, baseline=baseline["run_name"] if baseline else None),
+        "", *_significance_note(baseline, tests), "",
+        f"![Test {recall} and {ndcg} by representation, per model]({bars.relative_to(out).as_posix()})", "",
         "## All runs", "",
         "Test metrics of the epoch with the best validation metric (train and valid items masked).", "",
-        *runs_table(runs), "",
+        *runs_table(runs, detail), "",
         "## Validation curves", "",
         f"Validation {curve_metric} against the epoch for every training run and every sweep trial.", "",
         f"![Validation {curve_metric} per run and trial]({curves.relative_to(out).as_posix()})", "",
@@ -192,10 +207,10 @@ def write_report(out_dir: str | Path) -> Path:
         lines += ["## Significance against the baseline", "",
                   f"Per-user test metrics of each run minus those of `{baseline['run_name']}` (mean over the "
                   f"users both were tested on), with two-sided p-values.", "",
-                  *significance_table(runs, tests), ""]
+                  *significance_table(runs, tests, headline), ""]
     path = out / REPORT_FILE
     path.write_text("\n".join(lines))
-    write_csv(runs, out / CSV_FILE, tests, baseline["run_name"] if baseline else None)
+    write_csv(runs, out / CSV_FILE, tests, baseline["run_name"] if baseline else None, headline)
     return path
 
 

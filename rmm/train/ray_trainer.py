@@ -32,10 +32,11 @@ from torch import nn
 
 from rmm.cluster import init_ray
 from rmm.config import Config, ModelConfig, TrainConfig, TuneConfig, model_to_dict, save_snapshot
-from rmm.data.schema import INFO_FILE, DataError, load_dataset
-from rmm.features.store import library_versions, load_feature, read_manifest
+from rmm.data.schema import DATASET_FILES, INFO_FILE, DataError, load_dataset
+from rmm.features.store import FEATURE_FILES, library_versions, load_feature, read_manifest
 from rmm.models import get_model_class
-from rmm.report.results import MODEL_FILE, PER_USER_FILE, RUN_FILE
+from rmm.report.results import MODEL_FILE, PER_USER_FILE, RUN_FILE, RUNS_DIR
+from rmm.storage import RAY_RESULTS_DIR, Storage
 from rmm.train.loop import FitResult, fit
 
 log = logging.getLogger(__name__)
@@ -76,17 +77,17 @@ def train_model(cfg: Config, model_cfg: ModelConfig, *, run_name: str, train_cfg
     train_cfg = train_cfg or cfg.train
     _check_inputs(cfg, model_cfg)
     init_ray(cfg.ray)
-    run_dir = cfg.out_dir.resolve() / "runs" / run_name
+    run_dir = cfg.out_dir.resolve() / RUNS_DIR / run_name
     trainer = ray.train.torch.TorchTrainer(
         _train_worker,
-        train_loop_config=worker_config(cfg, model_cfg, run_dir=run_dir, train_cfg=train_cfg),
+        train_loop_config=worker_config(cfg, model_cfg, run_name=run_name, train_cfg=train_cfg),
         scaling_config=ray.train.ScalingConfig(
             num_workers=train_cfg.num_workers, use_gpu=train_cfg.use_gpu or bool(gpus_per_worker),
             resources_per_worker={"CPU": train_cfg.cpus_per_worker,
                                   **({"GPU": gpus_per_worker} if gpus_per_worker else {})}),
         run_config=ray.train.RunConfig(
             name=run_name,
-            storage_path=str(cfg.out_dir.resolve() / "ray_results"),
+            storage_path=cfg.storage.where(RAY_RESULTS_DIR),
             failure_config=ray.train.FailureConfig(max_failures=train_cfg.max_failures),
             # Checkpoints exist to resume; the latest one holds the best state too.
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
@@ -116,11 +117,16 @@ def train_model(cfg: Config, model_cfg: ModelConfig, *, run_name: str, train_cfg
     return record
 
 
-def worker_config(cfg: Config, model_cfg: ModelConfig, *, run_dir: Path, train_cfg: TrainConfig) -> dict[str, Any]:
-    """The ``train_loop_config`` of one run's workers: paths (never data) and the model and train settings."""
+def worker_config(cfg: Config, model_cfg: ModelConfig, *, run_name: str, train_cfg: TrainConfig) -> dict[str, Any]:
+    """The ``train_loop_config`` of one run's workers: where the outputs live and, relative to it, the dataset,
+    features, run and kNN cache directories (never data), plus the model and train settings. A local
+    ``output`` is absolute (workers do not run in the driver's working directory); a URI is kept, so a worker
+    on another node reads the same store through its own mirror."""
     fail_at = os.environ.get(FAIL_AT_EPOCH_ENV)
-    return {"dataset_dir": str(cfg.dataset_dir.resolve()), "feature_root": str(cfg.feature_root.resolve()),
-            "run_dir": str(run_dir), "knn_cache_dir": str(cfg.out_dir.resolve() / KNN_CACHE_DIR),
+    storage = cfg.storage
+    return {"output": storage.location if storage.is_remote else str(storage.local.resolve()),
+            "dataset_dir": storage.relative(cfg.dataset_dir), "feature_root": storage.relative(cfg.feature_root),
+            "run_dir": f"{RUNS_DIR}/{run_name}", "knn_cache_dir": KNN_CACHE_DIR,
             "model_cfg": model_cfg, "train_cfg": train_cfg, "fail_at_epoch": int(fail_at) if fail_at else None}
 
 
@@ -151,26 +157,34 @@ def _train_worker(config: dict[str, Any]) -> FitResult:
         with checkpoint.as_directory() as directory:
             fitted = fit_in_worker(config, resume_from=directory)
     if ray.train.get_context().get_world_rank() == 0:
-        run_dir = Path(config["run_dir"])
+        storage = Storage(config["output"])
+        run_dir = storage.local / config["run_dir"]
         run_dir.mkdir(parents=True, exist_ok=True)
         torch.save(fitted.best_state, run_dir / MODEL_FILE)
+        storage.push(f"{config['run_dir']}/{MODEL_FILE}")
     return dataclasses.replace(fitted, best_state=None)  # the weights travel by file, not through Ray
 
 
 def fit_in_worker(config: dict[str, Any], *, resume_from: str | None = None) -> FitResult:
-    """Inside a Ray Train worker: load a :func:`worker_config`'s dataset and features from disk and run ``fit``
-    with DDP (``prepare_model``), this worker's device and ``ray.train.report`` with checkpoints."""
+    """Inside a Ray Train worker: load a :func:`worker_config`'s dataset and features (pulled into this node's
+    mirror first where the outputs live at a URI) and run ``fit`` with DDP (``prepare_model``), this worker's
+    device and ``ray.train.report`` with checkpoints."""
     logging.getLogger("rmm").setLevel(logging.INFO)  # Ray's worker root handler prints it to the driver
     model_cfg: ModelConfig = config["model_cfg"]
-    data = load_dataset(config["dataset_dir"])
-    features = {name: torch.from_numpy(load_feature(config["feature_root"], name)) for name in model_cfg.features}
+    storage = Storage(config["output"])
+    dataset_dir, feature_root = config["dataset_dir"], config["feature_root"]
+    storage.pull(*(f"{dataset_dir}/{name}" for name in DATASET_FILES),
+                 *(f"{feature_root}/{name}/{file}" for name in model_cfg.features for file in FEATURE_FILES))
+    data = load_dataset(storage.local / dataset_dir)
+    features = {name: torch.from_numpy(load_feature(storage.local / feature_root, name))
+                for name in model_cfg.features}
     report = _ray_report
     if config.get("fail_at_epoch") is not None:
         report = functools.partial(_report_or_fail, fail_at=config["fail_at_epoch"],
-                                   marker=Path(config["run_dir"]) / _FAILED_MARKER)
+                                   marker=storage.local / config["run_dir"] / _FAILED_MARKER)
     return fit(model_cfg, config["train_cfg"], data, features, report=report, prepare_model=_prepare_ddp,
                resume_from=resume_from, device=ray.train.torch.get_device(),
-               knn_cache_dir=config["knn_cache_dir"])
+               knn_cache_dir=storage.local / config["knn_cache_dir"])
 
 
 def _prepare_ddp(model: nn.Module) -> nn.Module:

@@ -34,6 +34,8 @@ from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
 from rmm.cluster import init_ray
 from rmm.config import Config, ConfigError, ModelConfig, TrainConfig, model_to_dict, tuned_models
+from rmm.report.results import RUNS_DIR
+from rmm.storage import TUNE_DIR, join_location, read_text, write_text
 from rmm.tune.cells import ERROR, FINISHED, STOPPED, TrialOutcome, best_per_cell
 from rmm.tune.space import FEATURES_KEY, apply_params, effective_params, features_value, max_evaluations, \
     model_space
@@ -186,6 +188,7 @@ def _trial(config: dict[str, Any], base: Config, models: tuple[ModelConfig, ...]
     cfg, trial_model = apply_params(base, models[entry], params)
     train_cfg, gpus_per_worker = trial_train(base, cfg.train)
     name = f"{cell_name(entry, trial_model)}-{tune.get_context().get_trial_id()}"
+    cfg.storage.pull(f"{RUNS_DIR}/{name}")  # a restored trial may run on another node than before
     record = _finished_record(cfg.out_dir, name, trial_model, train_cfg)
     if record is None:
         from rmm.train.ray_trainer import train_model
@@ -229,32 +232,34 @@ def tune_models(cfg: Config) -> list[dict[str, Any]]:
     # Tune's TensorBoard logger renames every "valid/recall@20" ("@" is not a TensorBoard name), at INFO, per report.
     logging.getLogger("tensorboardX").setLevel(logging.WARNING)
     # Tune runs each trial in its own directory: a relative output.dir must not resolve there.
-    cfg = cfg.replace(output=dataclasses.replace(cfg.output, dir=str(cfg.out_dir.resolve())))
+    if not cfg.storage.is_remote:
+        cfg = cfg.replace(output=dataclasses.replace(cfg.output, dir=str(cfg.out_dir.resolve())))
     metric = f"valid/{cfg.train.metric}"
-    storage = (cfg.out_dir / "tune").resolve()
+    storage = cfg.storage.where(TUNE_DIR)
     models = tuned_models(cfg)
     outcomes: list[TrialOutcome] = []
     cell_models: dict[str, ModelConfig] = {}
     for sweep in plan_sweeps(cfg):
         outcomes += _outcomes(cfg, models, _fit(cfg, models, sweep, storage, metric), metric, cell_models)
+    cfg.storage.pull(RUNS_DIR)  # the records the trials wrote on other nodes
     records = _cell_records(cfg, outcomes, cell_models, metric)
     if not records:
         raise RuntimeError(f"no trial finished; see {storage} for the trial errors")
     return records
 
 
-def _fit(cfg: Config, models: tuple[ModelConfig, ...], sweep: Sweep, storage: Path, metric: str) -> Any:
+def _fit(cfg: Config, models: tuple[ModelConfig, ...], sweep: Sweep, storage: str, metric: str) -> Any:
+    """Run (or restore) one sweep's Tuner; ``storage`` is Tune's ``storage_path``, a local path or a URI."""
     trainable = tune.with_resources(tune.with_parameters(_trial, base=cfg, models=models), trial_resources(cfg))
-    path = storage / sweep.name
-    plan_file = storage / f"{sweep.name}.sweep.json"
+    path = join_location(storage, sweep.name)
+    plan_file = join_location(storage, f"{sweep.name}.sweep.json")
     plan = _plan_fingerprint(cfg, models, sweep)
-    if tune.Tuner.can_restore(str(path)):
+    if tune.Tuner.can_restore(path):
         _check_same_plan(plan_file, plan, path)
         log.info("resuming sweep %s", path)
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
-        storage.mkdir(parents=True, exist_ok=True)
-        plan_file.write_text(json.dumps(plan, indent=2))
+        write_text(plan_file, json.dumps(plan, indent=2))
         tuner = tune.Tuner(
             trainable,
             param_space=sweep.param_space(),
@@ -262,7 +267,7 @@ def _fit(cfg: Config, models: tuple[ModelConfig, ...], sweep: Sweep, storage: Pa
                                         search_alg=make_search_alg(sweep, cfg.train.seed,
                                                                    cfg.tune.max_concurrent_trials),
                                         scheduler=make_scheduler(cfg)),
-            run_config=tune.RunConfig(name=sweep.name, storage_path=str(storage), verbose=1),
+            run_config=tune.RunConfig(name=sweep.name, storage_path=storage, verbose=1),
         )
     return tuner.fit()
 
@@ -278,16 +283,17 @@ def _plan_fingerprint(cfg: Config, models: Sequence[ModelConfig], sweep: Sweep) 
         "tune": {k: getattr(cfg.tune, k) for k in settings}, "dataset": dataclasses.asdict(cfg.dataset)}))
 
 
-def _check_same_plan(plan_file: Path, plan: Mapping[str, Any], path: Path) -> None:
-    if not plan_file.exists():
+def _check_same_plan(plan_file: str, plan: Mapping[str, Any], path: str) -> None:
+    text = read_text(plan_file)
+    if text is None:
         log.warning("sweep %s has no %s; resuming without checking that its search space is unchanged",
-                    path, plan_file.name)
+                    path, plan_file)
         return
-    saved = json.loads(plan_file.read_text())
+    saved = json.loads(text)
     changed = sorted(k for k in set(saved) | set(plan) if saved.get(k) != plan.get(k))
     if changed:
         raise ConfigError(f"the sweep in {path} was started with other {', '.join(changed)} than the config now "
-                          f"gives; resuming would mix them. Delete {path} and {plan_file.name} to start it anew, "
+                          f"gives; resuming would mix them. Delete {path} and {plan_file} to start it anew, "
                           f"or set output.dir elsewhere")
 
 

@@ -16,22 +16,24 @@ from rmm.report.results import PER_USER_FILE
 METRICS = ("recall@20", "ndcg@20")
 
 
-def per_user(recall: np.ndarray, ndcg: np.ndarray, users: Sequence[int] | None = None) -> pd.DataFrame:
+def per_user(recall: np.ndarray, ndcg: np.ndarray, users: Sequence[int] | None = None, k: int = 20) -> pd.DataFrame:
     users = np.arange(len(recall)) if users is None else np.asarray(users)
-    return pd.DataFrame({"user_id": users.astype(np.int64), "recall@20": recall, "ndcg@20": ndcg})
+    return pd.DataFrame({"user_id": users.astype(np.int64), f"recall@{k}": recall, f"ndcg@{k}": ndcg})
 
 
 def write_run(out: Path, name: str, model: str, features: Sequence[str], table: pd.DataFrame,
-              curve: Sequence[float] = (0.1, 0.2, 0.3), record: bool = True, **extra: Any) -> dict[str, Any]:
-    """Write ``runs/<name>/{per_user_test.parquet,run.json}`` like a training run; add the record to
-    results.json when ``record`` (a sweep's trials are only in their run directories)."""
-    history = [{"epoch": 2 * (i + 1), "loss": 0.5, "valid/recall@20": v, "valid/ndcg@20": v / 2}
+              curve: Sequence[float] = (0.1, 0.2, 0.3), record: bool = True, k: int = 20,
+              **extra: Any) -> dict[str, Any]:
+    """Write ``runs/<name>/{per_user_test.parquet,run.json}`` like a training run evaluated at cut-off ``k``;
+    add the record to results.json when ``record`` (a sweep's trials are only in their run directories)."""
+    recall, ndcg = f"recall@{k}", f"ndcg@{k}"
+    history = [{"epoch": 2 * (i + 1), "loss": 0.5, f"valid/{recall}": v, f"valid/{ndcg}": v / 2}
                for i, v in enumerate(curve)]
     best = int(np.argmax(curve))
     run = {"run_name": name, "stage": "train", "model": model, "label": name, "features": list(features),
-           "fusion": None, "config": {"train": {"metric": "recall@20"}}, "best_epoch": history[best]["epoch"],
-           "valid": {"recall@20": curve[best], "ndcg@20": curve[best] / 2},
-           "test": {m: float(table[m].mean()) for m in METRICS}, "train_seconds": 1.0, "history": history}
+           "fusion": None, "config": {"train": {"metric": recall}}, "best_epoch": history[best]["epoch"],
+           "valid": {recall: curve[best], ndcg: curve[best] / 2},
+           "test": {m: float(table[m].mean()) for m in (recall, ndcg)}, "train_seconds": 1.0, "history": history}
     directory = run_dir(out, name)
     directory.mkdir(parents=True, exist_ok=True)
     table.to_parquet(directory / PER_USER_FILE, index=False)

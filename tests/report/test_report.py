@@ -113,6 +113,17 @@ def test_no_id_only_run_means_no_marks(tmp_path: Path) -> None:
     assert "No ID-only run" in report and BETTER_MARK not in report.split("## All runs")[0].split("|---|")[-1]
 
 
+def test_runs_evaluated_at_other_cut_offs_head_the_report_with_theirs(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.0, 0.5, 80)
+    write_run(tmp_path, "train-00-lightgcn", "lightgcn", [], per_user(base, base / 2, k=5), k=5)
+    write_run(tmp_path, "train-01-vbpr-image", "vbpr", ["image"], per_user(base + 0.2, base / 2 + 0.1, k=5), k=5)
+    report = write_report(tmp_path).read_text()
+    assert "## Test Recall@5 / NDCG@5 by model and representation" in report
+    assert f"{np.mean(base + 0.2):.4f}{BETTER_MARK}" in cell(report, "vbpr", 1)
+    assert "test recall@5" in report and "Δ recall@5" in report
+
+
 def test_rendering_imports_neither_ray_nor_torch(out: Path) -> None:
     import subprocess
 

@@ -92,7 +92,7 @@ def test_two_workers_evaluate_a_fixed_model_exactly_like_one(ray_cluster, run_cf
         sharded = evaluate_split(model, split, (5, 10), rank=rank, world_size=world_size, batch_users=16)
         return sharded, evaluate_split(model, split, (5, 10), batch_users=16)
 
-    trainer = TorchTrainer(evaluate_both_ways, train_loop_config={"dataset_dir": str(run_cfg.dataset_dir)},
+    trainer = TorchTrainer(evaluate_both_ways, train_loop_config={"dataset_dir": str(run_cfg.dataset_dir.resolve())},
                            scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
                            run_config=ray.train.RunConfig(name="eval-equality", storage_path=str(tmp_path)))
     sharded, single = trainer.fit().return_value

@@ -81,8 +81,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
         cfg, features = build(tmp_path_factory.mktemp(dataset))
         for name, cls in sorted(MODELS.items()):
             model_cfg = ModelConfig(name, features=features if cls.uses_features else ())
-            out[f"{dataset}/{name}"] = worker_config(cfg, model_cfg, run_dir=cfg.out_dir / "runs" / name,
-                                                     train_cfg=TRAIN)
+            out[f"{dataset}/{name}"] = worker_config(cfg, model_cfg, run_name=name, train_cfg=TRAIN)
     return out
 
 
