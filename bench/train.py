@@ -528,6 +528,41 @@ def machine() -> str:
             f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
 
 
+def train_table(args: argparse.Namespace, tmp: str) -> None:
+    """Generate the Baby-sized data in ``tmp`` and print the training table (one subprocess per case)."""
+    data_dir = Path(tmp)
+    generated = subprocess.run([sys.executable, __file__, "--data-case", str(data_dir)], check=True,
+                               capture_output=True, text=True)
+    train = np.load(data_dir / "train.npz")
+    print(f"data: {BABY['num_users']:,} users, {BABY['num_items']:,} items, {int(train['interactions']):,} "
+          f"interactions ({len(train['users']):,} train pairs), image 4096-d, text 384-d "
+          f"({json.loads(generated.stdout.splitlines()[-1])['seconds']:.0f}s to generate)")
+    baseline = run_in_subprocess("train", {"impl": "baseline", "data_dir": str(data_dir)})["peak_rss_mib"]
+    print(f"{args.threads} torch thread(s) per process; load average before: "
+          f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}")
+    print(f"baseline peak RSS (interpreter + torch + rmm imported, dataset and features loaded): "
+          f"{baseline:,.0f} MiB\n")
+    print("| model | implementation | workers | set-up s | per-epoch work s | step ms | steps/epoch | "
+          "epoch s (extrap.) | peak RSS MiB / process |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in args.models:
+        impls = [("rmm", w, {}) for w in args.workers] + ([] if args.skip_reference else [("dense ref", 1, {})])
+        if name == "lattice":  # LATTICE's non-default mode: a gradient through the learned graph every step
+            impls.insert(1, ("rmm", 1, {"graph_update": "step"}))
+        for impl, workers, params in impls:
+            case = {"model": name, "impl": impl, "workers": workers, "steps": args.steps, "warmup": args.warmup,
+                    "threads": args.threads, "data_dir": str(data_dir), "cache_dir": str(data_dir / "knn-cache"),
+                    "params": params}
+            r = run_in_subprocess("train", case)
+            setup = f"{r['setup_s']:.1f}" + (f" (kNN cache {r['knn_cache']})" if "knn_cache" in r else "")
+            rss = f"{r['peak_rss_mib']:,.0f}" + (f" (x{workers} = {r['total_rss_mib']:,.0f})" if workers > 1
+                                                 else "")
+            assert r["loss_finite"], f"{name} {impl}: non-finite loss"
+            impl = impl + "".join(f" ({k}={v})" for k, v in params.items())
+            print(f"| {name} | {impl} | {workers} | {setup} | {r['epoch_work_s']:.2f} | {1000 * r['step_s']:.0f} | "
+                  f"{r['steps_per_epoch']} | {r['epoch_s']:.1f} | {rss} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
@@ -537,6 +572,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process (every case)")
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument("--skip-knn", action="store_true")
+    parser.add_argument("--skip-train", action="store_true", help="only the kNN builds")
     parser.add_argument("--knn-items", nargs="+", type=int, default=[100_000, 1_000_000])
     parser.add_argument("--knn-rows", type=int, default=1024, help="rows computed at each end (see docstring)")
     parser.add_argument("--knn-full", action="store_true", help="compute every chunk (hours at 1M on a CPU)")
@@ -559,37 +595,8 @@ def main() -> None:
 
     print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory(prefix="rmm-bench-") as tmp:
-        data_dir = Path(tmp)
-        generated = subprocess.run([sys.executable, __file__, "--data-case", str(data_dir)], check=True,
-                                   capture_output=True, text=True)
-        train = np.load(data_dir / "train.npz")
-        print(f"data: {BABY['num_users']:,} users, {BABY['num_items']:,} items, {int(train['interactions']):,} "
-              f"interactions ({len(train['users']):,} train pairs), image 4096-d, text 384-d "
-              f"({json.loads(generated.stdout.splitlines()[-1])['seconds']:.0f}s to generate)")
-        baseline = run_in_subprocess("train", {"impl": "baseline", "data_dir": str(data_dir)})["peak_rss_mib"]
-        print(f"{args.threads} torch thread(s) per process; load average before: "
-              f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}")
-        print(f"baseline peak RSS (interpreter + torch + rmm imported, dataset and features loaded): "
-              f"{baseline:,.0f} MiB\n")
-        print("| model | implementation | workers | set-up s | per-epoch work s | step ms | steps/epoch | "
-              "epoch s (extrap.) | peak RSS MiB / process |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        for name in args.models:
-            impls = [("rmm", w, {}) for w in args.workers] + ([] if args.skip_reference else [("dense ref", 1, {})])
-            if name == "lattice":  # LATTICE's non-default mode: a gradient through the learned graph every step
-                impls.insert(1, ("rmm", 1, {"graph_update": "step"}))
-            for impl, workers, params in impls:
-                case = {"model": name, "impl": impl, "workers": workers, "steps": args.steps, "warmup": args.warmup,
-                        "threads": args.threads, "data_dir": str(data_dir), "cache_dir": str(data_dir / "knn-cache"),
-                        "params": params}
-                r = run_in_subprocess("train", case)
-                setup = f"{r['setup_s']:.1f}" + (f" (kNN cache {r['knn_cache']})" if "knn_cache" in r else "")
-                rss = f"{r['peak_rss_mib']:,.0f}" + (f" (x{workers} = {r['total_rss_mib']:,.0f})" if workers > 1
-                                                     else "")
-                assert r["loss_finite"], f"{name} {impl}: non-finite loss"
-                impl = impl + "".join(f" ({k}={v})" for k, v in params.items())
-                print(f"| {name} | {impl} | {workers} | {setup} | {r['epoch_work_s']:.2f} | {1000 * r['step_s']:.0f} | "
-                      f"{r['steps_per_epoch']} | {r['epoch_s']:.1f} | {rss} |", flush=True)
+        if not args.skip_train:
+            train_table(args, tmp)
         if args.skip_knn:
             return
         print(f"\nkNN build: {args.knn_threads} torch thread(s)")

@@ -2,8 +2,8 @@
 the train split, and sparse top-k item-item graphs from content features.
 
 Everything here is sparse: a dataset with 200k users and 60k items must never allocate a dense U x I,
-(U+I) x (U+I) or I x I matrix. The kNN graph is built in row chunks, so its peak memory is
-O(I * k + chunk_size * I).
+(U+I) x (U+I) or I x I matrix. The kNN graph is built in blocks of rows x column tiles with a running top-k per
+row, so its peak memory is O(I * k + rows * tile), whatever the catalogue size.
 """
 
 from __future__ import annotations
@@ -20,8 +20,12 @@ from rmm.data.schema import TRAIN, Dataset
 
 SIMILARITIES = ("cosine", "dot")
 NORMALIZATIONS = ("none", "sym", "row")
-#: Default bound on one chunk's similarity block, in float32 elements (2**24: 64 MiB).
+#: Default bound on one similarity block (row chunk x column tile), in float32 elements (2**24: 64 MiB).
 CHUNK_ELEMENTS = 1 << 24
+#: Default rows per kNN chunk: enough that each block is a compute-bound matrix product. (Bounding rows by
+#: CHUNK_ELEMENTS / I instead leaves 16 rows per block at 1M items, and the build streams the whole feature
+#: matrix from memory for every 16 rows: 3x slower.)
+KNN_ROWS = 1024
 
 
 def to_csr(adj: Tensor) -> Tensor:
@@ -191,8 +195,10 @@ def valid_rows(features: Tensor) -> Tensor:
 
 
 def knn_edges(features: Tensor, k: int, *, chunk_size: int | None = None, similarity: str = "cosine",
-              shrink: float = 0.0, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    r"""The ``k`` most similar other items of every item, computed one block of rows at a time.
+              shrink: float = 0.0, valid: Tensor | None = None,
+              column_tile: int | None = None) -> tuple[Tensor, Tensor]:
+    r"""The ``k`` most similar other items of every item, computed one chunk of rows at a time, each against
+    one tile of columns at a time with a running top-k.
 
     Similarity is ``cosine`` (:math:`\frac{x_i^\top x_j}{\lVert x_i\rVert \lVert x_j\rVert + s}` with
     shrink :math:`s`, MMRec's ItemKNNCBF form; plain cosine for :math:`s = 0`) or ``dot``
@@ -204,8 +210,9 @@ def knn_edges(features: Tensor, k: int, *, chunk_size: int | None = None, simila
     Args:
         features: one row per item.
         k: neighbours per item (at most ``I - 1`` are kept).
-        chunk_size: rows per block; the default bounds a block at ``CHUNK_ELEMENTS`` similarities. The
-            result does not depend on it (up to float ties).
+        chunk_size: rows per chunk; default :data:`KNN_ROWS`.
+        column_tile: columns per block; default ``CHUNK_ELEMENTS // chunk_size``. The result depends on neither
+            (up to float ties).
         similarity: ``cosine`` or ``dot``.
         shrink: added to the cosine denominator; damps the similarity of low-norm rows.
         valid: which items take part; ``valid_rows(features)`` when None.
@@ -225,8 +232,8 @@ def knn_edges(features: Tensor, k: int, *, chunk_size: int | None = None, simila
     k = min(k, num_items - 1)
     if k < 1 or not bool(valid.any()):
         return torch.empty(2, 0, dtype=torch.long, device=device), torch.empty(0, device=device)
-    if chunk_size is None:
-        chunk_size = max(1, CHUNK_ELEMENTS // num_items)
+    chunk_size = min(num_items, chunk_size or KNN_ROWS)
+    column_tile = column_tile or max(1, CHUNK_ELEMENTS // chunk_size)
     with torch.no_grad():
         x = features.float()  # no copy for float32 input: at 1M x 384 a copy is another 1.5 GB
         if not bool(valid.all()):
@@ -235,7 +242,7 @@ def knn_edges(features: Tensor, k: int, *, chunk_size: int | None = None, simila
         rows, cols, values = [], [], []
         for start in range(0, num_items, chunk_size):
             chunk = torch.arange(start, min(start + chunk_size, num_items), device=device)
-            top, at = _chunk_top_k(x, norms, valid, chunk, k, similarity, shrink)
+            top, at = _chunk_top_k(x, norms, valid, chunk, k, similarity, shrink, column_tile)
             found = torch.isfinite(top)
             rows.append(chunk.unsqueeze(1).expand(-1, k)[found])
             cols.append(at[found])
@@ -250,22 +257,35 @@ def knn_edges(features: Tensor, k: int, *, chunk_size: int | None = None, simila
 
 
 def _chunk_top_k(x: Tensor, norms: Tensor, valid: Tensor, chunk: Tensor, k: int, similarity: str,
-                 shrink: float) -> tuple[Tensor, Tensor]:
+                 shrink: float, column_tile: int) -> tuple[Tensor, Tensor]:
     """The ``k`` best similarities of the rows ``chunk`` against all rows and their columns, ``-inf`` where an
-    item has fewer than ``k`` valid others. Temporaries: two ``(C, I)`` float32 blocks and one bool block.
+    item has fewer than ``k`` valid others: one ``(C, column_tile)`` block at a time, merged into a running
+    top-k. Temporaries: two float32 blocks and one bool block of that size.
 
     Shapes:
         x (I, d), norms (I,), valid (I,), chunk (C,) -> values (C, k), indices (C, k).
     """
-    sim = x[chunk] @ x.T  # (C, I)
-    if similarity == "cosine":
-        denominator = torch.outer(norms[chunk], norms)  # (C, I)
-        sim.div_(denominator.add_(shrink).clamp_min_(1e-12))
-        del denominator
-    keep = valid[chunk].unsqueeze(1) & valid.unsqueeze(0)  # (C, I)
-    keep[torch.arange(len(chunk), device=x.device), chunk] = False  # never its own neighbour
-    sim.masked_fill_(~keep, -torch.inf)
-    return torch.topk(sim, k, dim=1)  # (C, k) each
+    num_items = x.shape[0]
+    rows = x[chunk]  # (C, d)
+    best = torch.full((len(chunk), k), -torch.inf, device=x.device)
+    best_at = torch.zeros((len(chunk), k), dtype=torch.long, device=x.device)
+    for start in range(0, num_items, column_tile):
+        stop = min(start + column_tile, num_items)
+        sim = rows @ x[start:stop].T  # (C, T)
+        if similarity == "cosine":
+            denominator = torch.outer(norms[chunk], norms[start:stop])  # (C, T)
+            sim.div_(denominator.add_(shrink).clamp_min_(1e-12))
+            del denominator
+        keep = valid[chunk].unsqueeze(1) & valid[start:stop].unsqueeze(0)  # (C, T)
+        own = (chunk >= start) & (chunk < stop)
+        keep[own.nonzero().squeeze(1), chunk[own] - start] = False  # never its own neighbour
+        sim.masked_fill_(~keep, -torch.inf)
+        top, at = torch.topk(sim, min(k, stop - start), dim=1)  # (C, <=k)
+        del sim, keep
+        merged = torch.cat([best, top], dim=1)
+        best, pick = torch.topk(merged, k, dim=1)
+        best_at = torch.gather(torch.cat([best_at, at + start], dim=1), 1, pick)
+    return best, best_at
 
 
 def knn_graph(features: Tensor, k: int, *, chunk_size: int | None = None, similarity: str = "cosine",

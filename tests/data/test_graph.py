@@ -56,6 +56,16 @@ def test_knn_graph_does_not_depend_on_chunking(chunk_size: int) -> None:
     assert torch.allclose(knn_graph(features, K, chunk_size=chunk_size).to_dense(), reference, atol=1e-6)
 
 
+@pytest.mark.parametrize(("chunk_size", "column_tile"), [(4, 1), (4, 3), (5, 6), (NUM_ITEMS, 2), (1, NUM_ITEMS)])
+def test_column_tiles_merge_into_the_same_neighbours(chunk_size: int, column_tile: int) -> None:
+    features = _features(4)
+    features[[2, 11]] = 0.0  # missing rows inside tiles: masked in every tile, never anyone's neighbour
+    index, values = knn_edges(features, K, chunk_size=chunk_size, column_tile=column_tile)
+    reference_index, reference_values = knn_edges(features, K, chunk_size=NUM_ITEMS, column_tile=NUM_ITEMS)
+    assert torch.equal(index, reference_index) and torch.allclose(values, reference_values, atol=1e-6)
+    assert not torch.isin(index, torch.tensor([2, 11])).any() and (index[0] != index[1]).all()
+
+
 def test_missing_items_get_no_neighbours_and_are_nobodys_neighbour() -> None:
     features = _features(3)
     missing = torch.tensor([0, 7, 8])
