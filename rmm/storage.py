@@ -5,8 +5,8 @@ Every stage works on a local directory, because numpy, PIL, torch and parquet re
 that directory is a node-local *mirror* (``$RMM_CACHE/mirrors/<hash of the URI>``): a stage pulls what changed
 on the URI before it starts and pushes what it wrote when it ends; a process on another node (a Ray Train
 worker, an extraction task) pulls the same URI into its own mirror. A file is copied when the other side lacks
-it, differs in size, or is older; copied files keep the source's modification time, so a round trip copies
-nothing. Ray's own directories (``ray_results``, ``tune``) are not mirrored: Ray writes checkpoints and
+it, differs in size, or is older (:func:`sync_tree`); a pulled file keeps the source's modification time, so
+a round trip copies nothing. Ray's own directories (``ray_results``, ``tune``) are not mirrored: Ray writes checkpoints and
 experiment state straight to the URI, so a run restarted on any node resumes from them.
 """
 
