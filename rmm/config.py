@@ -38,7 +38,6 @@ def require_at_least(section: Any, minimum: float, *names: str) -> None:
             raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
-
 @dataclass(frozen=True)
 class SyntheticConfig:
     """Sizes of the built-in synthetic dataset (users with attribute tastes, items with images and text)."""
@@ -290,9 +289,7 @@ class TuneConfig:
             raise ValueError(f"scheduler must be fifo or asha, got {self.scheduler!r}")
         if self.search_alg not in ("random", "grid", "optuna", "hyperopt"):
             raise ValueError(f"search_alg must be random, grid, optuna or hyperopt, got {self.search_alg!r}")
-        for name in ("num_samples", "max_concurrent_trials", "num_workers", "asha_grace_period"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least(self, 1, "num_samples", "max_concurrent_trials", "num_workers", "asha_grace_period")
         if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
             raise ValueError(f"cpus_per_trial must be > 0 and gpus_per_trial >= 0, got {self.cpus_per_trial}, "
                              f"{self.gpus_per_trial}")

@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rmm.storage import cache_root
 
@@ -252,70 +253,51 @@ def _qwen_tokenizer() -> tuple[object, dict[str, int]]:
     return tokenizer, {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN2_SPECIAL_TOKENS}
 
 
-@tiny_builder("qwen2-vl", version=2)
-def build_qwen2_vl(target: Path) -> None:
-    """Qwen2-VL with a 64-d, 2-layer text model and a 1-block 32-d vision tower (~0.18M parameters).
-
-    Real processor pieces (``Qwen2VLImageProcessor`` with patch 14 / merge 2, the hub chat template, the Qwen2
-    special tokens), so a 224 px image becomes at most 64 image tokens as in the full model.
-    """
-    from transformers import (
-        Qwen2VLConfig,
-        Qwen2VLForConditionalGeneration,
-        Qwen2VLImageProcessor,
-        Qwen2VLProcessor,
-        Qwen2VLVideoProcessor,
-    )
+def _build_qwen_vl(target: Path, processor_class: type, config_class: type, model_class: type,
+                   vision_config: dict[str, Any]) -> None:
+    """A tiny model of the Qwen2-VL family: real processor pieces (``Qwen2VLImageProcessor`` with patch 14 /
+    merge 2, the hub chat template, the Qwen2 special tokens), so a 224 px image becomes at most 64 image tokens
+    as in the full model; the 64-d, 2-layer text model; the family's classes and ``vision_config``."""
+    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
     tokenizer, ids = _qwen_tokenizer()
-    processor = Qwen2VLProcessor(
+    processor = processor_class(
         image_processor=Qwen2VLImageProcessor(size={"shortest_edge": 56 * 56, "longest_edge": 224 * 224}),
         tokenizer=tokenizer,
         video_processor=Qwen2VLVideoProcessor(),
         chat_template=QWEN2_VL_CHAT_TEMPLATE,
     )
-    config = Qwen2VLConfig(
+    config = config_class(
         text_config=_qwen_text_config(tokenizer, ids),
-        vision_config={"depth": 1, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2,
-                       "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
+        vision_config=vision_config,
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
     )
-    _save(target, _seeded(lambda: Qwen2VLForConditionalGeneration(config)), processor)
+    _save(target, _seeded(lambda: model_class(config)), processor)
+
+
+@tiny_builder("qwen2-vl", version=2)
+def build_qwen2_vl(target: Path) -> None:
+    """Qwen2-VL with a 1-block 32-d vision tower (~0.18M parameters in all)."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+
+    _build_qwen_vl(target, Qwen2VLProcessor, Qwen2VLConfig, Qwen2VLForConditionalGeneration,
+                   {"depth": 1, "embed_dim": 32, "hidden_size": 64, "num_heads": 2, "mlp_ratio": 2,
+                    "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2})
 
 
 @tiny_builder("qwen2.5-vl", version=1)
 def build_qwen2_5_vl(target: Path) -> None:
     """Qwen2.5-VL: the Qwen2-VL text model and processor with the 2.5 vision tower (windowed attention, SwiGLU,
     RMSNorm; one full-attention block)."""
-    from transformers import (
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
-        Qwen2VLVideoProcessor,
-    )
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 
-    tokenizer, ids = _qwen_tokenizer()
-    processor = Qwen2_5_VLProcessor(
-        image_processor=Qwen2VLImageProcessor(size={"shortest_edge": 56 * 56, "longest_edge": 224 * 224}),
-        tokenizer=tokenizer,
-        video_processor=Qwen2VLVideoProcessor(),
-        chat_template=QWEN2_VL_CHAT_TEMPLATE,
-    )
-    config = Qwen2_5_VLConfig(
-        text_config=_qwen_text_config(tokenizer, ids),
-        vision_config={"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
-                       "out_hidden_size": 64, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
-                       "window_size": 56, "fullatt_block_indexes": [1]},
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-    )
-    _save(target, _seeded(lambda: Qwen2_5_VLForConditionalGeneration(config)), processor)
+    _build_qwen_vl(target, Qwen2_5_VLProcessor, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
+                   {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
+                    "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 56,
+                    "fullatt_block_indexes": [1]})
 
 
 # llava-hf/llava-1.5-*-hf's template: images first, then the text, "USER:" / "ASSISTANT:" turns.
