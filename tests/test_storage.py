@@ -137,6 +137,27 @@ def test_locations_join_and_text_round_trips(tmp_path: Path) -> None:
         filesystem("nosuchscheme://x")
 
 
+def test_a_failing_stage_still_pushes_what_it_wrote_and_raises_its_own_error(tmp_path: Path, remote: Remote,
+                                                                           mirrors: Path) -> None:
+    from rmm.config import load_config
+    from rmm.features.store import FeatureNotFoundError
+    from rmm.stages import run_stage
+
+    config = tmp_path / "config.yaml"
+    config.write_text(f"""
+dataset: {{name: synthetic, source: synthetic, synthetic: {{num_users: 30, num_items: 20, image_size: 8}}}}
+model: [{{name: vbpr, features: [no_such_feature]}}]
+output: {{dir: "{remote.location}"}}
+""")
+    cfg = load_config(config)
+    run_stage(cfg, "data")
+    assert remote.exists("data/synthetic/interactions.parquet")
+    remote.delete("config.yaml")  # the train stage writes its snapshot again, then fails: the push must follow
+    with pytest.raises(FeatureNotFoundError, match="no_such_feature"):
+        run_stage(cfg, "train")
+    assert remote.exists("config.yaml")
+
+
 @pytest.mark.ray
 def test_a_run_with_a_uri_output_dir_is_readable_from_an_empty_mirror(ray_cluster, tmp_path: Path, remote: Remote,
                                                                       mirrors: Path) -> None:
