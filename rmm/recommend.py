@@ -23,13 +23,13 @@ from torch import Tensor
 
 from rmm.config import Config, OutputConfig, load_config
 from rmm.data.graph import TrainGraph
-from rmm.data.schema import Dataset, load_dataset
-from rmm.features.store import load_feature
+from rmm.data.schema import DATASET_FILES, Dataset, load_dataset
+from rmm.features.store import DESCRIPTIONS_FILE, FEATURE_FILES, load_feature
 from rmm.models.base import Recommender, build_model
-from rmm.report.results import MODEL_FILE, load_results, load_run_record, run_dir
+from rmm.report.results import MODEL_FILE, RESULTS_FILE, RUNS_DIR, load_results, load_run_record, run_dir
+from rmm.report.tables import report_metrics
 from rmm.storage import Storage
 
-DESCRIPTIONS_FILE = "descriptions.parquet"
 #: How many history items ``--explain`` names per recommendation.
 EXPLAIN_TOP = 3
 
@@ -46,12 +46,14 @@ class Recommendations:
 
 
 def pick_run(out_dir: str | Path, run_name: str | None) -> dict:
-    """The named run, or the run with the best test recall@20 in results.json."""
+    """The named run, or the run with the best test recall@K in results.json (K = 20, or the runs' own cut-off,
+    as the report's headline)."""
     runs = load_results(out_dir)
     if not runs:
         raise FileNotFoundError(f"no trained runs in {out_dir}/results.json; run `rmm train CONFIG` first")
     if run_name is None:
-        return max(runs, key=lambda r: r["test"].get("recall@20", 0.0))
+        headline = report_metrics(runs)[0][0]
+        return max(runs, key=lambda r: r["test"].get(headline, 0.0))
     for run in runs:
         if run["run_name"] == run_name:
             return run
@@ -62,25 +64,31 @@ class TrainedRun:
     """A run's model, dataset and features, loaded once; ranks batches of users with their seen items masked.
 
     Args:
-        out_dir: the output directory holding ``results.json`` and ``runs/``: a local path, or a URI whose
-            changes are first pulled into this node's mirror (:mod:`rmm.storage`).
-        run_name: a run_name from results.json; None picks the best test recall@20.
+        out_dir: the output directory holding ``results.json`` and ``runs/``: a local path, or a URI from which
+            this node's mirror (:mod:`rmm.storage`) pulls just what a recommendation reads: the run's record and
+            weights, the dataset's tables (no images), the model's feature matrices and LVLM descriptions.
+        run_name: a run_name from results.json; None picks the best (:func:`pick_run`).
     """
 
     def __init__(self, out_dir: str | Path, run_name: str | None = None) -> None:
         storage = Storage(str(out_dir))
-        storage.pull()
+        storage.pull(RESULTS_FILE)
         out_dir = storage.local
         run = pick_run(out_dir, run_name)
-        # A sweep's record points at its best trial, whose directory holds the weights.
-        trained = load_run_record(out_dir, run.get("best_trial") or run["run_name"])
-        weights_dir = run_dir(out_dir, trained["run_name"])
+        trained_name = run.get("best_trial") or run["run_name"]  # a sweep's record names its best trial's run
+        storage.pull(f"{RUNS_DIR}/{trained_name}")
+        trained = load_run_record(out_dir, trained_name)
+        weights_dir = run_dir(out_dir, trained_name)
         cfg = load_config(weights_dir / "config.yaml")
         self.cfg: Config = cfg.replace(output=dataclasses.replace(OutputConfig(), dir=str(out_dir)))
+        model_cfg = self.cfg.model[0]
+        dataset, features = storage.relative(self.cfg.dataset_dir), storage.relative(self.cfg.feature_root)
+        storage.pull(*(f"{dataset}/{name}" for name in DATASET_FILES),
+                     *(f"{features}/{name}/{file}" for name in model_cfg.features for file in FEATURE_FILES))
+        storage.pull(features, include=f"*/{DESCRIPTIONS_FILE}")
         self.run_name: str = run["run_name"]
         self.label: str = trained.get("label", trained["model"])
         self.data: Dataset = load_dataset(self.cfg.dataset_dir)
-        model_cfg = self.cfg.model[0]
         self.features: dict[str, Tensor] = {
             name: torch.from_numpy(load_feature(self.cfg.feature_root, name)) for name in model_cfg.features}
         model = build_model(model_cfg, TrainGraph.from_dataset(self.data), self.features)

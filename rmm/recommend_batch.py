@@ -18,10 +18,10 @@ from pyarrow.fs import FileType
 from ray.data import ActorPoolStrategy
 
 from rmm.cluster import init_ray
-from rmm.config import load_config
+from rmm.config import OutputConfig, load_config
 from rmm.data.schema import USERS_FILE
 from rmm.recommend import TrainedRun, pick_run
-from rmm.report.results import load_run_record, run_dir
+from rmm.report.results import RESULTS_FILE, RUNS_DIR, run_dir
 from rmm.storage import Storage, filesystem
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def recommend_all(out_dir: str | Path, k: int = 10, run_name: str | None = None,
         out_dir: output directory of a trained run (results.json, runs/, data/): a local path or a URI, where
             the parquet is then written too (the actors may run on any node).
         k: items per user.
-        run_name: run_name from results.json; None picks the best test recall@20 (resolved once, here).
+        run_name: run_name from results.json; None picks the best (:func:`rmm.recommend.pick_run`, resolved once, here).
         batch_users: users per batch (one ``score_users`` call each).
         num_actors: size of the actor pool; each actor holds one copy of the model.
         cpus_per_actor: CPUs an actor reserves; keep it fractional on small machines, or the pool starves
@@ -72,13 +72,16 @@ def recommend_all(out_dir: str | Path, k: int = 10, run_name: str | None = None,
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    storage = Storage(str(out_dir))
-    storage.pull()
+    storage = Storage(str(out_dir))  # the driver pulls what it reads; each actor's TrainedRun pulls the rest
+    storage.pull(RESULTS_FILE)
     out = storage.local.resolve()
     run = pick_run(out, run_name)
-    trained_dir = run_dir(out, load_run_record(out, run.get("best_trial") or run["run_name"])["run_name"])
-    cfg = load_config(trained_dir / "config.yaml")
-    users_file = out / "data" / cfg.dataset.name / USERS_FILE
+    trained_name = run.get("best_trial") or run["run_name"]
+    storage.pull(f"{RUNS_DIR}/{trained_name}/config.yaml")
+    cfg = load_config(run_dir(out, trained_name) / "config.yaml")
+    dataset_dir = cfg.replace(output=OutputConfig(dir=str(out))).dataset_dir
+    storage.pull(f"{storage.relative(dataset_dir)}/{USERS_FILE}")
+    users_file = dataset_dir / USERS_FILE
     if not users_file.exists():
         raise FileNotFoundError(f"no dataset at {users_file.parent}: the run's data must sit under {out}/data")
     num_users = pq.ParquetFile(users_file).metadata.num_rows

@@ -6,12 +6,13 @@ that directory is a node-local *mirror* (``$RMM_CACHE/mirrors/<hash of the URI>`
 on the URI before it starts and pushes what it wrote when it ends; a process on another node (a Ray Train
 worker, an extraction task) pulls the same URI into its own mirror. A file is copied when the other side lacks
 it, differs in size, or is older (:func:`sync_tree`); a pulled file keeps the source's modification time, so
-a round trip copies nothing. Ray's own directories (``ray_results``, ``tune``) are not mirrored: Ray writes checkpoints and
-experiment state straight to the URI, so a run restarted on any node resumes from them.
+a round trip copies nothing. Ray's own directories (``ray_results``, ``tune``) are not mirrored: Ray writes
+checkpoints and experiment state straight to the URI, so a run restarted on any node resumes from them.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 import posixpath
@@ -114,15 +115,16 @@ class Storage:
             return join_location(self.location, relative)
         return str((self.local / relative).resolve())
 
-    def pull(self, *relatives: str) -> int:
+    def pull(self, *relatives: str, include: str | None = None) -> int:
         """Copy new or changed files of ``relatives`` (default: everything but :data:`RAY_DIRS`) from the URI
-        into the mirror. Returns the number of files copied; 0 for a local location."""
+        into the mirror; with ``include`` (an ``fnmatch`` pattern on paths relative to each of ``relatives``),
+        only the files it matches. Returns the number of files copied; 0 for a local location."""
         if not self.is_remote:
             return 0
         fs, root = filesystem(self.location)
         local = pafs.LocalFileSystem()
         return sum(sync_tree(fs, _child(root, rel), local, _child(str(self.local.resolve()), rel),
-                             exclude=() if rel else RAY_DIRS)
+                             exclude=() if rel else RAY_DIRS, include=include)
                    for rel in relatives or ("",))
 
     def push(self, *relatives: str, delete: bool = False) -> int:
@@ -147,16 +149,17 @@ def _child(root: str, relative: str) -> str:
 
 
 def sync_tree(src_fs: pafs.FileSystem, src: str, dst_fs: pafs.FileSystem, dst: str, *,
-              exclude: Iterable[str] = (), delete: bool = False) -> int:
+              exclude: Iterable[str] = (), include: str | None = None, delete: bool = False) -> int:
     """Make ``dst`` hold every file of ``src``: copy a file when ``dst`` lacks it, its size differs, or the
     source is newer, in whole seconds (object stores keep no finer times); where ``dst`` is local, the copy
     gets the source's time, so a round trip copies nothing. As with ``aws s3 sync``, a rewrite that keeps the
     size within the second of the last copy goes unseen. Local copies are written to a temp name and renamed,
     so a process of the same node never reads half a file. ``src`` may be a single file; ``exclude`` names
-    top-level entries of ``src`` left alone on both sides. Returns the number of files copied.
+    top-level entries of ``src`` left alone on both sides, ``include`` (an ``fnmatch`` pattern) the only files
+    taken into account. Returns the number of files copied.
     """
-    source = _files(src_fs, src, exclude)
-    target = _files(dst_fs, dst, exclude)
+    source = _files(src_fs, src, exclude, include)
+    target = _files(dst_fs, dst, exclude, include)
     local = isinstance(dst_fs, pafs.LocalFileSystem)
     copied = 0
     for relative, info in source.items():
@@ -183,8 +186,10 @@ def _seconds(info: pafs.FileInfo) -> int:
     return int(info.mtime.timestamp()) if info.mtime is not None else 0
 
 
-def _files(fs: pafs.FileSystem, root: str, exclude: Iterable[str]) -> dict[str, pafs.FileInfo]:
-    """Relative posix path -> info of every file under ``root`` (``root`` itself when it is a file)."""
+def _files(fs: pafs.FileSystem, root: str, exclude: Iterable[str],
+           include: str | None = None) -> dict[str, pafs.FileInfo]:
+    """Relative posix path -> info of every file under ``root`` (``root`` itself when it is a file), less the
+    top-level entries ``exclude`` names and the paths ``include`` does not match."""
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.File:
         return {"": info}
@@ -194,6 +199,7 @@ def _files(fs: pafs.FileSystem, root: str, exclude: Iterable[str]) -> dict[str, 
     found = {}
     for entry in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
         relative = entry.path[len(root.rstrip("/")) + 1:]
-        if entry.type == pafs.FileType.File and relative.split("/", 1)[0] not in skip:
+        if (entry.type == pafs.FileType.File and relative.split("/", 1)[0] not in skip
+                and (include is None or fnmatch.fnmatchcase(relative, include))):
             found[relative] = entry
     return found

@@ -197,13 +197,18 @@ output: {{dir: "{remote.location}"}}
         assert any(name.startswith("checkpoint_2") for name in remote.listdir(f"{RAY_RESULTS_DIR}/{run['run_name']}"))
     assert "lightgcn" in remote.read("report.md")
 
-    # A new node: nothing local. The report, a recommendation and a re-extraction all work from the URI.
+    # A new node: nothing local. A recommendation (pulling only what it reads: no images, no feature parts),
+    # the report and a re-extraction all work from the URI.
     shutil.rmtree(mirrors)
+    vbpr = next(run["run_name"] for run in runs if run["model"] == "vbpr")
+    recs = recommend_for_user(remote.location, 0, 3, run_name=vbpr)
+    assert len(recs.items) == 3 and recs.items["title"].str.len().gt(0).all()
+    pulled = {p.relative_to(Storage(remote.location).local).as_posix() for p in mirrors.rglob("*") if p.is_file()}
+    assert "data/synthetic/items.parquet" in pulled and "features/synthetic/image_stats/matrix.npy" in pulled
+    assert not any("/images/" in p or "/part-" in p for p in pulled), sorted(pulled)
     remote.delete("report.md")
     assert main(["report", remote.location]) == 0 and "vbpr" in remote.read("report.md")
-    recs = recommend_for_user(remote.location, 0, 3)
-    assert len(recs.items) == 3 and recs.items["title"].str.len().gt(0).all()
-    written = recommend_all(remote.location, 3)
+    written = recommend_all(remote.location, 3, vbpr)
     fs, path = filesystem(written)
     every_user = pq.read_table(path, filesystem=fs).to_pandas()
     first = every_user[every_user["user_id"] == 0].sort_values("rank")
