@@ -100,7 +100,7 @@ def dispatch(args: argparse.Namespace) -> int:
     elif args.command == "data" and args.data_command == "prepare":
         cfg = _load(args)
         stages.run_stage(cfg, "data")
-        print(f"dataset written to {cfg.storage.where(cfg.dataset_dir.relative_to(cfg.out_dir).as_posix())}")
+        print(f"dataset written to {cfg.storage.location_of(cfg.dataset_dir)}")
     elif args.command == "data":
         from rmm.data.prepare import dataset_stats
 

@@ -22,6 +22,8 @@ import yaml
 from rmm.storage import Storage
 
 STAGES = ("data", "extract", "train", "tune", "report")
+#: ``<out>/data/<dataset>/``: where the dataset directories of an output directory live.
+DATA_DIR = "data"
 SPLITS = ("temporal_ratio", "random_ratio", "leave_last_out", "global_temporal", "predefined")
 SOURCES = ("synthetic", "mmrec", "amazon", "movielens")
 
@@ -350,7 +352,7 @@ class Config:
     @property
     def dataset_dir(self) -> Path:
         """The dataset-directory contract: ``<out>/data/<dataset>/``."""
-        return self.out_dir / "data" / self.dataset.name
+        return self.out_dir / DATA_DIR / self.dataset.name
 
     @property
     def feature_root(self) -> Path:

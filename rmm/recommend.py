@@ -10,7 +10,6 @@ give the same top-K.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +22,18 @@ from torch import Tensor
 
 from rmm.config import Config, OutputConfig, load_config
 from rmm.data.graph import TrainGraph
-from rmm.data.schema import DATASET_FILES, Dataset, load_dataset
-from rmm.features.store import DESCRIPTIONS_FILE, FEATURE_FILES, load_feature
+from rmm.data.schema import Dataset, load_dataset
+from rmm.features.store import DESCRIPTIONS_FILE, load_feature, model_input_files
 from rmm.models.base import Recommender, build_model
-from rmm.report.results import MODEL_FILE, RESULTS_FILE, RUNS_DIR, load_results, load_run_record, run_dir
+from rmm.report.results import (
+    MODEL_FILE,
+    RESULTS_FILE,
+    RUNS_DIR,
+    load_results,
+    load_run_record,
+    run_dir,
+    trained_run_name,
+)
 from rmm.report.tables import report_metrics
 from rmm.storage import Storage
 
@@ -75,16 +82,15 @@ class TrainedRun:
         storage.pull(RESULTS_FILE)
         out_dir = storage.local
         run = pick_run(out_dir, run_name)
-        trained_name = run.get("best_trial") or run["run_name"]  # a sweep's record names its best trial's run
+        trained_name = trained_run_name(run)
         storage.pull(f"{RUNS_DIR}/{trained_name}")
         trained = load_run_record(out_dir, trained_name)
         weights_dir = run_dir(out_dir, trained_name)
         cfg = load_config(weights_dir / "config.yaml")
-        self.cfg: Config = cfg.replace(output=dataclasses.replace(OutputConfig(), dir=str(out_dir)))
+        self.cfg: Config = cfg.replace(output=OutputConfig(dir=str(out_dir)))
         model_cfg = self.cfg.model[0]
         dataset, features = storage.relative(self.cfg.dataset_dir), storage.relative(self.cfg.feature_root)
-        storage.pull(*(f"{dataset}/{name}" for name in DATASET_FILES),
-                     *(f"{features}/{name}/{file}" for name in model_cfg.features for file in FEATURE_FILES))
+        storage.pull(*model_input_files(dataset, features, model_cfg.features))
         storage.pull(features, include=f"*/{DESCRIPTIONS_FILE}")
         self.run_name: str = run["run_name"]
         self.label: str = trained.get("label", trained["model"])

@@ -21,7 +21,7 @@ from rmm.cluster import init_ray
 from rmm.config import OutputConfig, load_config
 from rmm.data.schema import USERS_FILE
 from rmm.recommend import TrainedRun, pick_run
-from rmm.report.results import RESULTS_FILE, RUNS_DIR, run_dir
+from rmm.report.results import RESULTS_FILE, RUNS_DIR, run_dir, trained_run_name
 from rmm.storage import Storage, filesystem
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def recommend_all(out_dir: str | Path, k: int = 10, run_name: str | None = None,
     storage.pull(RESULTS_FILE)
     out = storage.local.resolve()
     run = pick_run(out, run_name)
-    trained_name = run.get("best_trial") or run["run_name"]
+    trained_name = trained_run_name(run)
     storage.pull(f"{RUNS_DIR}/{trained_name}/config.yaml")
     cfg = load_config(run_dir(out, trained_name) / "config.yaml")
     dataset_dir = cfg.replace(output=OutputConfig(dir=str(out))).dataset_dir
@@ -86,7 +86,7 @@ def recommend_all(out_dir: str | Path, k: int = 10, run_name: str | None = None,
         raise FileNotFoundError(f"no dataset at {users_file.parent}: the run's data must sit under {out}/data")
     num_users = pq.ParquetFile(users_file).metadata.num_rows
     init_ray(cfg.ray, ray_address)
-    location = storage.location if storage.is_remote else str(out)
+    location = storage.where()  # the URI, or the absolute path: what every actor can open
     path = output_path(location, k)
     fs, fs_path = filesystem(path)
     existing = fs.get_file_info(fs_path).type

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rmm.config import Config, ModelConfig, save_snapshot
+from rmm.config import DATA_DIR, Config, ModelConfig, save_snapshot
 from rmm.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -81,12 +81,16 @@ STAGE_RUNNERS: dict[str, Callable[[Config], Any]] = {
 
 
 def report_location(location: str) -> str:
-    """``rmm report OUT``: (re)write the report of the outputs at ``location`` (a path or URI); returns where
-    ``report.md`` is."""
+    """``rmm report OUT``: (re)write the report of the outputs at ``location`` (a path or URI), pulling only what
+    it reads (results.json, the run directories, the datasets' dataset.json; no images or features); returns
+    where ``report.md`` is."""
+    from rmm.data.schema import INFO_FILE
+    from rmm.report.results import RESULTS_FILE, RUNS_DIR
     from rmm.report.tables import write_report
 
     storage = Storage(location)
-    storage.pull()
+    storage.pull(RESULTS_FILE, RUNS_DIR)
+    storage.pull(DATA_DIR, include=f"*/{INFO_FILE}")
     write_report(storage.local)
     storage.push()
     return storage.where("report.md")

@@ -143,6 +143,10 @@ class Storage:
         """``path`` (inside :attr:`local`) relative to it, as a posix string."""
         return Path(path).resolve().relative_to(self.local.resolve()).as_posix()
 
+    def location_of(self, path: str | Path) -> str:
+        """:meth:`where` for ``path`` inside :attr:`local`: its place under the URI, or itself, absolute."""
+        return self.where(self.relative(path))
+
 
 def _child(root: str, relative: str) -> str:
     return posixpath.join(root, relative) if relative else root

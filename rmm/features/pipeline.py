@@ -237,8 +237,7 @@ def _run_job(feature_root: Path, dataset: Dataset, job: list[Plan], cache_dir: s
     mask = np.logical_or.reduce([todo[plan.cfg.key] for plan in pending])
     items = items[mask]
     if len(items):
-        _extract(storage.where(storage.relative(feature_root)), storage.where(storage.relative(dataset.root)),
-                 items, pending, cache_dir)
+        _extract(storage.location_of(feature_root), storage.location_of(dataset.root), items, pending, cache_dir)
         storage.pull(*written)
     for plan in pending:
         plan.cls.finalize(feature_root, plan.cfg, num_items, plan.manifest)

@@ -19,7 +19,7 @@ import platform
 import posixpath
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from rmm.data.schema import DATASET_FILES
 from rmm.storage import filesystem
 
 MATRIX_FILE = "matrix.npy"
@@ -214,6 +215,14 @@ def consolidate_parts(feature_root: str | Path, name: str, num_items: int, manif
     notes_json = {str(k): v for k, v in sorted(notes.items())}
     return write_feature(feature_root, name, matrix, {**manifest, "notes": notes_json},
                          missing=missing, failed=failed)
+
+
+def model_input_files(dataset_dir: str, feature_root: str, names: Iterable[str]) -> list[str]:
+    """Paths (under the same root as ``dataset_dir`` and ``feature_root``) of what loading the dataset and the
+    complete features ``names`` reads: the dataset's tables (no images) and each feature's matrix and manifest
+    (no parts). What a process on another node pulls before training or serving a model."""
+    return [*(f"{dataset_dir}/{file}" for file in DATASET_FILES),
+            *(f"{feature_root}/{name}/{file}" for name in names for file in FEATURE_FILES)]
 
 
 def read_manifest(feature_root: str | Path, name: str) -> dict[str, Any]:

@@ -42,8 +42,8 @@ def metric_by_representation(cells: Mapping[tuple[str, str], Mapping[str, Any]],
         metrics: test metrics, one panel each.
         path: the PNG to write.
     """
-    width = min(16.0, max(5.0, 1.6 * len(models) * max(1, len(columns)) / 2 + 2))  # a page, not a banner
-    fig = Figure(figsize=(width, 3.6 * len(metrics)), layout="constrained")
+    fig_width = min(16.0, max(5.0, 1.6 * len(models) * max(1, len(columns)) / 2 + 2))  # a page, not a banner
+    fig = Figure(figsize=(fig_width, 3.6 * len(metrics)), layout="constrained")
     width = 0.8 / max(1, max((sum((m, c) in cells for c in columns) for m in models), default=1))
     for row, metric in enumerate(metrics):
         ax = fig.add_subplot(len(metrics), 1, row + 1)

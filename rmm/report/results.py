@@ -52,6 +52,12 @@ def run_dir(out_dir: str | Path, run_name: str) -> Path:
     return Path(out_dir) / RUNS_DIR / run_name
 
 
+def trained_run_name(run: Mapping[str, Any]) -> str:
+    """The run directory holding a record's weights and per-user metrics (a sweep's record points at its best
+    trial)."""
+    return str(run.get("best_trial") or run["run_name"])
+
+
 def load_run_record(out_dir: str | Path, run_name: str) -> dict[str, Any]:
     """The ``run.json`` a training run wrote (its full record, as returned by ``train_model``)."""
     path = run_dir(out_dir, run_name) / RUN_FILE

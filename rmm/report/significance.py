@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rmm.report.results import PER_USER_FILE, run_dir
+from rmm.report.results import PER_USER_FILE, run_dir, trained_run_name
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +91,6 @@ def _pvalues(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
         t_p = float(stats.ttest_rel(a, b).pvalue)
         w_p = float(stats.wilcoxon(a, b).pvalue)
     return (1.0 if math.isnan(t_p) else t_p), (1.0 if math.isnan(w_p) else w_p)
-
-
-def trained_run_name(run: Mapping[str, Any]) -> str:
-    """The run directory holding a record's weights and per-user metrics (a sweep's record points at its best
-    trial)."""
-    return str(run.get("best_trial") or run["run_name"])
 
 
 def load_per_user(out_dir: str | Path, run: Mapping[str, Any]) -> pd.DataFrame | None:

@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rmm.config import DATA_DIR
+from rmm.data.schema import INFO_FILE
 from rmm.report.results import load_results, results_path
 from rmm.report.significance import ALPHA, BETTER_MARK, WORSE_MARK, PairedTest, against_baseline, best_id_only
 
@@ -237,7 +239,7 @@ def _curve_metric(runs: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _dataset_line(out: Path) -> str:
-    infos = sorted((out / "data").glob("*/dataset.json"))
+    infos = sorted((out / DATA_DIR).glob(f"*/{INFO_FILE}"))
     if not infos:
         return "unknown"
     info = json.loads(infos[0].read_text())

@@ -32,8 +32,8 @@ from torch import nn
 
 from rmm.cluster import init_ray
 from rmm.config import Config, ModelConfig, TrainConfig, TuneConfig, model_to_dict, save_snapshot
-from rmm.data.schema import DATASET_FILES, INFO_FILE, DataError, load_dataset
-from rmm.features.store import FEATURE_FILES, library_versions, load_feature, read_manifest
+from rmm.data.schema import INFO_FILE, DataError, load_dataset
+from rmm.features.store import library_versions, load_feature, model_input_files, read_manifest
 from rmm.models import get_model_class
 from rmm.report.results import MODEL_FILE, PER_USER_FILE, RUN_FILE, RUNS_DIR
 from rmm.storage import RAY_RESULTS_DIR, Storage
@@ -124,7 +124,7 @@ def worker_config(cfg: Config, model_cfg: ModelConfig, *, run_name: str, train_c
     on another node reads the same store through its own mirror."""
     fail_at = os.environ.get(FAIL_AT_EPOCH_ENV)
     storage = cfg.storage
-    return {"output": storage.location if storage.is_remote else str(storage.local.resolve()),
+    return {"output": storage.where(),
             "dataset_dir": storage.relative(cfg.dataset_dir), "feature_root": storage.relative(cfg.feature_root),
             "run_dir": f"{RUNS_DIR}/{run_name}", "knn_cache_dir": KNN_CACHE_DIR,
             "model_cfg": model_cfg, "train_cfg": train_cfg, "fail_at_epoch": int(fail_at) if fail_at else None}
@@ -173,8 +173,7 @@ def fit_in_worker(config: dict[str, Any], *, resume_from: str | None = None) -> 
     model_cfg: ModelConfig = config["model_cfg"]
     storage = Storage(config["output"])
     dataset_dir, feature_root = config["dataset_dir"], config["feature_root"]
-    storage.pull(*(f"{dataset_dir}/{name}" for name in DATASET_FILES),
-                 *(f"{feature_root}/{name}/{file}" for name in model_cfg.features for file in FEATURE_FILES))
+    storage.pull(*model_input_files(dataset_dir, feature_root, model_cfg.features))
     data = load_dataset(storage.local / dataset_dir)
     features = {name: torch.from_numpy(load_feature(storage.local / feature_root, name))
                 for name in model_cfg.features}
