@@ -1,7 +1,7 @@
 """Training cost on a Baby-sized dataset: rmm's sparse models (1 and 2 data-parallel workers) against
 straightforward dense reference implementations, plus the kNN item-graph build at 100k and 1M items.
 
-    .venv/bin/python bench/train.py                         # everything (~4 min on 2 CPU cores)
+    .venv/bin/python bench/train.py                         # everything (~6 min on 2 CPU cores)
     .venv/bin/python bench/train.py --models lightgcn --steps 20 --skip-knn
 
 Every case runs in a fresh subprocess, so its peak memory (``VmHWM``, see :func:`peak_rss_mib`) is its own; the
@@ -35,11 +35,13 @@ an extrapolation from those steps (one real epoch is 64 steps). Evaluation is no
   matrix products cost O(I^3) more, so the reference shown is the faster of the two.
 
 kNN build (``KNNSpec(k=10, cosine, sym)``, what LATTICE reads): N x 384 float32 features in 200 clusters. A full
-build is I^2 x 384 multiply-adds (1M items: 3.8e14), hours on 2 cores, so by default only the first and last
-``--knn-rows`` rows' chunks are computed; the chunks in between return k placeholder neighbours of the right size and
-dtype without computing similarities. Memory is therefore the true full-size footprint (all of the feature
-matrix, the full result, the per-chunk temporaries while the result is full-size, assembly and normalisation),
-and ``build s`` is extrapolated from the computed rows. ``--knn-full`` computes every chunk.
+build is I^2 / 2 x 384 multiply-adds (1M items: 1.9e14), about an hour on 2 cores, so by default only
+``--knn-chunks`` row chunks spread evenly over the catalogue are computed; the others give their rows k placeholder
+neighbours of the right size and dtype without computing similarities. Memory is therefore the true full-size
+footprint (all of the feature matrix, the running top-k of every item, the block temporaries, assembly and
+normalisation), and ``build s`` is extrapolated from the computed chunks' time per block (row chunk i has
+(I - i) / tile blocks). The extrapolation errs high: the skipped chunks' items never raise the other items'
+k-th best, so more columns stay in the column-wise top-k than in a full build. ``--knn-full`` computes every chunk.
 """
 
 from __future__ import annotations
@@ -480,46 +482,58 @@ def structured_features(num_items: int, dim: int = 384, clusters: int = 200, see
 
 
 def knn_case(case: dict[str, Any]) -> dict[str, Any]:
-    """Build the kNN graph of ``case["items"]`` x 384 features; computes only the first and last
-    ``case["rows"]`` rows' chunks unless ``case["full"]`` (see the module docstring)."""
+    """Build the kNN graph of ``case["items"]`` x 384 features; computes only ``case["chunks"]`` row chunks
+    spread evenly over the catalogue unless ``case["full"]`` (see the module docstring)."""
     import rmm.data.graph as graph_module
 
     torch.set_num_threads(case["threads"])
     features = structured_features(case["items"])
     base_rss = peak_rss_mib()
-    real_chunk = graph_module._chunk_top_k
-    computed = {"rows": 0, "seconds": 0.0}
-    num_items, rows = case["items"], case["rows"]
+    real_merge = graph_module._merge_row_chunk
+    num_items, k = case["items"], 10
+    chunk, tile = graph_module.KNN_ROWS, graph_module.CHUNK_ELEMENTS // graph_module.KNN_ROWS
+    starts = list(range(0, num_items, chunk))
+    sampled = {starts[round(i * (len(starts) - 1) / max(1, case["chunks"] - 1))] for i in range(case["chunks"])}
+    tiles = {start: math.ceil((num_items - start) / tile) for start in starts}  # blocks of each row chunk
+    computed = {"tiles": 0, "rows": 0, "seconds": 0.0}
 
-    def sampled_chunk(x: Tensor, norms: Tensor, valid: Tensor, chunk: Tensor, k: int, *args: Any):
-        if case["full"] or int(chunk[0]) < rows or int(chunk[-1]) >= num_items - rows:
+    def sampled_merge(blocks: Any, top: Any, start: int, stop: int, column_tile: int) -> None:
+        if case["full"] or start in sampled:
             tic = time.perf_counter()
-            out = real_chunk(x, norms, valid, chunk, k, *args)
+            real_merge(blocks, top, start, stop, column_tile)
             computed["seconds"] += time.perf_counter() - tic
-            computed["rows"] += len(chunk)
-            return out
-        # Same shapes and dtypes as a computed chunk: k distinct other items, decreasing similarities.
-        index = (chunk.unsqueeze(1) + torch.arange(1, k + 1)) % num_items
-        return torch.linspace(0.9, 0.5, k).expand(len(chunk), k).contiguous(), index
+            computed["tiles"] += tiles[start]
+            computed["rows"] += stop - start
+            if case["full"] and (start // chunk) % 64 == 63:  # an hour-long build says how far it is
+                left = sum(tiles[s] for s in starts if s > start) / computed["tiles"] * computed["seconds"]
+                print(f"kNN {num_items:,} items: {stop:,} rows in {computed['seconds']:,.0f}s, "
+                      f"~{left:,.0f}s left", file=sys.stderr, flush=True)
+            return
+        # k placeholder neighbours, at the lowest cosine (-1) so that no real candidate is kept out
+        rows = torch.arange(start, stop).unsqueeze(1)
+        top.merge(slice(start, stop), torch.full((stop - start, k), -1.0), (rows + torch.arange(1, k + 1)) % num_items)
 
-    graph_module._chunk_top_k = sampled_chunk
+    graph_module._merge_row_chunk = sampled_merge
     tic = time.perf_counter()
-    graph = KNNSpec(k=10, similarity="cosine", normalization="sym").build(features)
+    graph = KNNSpec(k=k, similarity="cosine", normalization="sym").build(features)
     wall_s = time.perf_counter() - tic
-    per_row = computed["seconds"] / computed["rows"]
+    per_tile = computed["seconds"] / computed["tiles"]
     return {"items": num_items, "edges": int(graph._nnz()), "computed_rows": computed["rows"], "wall_s": wall_s,
-            "build_s": wall_s - computed["seconds"] + per_row * num_items, "features_mib": features.nbytes / 2**20,
-            "rss_after_features_mib": base_rss, "peak_rss_mib": peak_rss_mib()}
+            "build_s": wall_s - computed["seconds"] + per_tile * sum(tiles.values()),
+            "features_mib": features.nbytes / 2**20, "rss_after_features_mib": base_rss,
+            "peak_rss_mib": peak_rss_mib()}
 
 
 # -------------------------------------------------------------------------------------------------- driver
 
 
-def run_in_subprocess(kind: str, case: dict[str, Any]) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, __file__, f"--{kind}-case", json.dumps(case)], capture_output=True,
-                          text=True)
+def run_in_subprocess(kind: str, case: dict[str, Any], *, show_progress: bool = False) -> dict[str, Any]:
+    """Run one case in a fresh interpreter; its last stdout line is the result. ``show_progress`` lets its
+    stderr through to ours (errors then appear above the traceback instead of in it)."""
+    proc = subprocess.run([sys.executable, __file__, f"--{kind}-case", json.dumps(case)], stdout=subprocess.PIPE,
+                          stderr=None if show_progress else subprocess.PIPE, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"{kind} case {case} failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"{kind} case {case} failed:\n{(proc.stderr or '')[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -574,7 +588,7 @@ def main() -> None:
     parser.add_argument("--skip-knn", action="store_true")
     parser.add_argument("--skip-train", action="store_true", help="only the kNN builds")
     parser.add_argument("--knn-items", nargs="+", type=int, default=[100_000, 1_000_000])
-    parser.add_argument("--knn-rows", type=int, default=1024, help="rows computed at each end (see docstring)")
+    parser.add_argument("--knn-chunks", type=int, default=8, help="row chunks computed (see docstring)")
     parser.add_argument("--knn-full", action="store_true", help="compute every chunk (hours at 1M on a CPU)")
     parser.add_argument("--knn-threads", type=int, default=os.cpu_count(), help="torch threads of the kNN build")
     parser.add_argument("--train-case", help=argparse.SUPPRESS)
@@ -604,8 +618,8 @@ def main() -> None:
               "features MiB | RSS after features MiB | peak RSS MiB |")
         print("|---|---|---|---|---|---|---|---|")
         for items in args.knn_items:
-            r = run_in_subprocess("knn", {"items": items, "rows": args.knn_rows, "full": args.knn_full,
-                                          "threads": args.knn_threads})
+            r = run_in_subprocess("knn", {"items": items, "chunks": args.knn_chunks, "full": args.knn_full,
+                                          "threads": args.knn_threads}, show_progress=args.knn_full)
             build_s = f"{r['build_s']:.0f}" + ("" if r["computed_rows"] == items else " (extrap.)")
             print(f"| rmm chunked | {items:,} | {r['edges']:,} | {r['computed_rows']:,} | {build_s} | "
                   f"{r['features_mib']:,.0f} | {r['rss_after_features_mib']:,.0f} | {r['peak_rss_mib']:,.0f} |",

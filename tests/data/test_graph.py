@@ -66,6 +66,28 @@ def test_column_tiles_merge_into_the_same_neighbours(chunk_size: int, column_til
     assert not torch.isin(index, torch.tensor([2, 11])).any() and (index[0] != index[1]).all()
 
 
+@pytest.mark.parametrize(("similarity", "shrink"), [("cosine", 0.0), ("cosine", 2.0), ("dot", 0.0)])
+def test_many_blocks_match_brute_force(similarity: str, shrink: float) -> None:
+    """600 items in 32-row chunks x 48-column tiles: each pair is computed once, above the diagonal, and offered
+    to both items; later chunks offer only the columns whose k-th best they beat."""
+    features = torch.randn(600, 8, generator=torch.Generator().manual_seed(7))
+    features[[5, 100, 599]] = 0.0
+    adj = knn_graph(features, 6, chunk_size=32, similarity=similarity, shrink=shrink)
+    if similarity == "dot":
+        sim = features @ features.T
+        sim.masked_fill_(torch.eye(600, dtype=torch.bool) | (sim == 0), -torch.inf)
+        top, at = torch.topk(sim, 6, dim=1)
+        expected = torch.zeros_like(sim).scatter(1, at, top)
+        expected = torch.where(torch.isfinite(expected), expected, 0.0)
+    else:
+        expected = _brute_force(features, 6, shrink)
+    tiled = torch.sparse_coo_tensor(*knn_edges(features, 6, chunk_size=32, column_tile=48, similarity=similarity,
+                                               shrink=shrink), (600, 600), check_invariants=True).coalesce()
+    assert torch.equal(tiled.indices(), adj.indices())
+    assert torch.allclose(adj.to_dense(), expected, atol=1e-5)
+    assert torch.equal(torch.bincount(adj.indices()[0], minlength=600)[[5, 100, 599]], torch.zeros(3, dtype=torch.long))
+
+
 def test_missing_items_get_no_neighbours_and_are_nobodys_neighbour() -> None:
     features = _features(3)
     missing = torch.tensor([0, 7, 8])
