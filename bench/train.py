@@ -41,7 +41,8 @@ neighbours of the right size and dtype without computing similarities. Memory is
 footprint (all of the feature matrix, the running top-k of every item, the block temporaries, assembly and
 normalisation), and ``build s`` is extrapolated from the computed chunks' time per block (row chunk i has
 (I - i) / tile blocks). The extrapolation errs high: the skipped chunks' items never raise the other items'
-k-th best, so more columns stay in the column-wise top-k than in a full build. ``--knn-full`` computes every chunk.
+k-th best, so more columns stay in the column-wise top-k than in a full build. ``--knn-full`` computes every chunk;
+``--knn-device cuda`` builds on a GPU (its peak memory is then shown too).
 """
 
 from __future__ import annotations
@@ -487,7 +488,8 @@ def knn_case(case: dict[str, Any]) -> dict[str, Any]:
     import rmm.data.graph as graph_module
 
     torch.set_num_threads(case["threads"])
-    features = structured_features(case["items"])
+    device = torch.device(case["device"])
+    features = structured_features(case["items"]).to(device)
     base_rss = peak_rss_mib()
     real_merge = graph_module._merge_row_chunk
     num_items, k = case["items"], 10
@@ -510,8 +512,9 @@ def knn_case(case: dict[str, Any]) -> dict[str, Any]:
                       f"~{left:,.0f}s left", file=sys.stderr, flush=True)
             return
         # k placeholder neighbours, at the lowest cosine (-1) so that no real candidate is kept out
-        rows = torch.arange(start, stop).unsqueeze(1)
-        top.merge(slice(start, stop), torch.full((stop - start, k), -1.0), (rows + torch.arange(1, k + 1)) % num_items)
+        rows = torch.arange(start, stop, device=device).unsqueeze(1)
+        top.merge(slice(start, stop), torch.full((stop - start, k), -1.0, device=device),
+                  (rows + torch.arange(1, k + 1, device=device)) % num_items)
 
     graph_module._merge_row_chunk = sampled_merge
     tic = time.perf_counter()
@@ -521,7 +524,8 @@ def knn_case(case: dict[str, Any]) -> dict[str, Any]:
     return {"items": num_items, "edges": int(graph._nnz()), "computed_rows": computed["rows"], "wall_s": wall_s,
             "build_s": wall_s - computed["seconds"] + per_tile * sum(tiles.values()),
             "features_mib": features.nbytes / 2**20, "rss_after_features_mib": base_rss,
-            "peak_rss_mib": peak_rss_mib()}
+            "peak_rss_mib": peak_rss_mib(),
+            "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None}
 
 
 # -------------------------------------------------------------------------------------------------- driver
@@ -591,6 +595,7 @@ def main() -> None:
     parser.add_argument("--knn-chunks", type=int, default=8, help="row chunks computed (see docstring)")
     parser.add_argument("--knn-full", action="store_true", help="compute every chunk (hours at 1M on a CPU)")
     parser.add_argument("--knn-threads", type=int, default=os.cpu_count(), help="torch threads of the kNN build")
+    parser.add_argument("--knn-device", default="cpu", help="where the kNN build runs, e.g. cuda")
     parser.add_argument("--train-case", help=argparse.SUPPRESS)
     parser.add_argument("--knn-case", help=argparse.SUPPRESS)
     parser.add_argument("--data-case", help=argparse.SUPPRESS)
@@ -613,17 +618,18 @@ def main() -> None:
             train_table(args, tmp)
         if args.skip_knn:
             return
-        print(f"\nkNN build: {args.knn_threads} torch thread(s)")
+        print(f"\nkNN build on {args.knn_device}: {args.knn_threads} torch thread(s)")
         print("\n| kNN graph (k=10, cosine, sym) | items | edges | computed rows | build s | "
               "features MiB | RSS after features MiB | peak RSS MiB |")
         print("|---|---|---|---|---|---|---|---|")
         for items in args.knn_items:
             r = run_in_subprocess("knn", {"items": items, "chunks": args.knn_chunks, "full": args.knn_full,
-                                          "threads": args.knn_threads}, show_progress=args.knn_full)
+                                          "threads": args.knn_threads, "device": args.knn_device},
+                                  show_progress=args.knn_full)
             build_s = f"{r['build_s']:.0f}" + ("" if r["computed_rows"] == items else " (extrap.)")
-            print(f"| rmm chunked | {items:,} | {r['edges']:,} | {r['computed_rows']:,} | {build_s} | "
-                  f"{r['features_mib']:,.0f} | {r['rss_after_features_mib']:,.0f} | {r['peak_rss_mib']:,.0f} |",
-                  flush=True)
+            peak = f"{r['peak_rss_mib']:,.0f}" + (f" (GPU {r['peak_gpu_mib']:,.0f})" if r["peak_gpu_mib"] else "")
+            print(f"| rmm blocks | {items:,} | {r['edges']:,} | {r['computed_rows']:,} | {build_s} | "
+                  f"{r['features_mib']:,.0f} | {r['rss_after_features_mib']:,.0f} | {peak} |", flush=True)
         dense = ", ".join(f"{n:,} items: {n * n * 4 / 2**30:,.0f} GiB" for n in args.knn_items)
         print(f"\nA dense I x I float32 similarity (the reference's first step) would need {dense}.")
     print(f"load average after: {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
