@@ -35,7 +35,7 @@ an extrapolation from those steps (one real epoch is 64 steps). Evaluation is no
   matrix products cost O(I^3) more, so the reference shown is the faster of the two.
 
 kNN build (``KNNSpec(k=10, cosine, sym)``, what LATTICE reads): N x 384 float32 features in 200 clusters. A full
-build is I^2 / 2 x 384 multiply-adds (1M items: 1.9e14), about an hour on 2 cores, so by default only
+build is I^2 / 2 x 384 multiply-adds (1M items: 1.9e14, 75 min on 2 CPU cores), so by default only
 ``--knn-chunks`` row chunks spread evenly over the catalogue are computed; the others give their rows k placeholder
 neighbours of the right size and dtype without computing similarities. Memory is therefore the true full-size
 footprint (all of the feature matrix, the running top-k of every item, the block temporaries, assembly and
@@ -593,7 +593,7 @@ def main() -> None:
     parser.add_argument("--skip-train", action="store_true", help="only the kNN builds")
     parser.add_argument("--knn-items", nargs="+", type=int, default=[100_000, 1_000_000])
     parser.add_argument("--knn-chunks", type=int, default=8, help="row chunks computed (see docstring)")
-    parser.add_argument("--knn-full", action="store_true", help="compute every chunk (hours at 1M on a CPU)")
+    parser.add_argument("--knn-full", action="store_true", help="compute every chunk (75 min at 1M on 2 CPU cores)")
     parser.add_argument("--knn-threads", type=int, default=os.cpu_count(), help="torch threads of the kNN build")
     parser.add_argument("--knn-device", default="cpu", help="where the kNN build runs, e.g. cuda")
     parser.add_argument("--train-case", help=argparse.SUPPRESS)
