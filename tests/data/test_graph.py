@@ -18,10 +18,13 @@ def _features(seed: int = 0) -> torch.Tensor:
     return torch.randn(NUM_ITEMS, DIM, generator=torch.Generator().manual_seed(seed))
 
 
-def _brute_force(features: torch.Tensor, k: int, shrink: float = 0.0) -> torch.Tensor:
-    """Dense reference: cosine (with shrink) of every pair, self and zero rows excluded, top k per row kept."""
+def _brute_force(features: torch.Tensor, k: int, shrink: float = 0.0, similarity: str = "cosine") -> torch.Tensor:
+    """Dense reference: cosine (with shrink) or dot of every pair, self and zero rows excluded, top k per row
+    kept."""
     norms = features.norm(dim=1)
-    sim = features @ features.T / (norms[:, None] * norms[None, :] + shrink)
+    sim = features @ features.T
+    if similarity == "cosine":
+        sim = sim / (norms[:, None] * norms[None, :] + shrink)
     valid = norms > 0
     sim = sim.masked_fill(~(valid[:, None] & valid[None, :]) | torch.eye(len(features), dtype=torch.bool), -torch.inf)
     top, at = torch.topk(sim, k, dim=1)
@@ -73,14 +76,7 @@ def test_many_blocks_match_brute_force(similarity: str, shrink: float) -> None:
     features = torch.randn(600, 8, generator=torch.Generator().manual_seed(7))
     features[[5, 100, 599]] = 0.0
     adj = knn_graph(features, 6, chunk_size=32, similarity=similarity, shrink=shrink)
-    if similarity == "dot":
-        sim = features @ features.T
-        sim.masked_fill_(torch.eye(600, dtype=torch.bool) | (sim == 0), -torch.inf)
-        top, at = torch.topk(sim, 6, dim=1)
-        expected = torch.zeros_like(sim).scatter(1, at, top)
-        expected = torch.where(torch.isfinite(expected), expected, 0.0)
-    else:
-        expected = _brute_force(features, 6, shrink)
+    expected = _brute_force(features, 6, shrink, similarity)
     tiled = torch.sparse_coo_tensor(*knn_edges(features, 6, chunk_size=32, column_tile=48, similarity=similarity,
                                                shrink=shrink), (600, 600), check_invariants=True).coalesce()
     assert torch.equal(tiled.indices(), adj.indices())
