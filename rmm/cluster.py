@@ -1,9 +1,20 @@
-"""Connect to a Ray cluster, or start a local one: the single place where the driver initialises Ray."""
+"""Connect to a Ray cluster, or start a local one: the single place where the driver initialises Ray.
+
+A local Ray is reachable from this machine only: every server of it (GCS, raylet, object manager, workers,
+dashboard and its agents) listens on 127.0.0.1, which is also why it can run without token auth. Its workers
+import the same rmm as the driver. Joining a cluster (``address``) changes nothing about that cluster: its token
+auth stays as the cluster has it (``RAY_AUTH_MODE`` and the token come from the environment, as for ``ray``).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import site
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
 
 import ray
 
@@ -11,7 +22,10 @@ from rmm.config import RayConfig
 
 log = logging.getLogger(__name__)
 
-# Local and test clusters need no auth token file, report no usage stats, and check Train workers often.
+LOOPBACK = "127.0.0.1"
+
+# A local Ray (loopback only, see above) needs no auth token file, reports no usage stats, and checks Train
+# workers often. Never applied when joining a cluster.
 _LOCAL_ENV = {
     "RAY_AUTH_MODE": "disabled",
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -26,12 +40,62 @@ def init_ray(cfg: RayConfig, address: str | None = None) -> None:
     session cluster this way)."""
     if ray.is_initialized():
         return
-    for key, value in _LOCAL_ENV.items():
-        os.environ.setdefault(key, value)
     address = address or cfg.address
     if address:
         log.info("connecting to Ray at %s", address)
-        ray.init(address=address, log_to_driver=True)
-    else:
+        # a Ray on this machine's loopback (a local Ray of another rmm process) is joined on loopback too
+        with _single_node() if _on_loopback(address) else contextlib.nullcontext():
+            ray.init(address=address, log_to_driver=True)
+        return
+    for key, value in _LOCAL_ENV.items():
+        os.environ.setdefault(key, value)
+    env_vars = {key: os.environ[key] for key in _LOCAL_ENV}
+    env_vars.update(_driver_rmm_path())
+    with _single_node():
         ray.init(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, include_dashboard=cfg.dashboard,
-                 runtime_env={"env_vars": {k: os.environ[k] for k in _LOCAL_ENV}})
+                 dashboard_host=LOOPBACK, _node_ip_address=LOOPBACK,
+                 runtime_env={"env_vars": env_vars, "worker_process_setup_hook": f"{__name__}.worker_setup"})
+
+
+def worker_setup() -> None:
+    """The setup hook of a local Ray's workers; importing it is its work. Ray puts the driver's working directory
+    (and script folder) in front of a worker's ``sys.path`` only when the worker runs its first task, so a second
+    rmm checkout in that directory would win every later ``import rmm``. The hook runs before: it imports rmm
+    from the worker's ``PYTHONPATH``, which :func:`init_ray` starts with the driver's rmm, and every later import
+    of ``rmm.*`` resolves inside that package."""
+
+
+def _driver_rmm_path() -> dict[str, str]:
+    """``PYTHONPATH`` for a local Ray's workers, led by the folder holding the rmm package this driver imported
+    (nothing to add when that is a site-packages folder: workers search it anyway)."""
+    import rmm
+
+    home = str(Path(rmm.__file__).resolve().parents[1])
+    if home in {str(Path(p).resolve()) for p in site.getsitepackages()}:
+        return {}
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != home]
+    return {"PYTHONPATH": os.pathsep.join([home, *rest])}
+
+
+def _on_loopback(address: str) -> bool:
+    """Whether a Ray address (``host:port``, ``ray://host:port``, ``auto``) names this machine's loopback."""
+    host = urllib.parse.urlsplit(address if "://" in address else f"//{address}").hostname
+    return host in {"127.0.0.1", "localhost", "::1"}
+
+
+@contextlib.contextmanager
+def _single_node() -> Iterator[None]:
+    """Ray 2.60 replaces a loopback ``_node_ip_address`` with this host's outward address (and its servers then
+    listen on every interface) unless multi-node clusters are off, as on macOS and Windows, where
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is the default; that variable is read once, when ray is imported, so
+    the setting it controls is switched off here while a local Ray, a single node by definition, starts (or is
+    joined: an address ``127.0.0.1:PORT`` would otherwise be rewritten to the outward address, where that Ray
+    does not listen)."""
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved

@@ -1,5 +1,7 @@
-"""``rmm submit`` against a real Ray head started for this module (``ray start --head`` on free loopback ports):
-the quickstart at a small size runs as a job to SUCCEEDED and writes its outputs; --status, --logs and --stop.
+"""``rmm submit``: what a job uploads (``--dry-run``, no cluster: a temporary project holding secrets, with and
+without git), and against a real Ray head started for this module (``ray start --head`` on free loopback ports):
+the quickstart at a small size runs as a job to SUCCEEDED and writes its outputs; --status, --logs and --stop; the
+files the head unpacked for a job are exactly the dry run's list.
 
 The head is stopped whatever the outcome, by signalling the processes this module started (the ``ray start
 --block`` process, which drains and stops its node, then any survivor among its descendants, by pid). Not
@@ -30,8 +32,7 @@ from pathlib import Path
 import pytest
 
 from rmm.cli import main
-
-pytestmark = pytest.mark.ray
+from rmm.submit import plan_upload, stage
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -92,9 +93,12 @@ def ray_head() -> Iterator[Head]:
     # <temp-dir>/ray_current_cluster, where no other `ray.init()` on the machine looks.
     temp_dir = tempfile.mkdtemp(prefix="rmm-head-", dir="/tmp")
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
-    # No drain on SIGTERM: a test head has nothing to hand over, and draining waits up to 30 s.
+    # No drain on SIGTERM: a test head has nothing to hand over, and draining waits up to 30 s. Without
+    # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, Ray replaces --node-ip-address=127.0.0.1 with the host's outward
+    # address and its servers listen on every interface (the job drivers inherit the setting and join on loopback).
     env.update(PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", RAY_AUTH_MODE="disabled",
-               RAY_USAGE_STATS_ENABLED="0", RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
+               RAY_USAGE_STATS_ENABLED="0", RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
+               RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
     command = [str(ray_script), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
                f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
                f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
@@ -127,6 +131,7 @@ def submitted_job_id(printed: str) -> str:
     return match.group(1)
 
 
+@pytest.mark.ray
 def test_quickstart_job_succeeds_on_a_real_head(ray_head: Head, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(REPO)  # the job uploads the working directory
@@ -156,6 +161,7 @@ def test_quickstart_job_succeeds_on_a_real_head(ray_head: Head, tmp_path: Path, 
     assert "done: outputs in" in capsys.readouterr().out
 
 
+@pytest.mark.ray
 def test_no_wait_then_stop(ray_head: Head, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                            capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(REPO)
@@ -195,6 +201,7 @@ def _probe_wheel(directory: Path) -> Path:
     return wheel
 
 
+@pytest.mark.ray
 def test_job_with_pip_packages_writes_to_a_uri_output_dir(ray_head: Head, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
@@ -213,6 +220,7 @@ def test_job_with_pip_packages_writes_to_a_uri_output_dir(ray_head: Head, tmp_pa
     assert "rmm_probe" in setup, "Ray did not install the --pip wheel into the job's environment"
 
 
+@pytest.mark.ray
 def test_unknown_job_and_missing_config_are_one_line(ray_head: Head, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["submit", "--address", ray_head.address, "--status", "raysubmit_nosuchjob"]) == 2
     err = capsys.readouterr().err
@@ -222,3 +230,104 @@ def test_unknown_job_and_missing_config_are_one_line(ray_head: Head, capsys: pyt
     assert main(["submit", str(REPO / "configs" / "quickstart.yaml"), "--address", ray_head.address,
                  "--pip", "no-such-requirements.txt"]) == 2
     assert "no-such-requirements.txt" in capsys.readouterr().err
+
+
+# What a job uploads ------------------------------------------------------------------------------------------
+
+PROJECT_FILES = {"pyproject.toml", "README.md", "configs/probe-job.yaml", "pkg/__init__.py", "pkg/model.py",
+                 "pkg/data/ids.csv"}
+SECRETS = {".env": "TOKEN=abc\n", ".env.local": "TOKEN=abc\n", "id_rsa": "-----BEGIN OPENSSH PRIVATE KEY-----\n",
+           "deploy/id_ed25519": "key\n", ".aws/credentials": "[default]\n", ".ssh/config": "Host *\n",
+           "certs/server.pem": "pem\n", "certs/server.key": "key\n", "gcp-credentials.json": "{}\n",
+           "secrets.yaml": "password: x\n", "runs/x": "output\n", ".venv/lib/site.py": "x = 1\n",
+           "pkg/__pycache__/model.cpython-311.pyc": "", "rmm_probe.egg-info/PKG-INFO": "x\n"}
+
+
+def make_project(root: Path, git: bool) -> Path:
+    """A project folder: rmm-style package files and a config, beside secrets a job must never upload
+    (``secrets.yaml`` only through ``.gitignore``, the rest through the deny-list)."""
+    files = {name: f"# {name}\n" for name in PROJECT_FILES} | SECRETS
+    files["configs/probe-job.yaml"] = (REPO / "configs" / "quickstart.yaml").read_text()
+    files[".gitignore"] = "secrets.yaml\n"
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    if git:
+        subprocess.run(["git", "init", "-q", str(root)], check=True)
+        subprocess.run(["git", "-C", str(root), "add", "pyproject.toml", "pkg"], check=True)
+    return root
+
+
+def dry_run_listing(printed: str) -> dict[str, str]:
+    """``{path: size}`` from the dry run's listing lines."""
+    rows = [line.split() for line in printed.splitlines() if line.startswith("  ")]
+    return {row[-1]: " ".join(row[:-1]) for row in rows}
+
+
+@pytest.mark.parametrize("git", [False, pytest.param(True, marks=pytest.mark.skipif(
+    shutil.which("git") is None, reason="no git"))], ids=["gitignore-read-by-rmm", "git-ls-files"])
+def test_dry_run_lists_the_project_and_no_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str], git: bool) -> None:
+    project = make_project(tmp_path / "project", git)
+    monkeypatch.chdir(project / "pkg")  # the project root is found above the current directory
+    assert main(["submit", "../configs/probe-job.yaml", "--dry-run", "--set", "train.epochs=1"]) == 0  # no --address
+    printed = capsys.readouterr().out
+    listing = dry_run_listing(printed)
+    assert set(listing) == PROJECT_FILES, printed
+    total = sum((project / name).stat().st_size for name in PROJECT_FILES)
+    assert f"total: {len(PROJECT_FILES)} files, {total / 1024:.1f} KiB" in printed
+    assert "python -m rmm.cli run configs/probe-job.yaml --set train.epochs=1 --ray-address auto" in printed
+
+
+def test_staged_folder_is_the_dry_run_list(tmp_path: Path) -> None:
+    """What goes to Ray (the staging folder, the job's working_dir) holds the dry run's files, byte for byte."""
+    project = make_project(tmp_path / "project", git=False)
+    upload = plan_upload(str(project / "configs" / "probe-job.yaml"), [], start=project)
+    staging = stage(upload)
+    try:
+        staged = {p.relative_to(staging).as_posix() for p in staging.rglob("*") if not p.is_dir()}
+        assert staged == set(upload.files) == PROJECT_FILES
+        assert all((staging / name).read_bytes() == (project / name).read_bytes() for name in staged)
+    finally:
+        shutil.rmtree(staging)
+
+
+def test_submit_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    project = make_project(tmp_path / "project", git=False)
+    outside = tmp_path / "elsewhere" / "job.yaml"
+    outside.parent.mkdir()
+    outside.write_text((REPO / "configs" / "quickstart.yaml").read_text())
+    (project / "runs" / "job.yaml").write_text(outside.read_text())
+    monkeypatch.chdir(project)
+    cases = [(["submit", str(outside), "--dry-run"], [str(outside), "outside the project root"]),
+             (["submit", "runs/job.yaml", "--dry-run"], ["runs/job.yaml", "would not be uploaded"]),
+             (["submit", "configs/probe-job.yaml"], ["needs --address", "--dry-run"])]
+    for argv, words in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and all(word in err for word in words), err
+    monkeypatch.chdir(outside.parent)  # no pyproject.toml here or above
+    assert main(["submit", "job.yaml", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no pyproject.toml" in err, err
+
+
+@pytest.mark.ray
+def test_head_unpacks_exactly_the_dry_run_list(ray_head: Head, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Submitted for real, the job's working directory on the head holds the dry run's files and nothing else
+    (the job runs the installed rmm: the project has no rmm package of its own)."""
+    project = make_project(tmp_path / "project", git=shutil.which("git") is not None)
+    monkeypatch.chdir(project)
+    args = ["submit", "configs/probe-job.yaml", "--set", f"output.dir={tmp_path / 'out'}", "--set", "stages=[data]",
+            "--set", "dataset.synthetic.num_users=30", "--set", "dataset.synthetic.num_items=20",
+            "--set", "dataset.synthetic.image_size=8"]
+    assert main([*args, "--dry-run"]) == 0
+    listed = set(dry_run_listing(capsys.readouterr().out))
+    assert main([*args, "--address", ray_head.address]) == 0, capsys.readouterr().out[-3000:]
+    unpacked = [folder for folder in (ray_head.temp_dir / "session_latest" / "runtime_resources").rglob("*")
+                if folder.is_dir() and (folder / "configs" / "probe-job.yaml").is_file()]
+    assert len(unpacked) == 1, unpacked
+    on_head = {p.relative_to(unpacked[0]).as_posix() for p in unpacked[0].rglob("*") if not p.is_dir()}
+    assert on_head == listed == PROJECT_FILES
