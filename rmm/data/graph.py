@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from rmm.data.schema import TRAIN, Dataset
@@ -26,6 +27,12 @@ CHUNK_ELEMENTS = 1 << 24
 #: CHUNK_ELEMENTS / I instead leaves 16 rows per block at 1M items, and the build streams the whole feature
 #: matrix from memory for every 16 rows: 3x slower.)
 KNN_ROWS = 1024
+#: Elements per chunk of :func:`row_norms` (its float64 temporaries stay at 8 MiB).
+_NORM_CHUNK_ELEMENTS = 1 << 20
+#: Largest row norm whose float32 square is finite: the bound on a ``dot`` similarity (Cauchy-Schwarz).
+_MAX_DOT_NORM = float(torch.finfo(torch.float32).max) ** 0.5
+#: Row norms whose float32 inverse is a normal float32 number: outside, cosine rows are rescaled first.
+_UNIT_NORMS = (1.0 / float(torch.finfo(torch.float32).max), 1.0 / float(torch.finfo(torch.float32).tiny))
 
 
 def to_csr(adj: Tensor) -> Tensor:
@@ -183,20 +190,69 @@ class TrainGraph:
 # ---------------------------------------------------------------------------------- item-item kNN graphs
 
 
-def valid_rows(features: Tensor) -> Tensor:
-    """Items that have a feature vector: a finite, non-zero row. Missing items are stored as zero rows
-    (feature-store contract); they must neither get neighbours nor be anyone's neighbour.
+def row_norms(features: Tensor, *, name: str | None = None) -> Tensor:
+    """Euclidean norm of every row of ``features`` as the similarities see it (cast to float32), summed in
+    float64: the float32 sum of squares overflows to ``inf`` from entries of about 1e19 (and underflows to 0
+    below 1e-19), which would make a large-but-finite row look missing. In float64 no finite float32 row
+    overflows or underflows, so a norm is ``inf`` or NaN only for a row holding a NaN, an infinity, or a
+    value beyond the float32 range (a float64 input).
+
+    Args:
+        features: one row per item.
+        name: the feature's name, for the error message.
+
+    Raises:
+        ValueError: a row's norm is not finite, naming the first such row and the fix.
+
+    Shapes:
+        features (I, d) -> (I,) float64.
+    """
+    x = features.float()
+    norms = torch.empty(len(x), dtype=torch.float64, device=x.device)
+    step = max(1, _NORM_CHUNK_ELEMENTS // max(1, x.shape[1]))
+    for start in range(0, len(x), step):
+        norms[start:start + step] = torch.linalg.vector_norm(x[start:start + step], dim=1, dtype=torch.float64)
+    bad = (~torch.isfinite(norms)).nonzero().squeeze(1)
+    if len(bad):
+        raise ValueError(f"{_feature_label(name)}: row {int(bad[0])} has a NaN, an infinity or a value beyond "
+                         f"the float32 range ({len(bad)} such rows), so its norm is not finite; rescale the feature "
+                         f"or fix those rows (re-extract or re-import it); an item without a vector must be an "
+                         f"all-zero row")
+    return norms
+
+
+def _feature_label(name: str | None) -> str:
+    return f"feature {name!r}" if name else "feature matrix"
+
+
+def valid_rows(features: Tensor, *, name: str | None = None) -> Tensor:
+    """Items that have a feature vector: a non-zero row. Missing items are stored as zero rows (feature-store
+    contract); they must neither get neighbours nor be anyone's neighbour. A non-finite row is an error, never a
+    missing item (see :func:`row_norms`).
 
     Shapes:
         features (I, d) -> (I,) bool.
     """
-    norms = features.float().norm(dim=1)
-    return torch.isfinite(norms) & (norms > 0)
+    return row_norms(features, name=name) > 0
+
+
+def unit_rows(x: Tensor) -> Tensor:
+    """Every row of ``x`` divided by its Euclidean norm, zero rows left zero; differentiable.
+
+    Rows are first divided by their largest absolute entry (a constant for the gradient: the result does not
+    depend on it), so their squares neither overflow nor underflow: ``F.normalize`` alone turns a row of 1e20
+    entries in float32 (or 300 in float16) into zeros. A zero row is divided by 1 (its gradient stays finite).
+
+    Shapes:
+        (N, d) -> (N, d).
+    """
+    largest = x.detach().abs().amax(dim=1, keepdim=True)  # (N, 1)
+    return F.normalize(x / torch.where(largest > 0, largest, 1.0), dim=1)
 
 
 def knn_edges(features: Tensor, k: int, *, chunk_size: int | None = None, similarity: str = "cosine",
-              shrink: float = 0.0, valid: Tensor | None = None,
-              column_tile: int | None = None) -> tuple[Tensor, Tensor]:
+              shrink: float = 0.0, valid: Tensor | None = None, column_tile: int | None = None,
+              name: str | None = None) -> tuple[Tensor, Tensor]:
     r"""The ``k`` most similar other items of every item, from blocks of rows x columns merged into a running
     top-k per item, each similarity computed once for both of its items.
 
@@ -205,9 +261,13 @@ def knn_edges(features: Tensor, k: int, *, chunk_size: int | None = None, simila
     (:math:`x_i^\top x_j`). Both are symmetric, so only the blocks on and above the diagonal are computed
     (half the brute-force work): a block's row-wise top-k feeds its rows' lists and its column-wise top-k its
     columns' lists. An item is never its own neighbour. Invalid items (``valid`` False; by default those with
-    a zero or non-finite row, see :func:`valid_rows`) have their similarity row and column masked: they get no
+    an all-zero row, see :func:`valid_rows`) have their similarity row and column masked: they get no
     neighbours and are nobody's neighbour, so a missing feature never yields NaN. An item with fewer than
     ``k`` valid others keeps all of them.
+
+    Norms are summed in float64 (:func:`row_norms`), so the cosine of large or tiny but finite rows is exact
+    (it does not depend on a row's scale); a valid row with a NaN or an infinity raises instead of dropping out,
+    and so does a ``dot`` similarity that could overflow float32 (a row norm above ~1.8e19).
 
     Args:
         features: one row per item.
@@ -218,6 +278,10 @@ def knn_edges(features: Tensor, k: int, *, chunk_size: int | None = None, simila
         similarity: ``cosine`` or ``dot``.
         shrink: added to the cosine denominator; damps the similarity of low-norm rows.
         valid: which items take part; ``valid_rows(features)`` when None.
+        name: the feature's name, for error messages.
+
+    Raises:
+        ValueError: bad arguments; a taking-part row that is not finite; ``dot`` norms that overflow.
 
     Returns:
         ``index`` (2, E) int64 (row = item, col = neighbour; rows ascending, within a row by decreasing
@@ -230,14 +294,19 @@ def knn_edges(features: Tensor, k: int, *, chunk_size: int | None = None, simila
     if features.ndim != 2:
         raise ValueError(f"features must be a (num_items, dim) matrix, got shape {tuple(features.shape)}")
     num_items, device = features.shape[0], features.device
-    valid = valid_rows(features) if valid is None else valid.to(device=device, dtype=torch.bool)
+    norms = None
+    if valid is None:
+        norms = row_norms(features, name=name)
+        valid = norms > 0
+    else:
+        valid = valid.to(device=device, dtype=torch.bool)
     k = min(k, num_items - 1)
     if k < 1 or not bool(valid.any()):
         return torch.empty(2, 0, dtype=torch.long, device=device), torch.empty(0, device=device)
     chunk_size = min(num_items, chunk_size or KNN_ROWS)
     column_tile = column_tile or max(1, CHUNK_ELEMENTS // chunk_size)
     with torch.no_grad():
-        blocks = _SimilarityBlocks(features, valid, similarity, shrink)
+        blocks = _SimilarityBlocks(features, valid, similarity, shrink, norms=norms, name=name)
         top = _RunningTopK(num_items, k, device)
         for start in range(0, num_items, chunk_size):
             _merge_row_chunk(blocks, top, start, min(start + chunk_size, num_items), column_tile)
@@ -245,22 +314,42 @@ def knn_edges(features: Tensor, k: int, *, chunk_size: int | None = None, simila
 
 
 class _SimilarityBlocks:
-    """Similarities of any rows x columns block of the items, with invalid items' entries at ``-inf``.
+    r"""Similarities of any rows x columns block of the items, with invalid items' entries at ``-inf``.
 
-    Plain cosine scales both operands by their inverse norms (O((R + C) d) per block) instead of dividing the
-    block by an outer product of norms (O(R C), as costly as a third of the matrix product); cosine with shrink
-    needs that division. Blocks and column operands are written into buffers reused from block to block: a
-    fresh 64 MiB result per block costs its page faults, ~25% of the matrix product on 2 CPU cores.
+    Cosine scales both operands by their inverse norms (O((R + C) d) per block) instead of dividing the block by
+    an outer product of norms (O(R C), as costly as a third of the matrix product), so the product never
+    overflows whatever the rows' scale; shrink then divides the block by :math:`1 + a_i a_j` with
+    :math:`a_i = \sqrt{s} / \lVert x_i\rVert` (the same ratio, with no product of two large norms). Blocks
+    and column operands are written into buffers reused from block to block: a fresh 64 MiB result per block
+    costs its page faults, ~25% of the matrix product on 2 CPU cores.
     """
 
-    def __init__(self, features: Tensor, valid: Tensor, similarity: str, shrink: float) -> None:
+    def __init__(self, features: Tensor, valid: Tensor, similarity: str, shrink: float, *,
+                 norms: Tensor | None = None, name: str | None = None) -> None:
         x = features.float()  # no copy for float32 input: at 1M x 384 a copy is another 1.5 GB
         if not bool(valid.all()):
             x = torch.where(valid.unsqueeze(1), x, 0.0)  # (I, d); invalid rows zeroed (no NaN)
+        # float64 (I,): ``norms`` are those of ``features``; invalid rows count as zero.
+        norms = row_norms(x, name=name) if norms is None else torch.where(valid, norms, 0.0)
+        present = valid & (norms > 0)
+        if similarity == "dot" and bool((norms > _MAX_DOT_NORM).any()):
+            row = int((norms > _MAX_DOT_NORM).nonzero()[0, 0])
+            raise ValueError(f"{_feature_label(name)}: row {row} has norm "
+                             f"{float(norms[row]):.3g}, so its dot similarities overflow float32 (above "
+                             f"{_MAX_DOT_NORM:.3g}); rescale the feature or use cosine similarity")
+        unit_norms = norms
+        extreme = (present & ((norms < _UNIT_NORMS[0]) | (norms > _UNIT_NORMS[1]))).nonzero().squeeze(1)
+        if similarity == "cosine" and len(extreme):
+            # 1 / norm is no normal float32: scale these rows by a power of two (exact) to a norm in [0.5, 1).
+            scale = torch.ldexp(torch.ones_like(norms[extreme]), -torch.frexp(norms[extreme]).exponent)
+            x = x.index_copy(0, extreme, (x[extreme].double() * scale.unsqueeze(1)).float())  # a copy
+            unit_norms = norms.index_copy(0, extreme, row_norms(x[extreme]))
         self.x, self.similarity, self.shrink = x, similarity, shrink
         self.invalid = (~valid).nonzero().squeeze(1)  # (n_invalid,)
-        self.norms = x.norm(dim=1)
-        self.inverse_norms = torch.where(valid, 1.0 / self.norms.clamp_min(1e-12), 0.0)
+        self.inverse_norms = torch.where(present, 1.0 / unit_norms, 0.0).float()  # (I,)
+        # a_i = sqrt(s) / |x_i|, capped where a tiny norm makes it overflow (then a_i a_j = inf: similarity 0).
+        self.shrink_ratios = torch.where(present, shrink ** 0.5 / norms, 0.0).clamp_max(
+            torch.finfo(torch.float32).max).float()  # (I,)
         self._scratch: dict[str, Tensor] = {}
 
     def _buffer(self, name: str, shape: tuple[int, int]) -> Tensor:
@@ -274,7 +363,7 @@ class _SimilarityBlocks:
         """Rows ``start:stop`` as one side of a block product; with ``reuse`` it may live in a buffer that the
         next such call overwrites. Shapes: (stop - start, d)."""
         rows = self.x[start:stop]
-        if self.similarity != "cosine" or self.shrink > 0:
+        if self.similarity != "cosine":
             return rows
         scale = self.inverse_norms[start:stop].unsqueeze(1)
         return torch.mul(rows, scale, out=self._buffer("operand", rows.shape)) if reuse else rows * scale
@@ -285,8 +374,9 @@ class _SimilarityBlocks:
         sim = torch.mm(rows, self.operand(col_start, col_stop, reuse=True).T,
                        out=self._buffer("block", (len(rows), col_stop - col_start)))  # (R, C)
         if self.similarity == "cosine" and self.shrink > 0:
-            row_norms = self.norms[row_start:row_start + len(rows)]
-            sim.div_(torch.outer(row_norms, self.norms[col_start:col_stop]).add_(self.shrink).clamp_min_(1e-12))
+            ratios = torch.outer(self.shrink_ratios[row_start:row_start + len(rows)],
+                                 self.shrink_ratios[col_start:col_stop], out=self._buffer("shrink", sim.shape))
+            sim.div_(ratios.add_(1.0))  # cos / (1 + s / (|x_i| |x_j|)) = x_i.x_j / (|x_i| |x_j| + s)
         if len(self.invalid):
             rows_out = self.invalid[(self.invalid >= row_start) & (self.invalid < row_start + len(rows))]
             cols_out = self.invalid[(self.invalid >= col_start) & (self.invalid < col_stop)]
@@ -367,7 +457,7 @@ def _offer_columns(top: _RunningTopK, sim: Tensor, row_start: int, col_start: in
 
 
 def knn_graph(features: Tensor, k: int, *, chunk_size: int | None = None, similarity: str = "cosine",
-              shrink: float = 0.0, valid: Tensor | None = None) -> Tensor:
+              shrink: float = 0.0, valid: Tensor | None = None, name: str | None = None) -> Tensor:
     """Sparse top-``k`` item-item similarity graph (see :func:`knn_edges`), never a dense I x I matrix.
 
     Row ``i`` holds item ``i``'s neighbours weighted by their similarity; the graph is directed (``j`` in
@@ -377,7 +467,7 @@ def knn_graph(features: Tensor, k: int, *, chunk_size: int | None = None, simila
         features (I, d) -> (I, I) float32 sparse COO, coalesced, at most k entries per row.
     """
     index, values = knn_edges(features, k, chunk_size=chunk_size, similarity=similarity, shrink=shrink,
-                              valid=valid)
+                              valid=valid, name=name)
     num_items = features.shape[0]
     return torch.sparse_coo_tensor(index, values, (num_items, num_items), check_invariants=True).coalesce()
 
@@ -465,7 +555,11 @@ class KNNSpec:
         if self.shrink < 0:
             raise ValueError(f"shrink must be >= 0, got {self.shrink}")
 
-    def build(self, features: Tensor, *, chunk_size: int | None = None) -> Tensor:
-        """The normalised kNN graph of ``features`` in memory. Shapes: (I, d) -> (I, I) sparse COO."""
-        adj = knn_graph(features, self.k, chunk_size=chunk_size, similarity=self.similarity, shrink=self.shrink)
+    def build(self, features: Tensor, *, chunk_size: int | None = None, name: str | None = None) -> Tensor:
+        """The normalised kNN graph of ``features`` (named ``name`` in errors) in memory.
+
+        Shapes: (I, d) -> (I, I) sparse COO.
+        """
+        adj = knn_graph(features, self.k, chunk_size=chunk_size, similarity=self.similarity, shrink=self.shrink,
+                        name=name)
         return normalize_graph(adj, self.normalization, binary=self.binary)

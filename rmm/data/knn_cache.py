@@ -26,8 +26,9 @@ from rmm.data.graph import KNNSpec
 
 log = logging.getLogger(__name__)
 
-#: Bumped when the graph construction changes, so old files miss instead of being reused.
-FORMAT_VERSION = 1
+#: Bumped when the graph construction changes, so old files miss instead of being reused (2: norms in float64,
+#: so features of large or tiny scale no longer build an empty graph).
+FORMAT_VERSION = 2
 
 
 def feature_digest(features: Tensor) -> str:
@@ -45,7 +46,7 @@ def cache_key(features: Tensor, spec: KNNSpec) -> str:
 
 
 def cached_knn_graph(features: Tensor, spec: KNNSpec, *, cache_dir: str | Path | None,
-                     chunk_size: int | None = None) -> Tensor:
+                     chunk_size: int | None = None, name: str | None = None) -> Tensor:
     """``spec.build(features)``, read from ``cache_dir`` when built before, else built and written there.
 
     Args:
@@ -53,12 +54,13 @@ def cached_knn_graph(features: Tensor, spec: KNNSpec, *, cache_dir: str | Path |
         spec: the graph to build (a model's ``item_graph_spec``).
         cache_dir: directory of ``knn-<key>.pt`` files, created on demand; None builds in memory only.
         chunk_size: rows per similarity block (memory bound only; not part of the key).
+        name: the feature's name, for error messages (not part of the key).
 
     Returns:
         (I, I) float32 sparse COO, coalesced, on the CPU.
     """
     if cache_dir is None:
-        return spec.build(features.cpu(), chunk_size=chunk_size)
+        return spec.build(features.cpu(), chunk_size=chunk_size, name=name)
     key = cache_key(features, spec)
     path = Path(cache_dir) / f"knn-{key}.pt"
     if path.exists():
@@ -73,7 +75,7 @@ def cached_knn_graph(features: Tensor, spec: KNNSpec, *, cache_dir: str | Path |
             return graph
     log.info("kNN graph cache miss: building %s (k=%d, %s) for %d items", path.name, spec.k, spec.similarity,
              features.shape[0])
-    graph = spec.build(features.cpu(), chunk_size=chunk_size)
+    graph = spec.build(features.cpu(), chunk_size=chunk_size, name=name)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)

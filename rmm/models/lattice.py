@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rmm.config import require_at_least
-from rmm.data.graph import KNNSpec, TrainGraph, knn_edges, normalize_edges, to_csr
+from rmm.data.graph import KNNSpec, TrainGraph, knn_edges, normalize_edges, to_csr, unit_rows
 from rmm.models.base import DEFAULT_FUSION, EmbeddingRecommender, register
 from rmm.models.layers import FeatureBank, aggregate, projections, propagate, sparse_matmul
 
@@ -118,8 +118,9 @@ class LATTICE(EmbeddingRecommender):
     def _learned_structure(self) -> list[Tensor]:
         """The kNN pairs of each modality's projected features (no gradient). Shapes: (2, E_m) each."""
         with torch.no_grad():
-            return [knn_edges(proj(x), self.cfg.knn_k, valid=valid)[0]
-                    for proj, x, valid in zip(self.projections, self.features.matrices(), self.features.valid())]
+            return [knn_edges(proj(x), self.cfg.knn_k, valid=valid, name=f"{name} (projected)")[0]
+                    for proj, x, valid, name in zip(self.projections, self.features.matrices(),
+                                                    self.features.valid(), self.features.names)]
 
     def _learned_weights(self, learned_index: list[Tensor]) -> tuple[Tensor, Tensor]:
         r"""The learned graph's edge weights, :math:`(1 - \lambda)\,\mathcal{N}(\sum_m \alpha_m \hat{S}^m)` on
@@ -131,7 +132,7 @@ class LATTICE(EmbeddingRecommender):
         alpha = torch.softmax(self.modal_weight, dim=0)  # (M,)
         values = []
         for m, (proj, x) in enumerate(zip(self.projections, self.features.matrices())):
-            z = F.normalize(proj(x), dim=1)  # (I, feat_embed_dim)
+            z = unit_rows(proj(x))  # (I, feat_embed_dim); scale-safe: features of 1e30 do not become zeros
             index = learned_index[m]
             values.append(alpha[m] * (z[index[0]] * z[index[1]]).sum(-1))  # cosine of each kept pair
         index = torch.cat(learned_index, dim=1)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import torch.nn.functional as F
 from torch import Tensor
 
-from rmm.data.graph import TrainGraph
+from rmm.data.graph import TrainGraph, unit_rows
 from rmm.models.base import DEFAULT_FUSION, TrainingFreeRecommender, register
 from rmm.models.layers import FeatureBank
 
@@ -41,7 +40,7 @@ class ProfileMatching(TrainingFreeRecommender):
     def __init__(self, graph: TrainGraph, features: Mapping[str, Tensor], cfg: ProfileConfig, *,
                  fusion: str = DEFAULT_FUSION) -> None:
         super().__init__(graph, features, cfg, fusion=fusion)
-        self.features = FeatureBank({name: F.normalize(m.float(), dim=1) for name, m in features.items()})
+        self.features = FeatureBank({name: unit_rows(m.float()) for name, m in features.items()})
         self.raw = FeatureBank(features) if not cfg.normalize_items else None
         self.history = graph.user_items()
 
@@ -49,5 +48,5 @@ class ProfileMatching(TrainingFreeRecommender):
         units = self.features.matrices()
         sources = units if self.raw is None else self.raw.matrices()
         history = self.history.sparse(users, mean=True).to(units[0].device)  # (B, I), rows sum to 1
-        scores = sum(F.normalize(history @ x, dim=1) @ unit.T for x, unit in zip(sources, units))  # (B, I)
+        scores = sum(unit_rows(history @ x) @ unit.T for x, unit in zip(sources, units))  # (B, I)
         return scores / len(units)

@@ -1,4 +1,5 @@
-"""Item-item kNN graphs: brute-force agreement, chunking, missing features, normalisation, the disk cache."""
+"""Item-item kNN graphs: brute-force agreement, chunking, missing and degenerate features, normalisation, the disk
+cache."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from rmm.data import graph as graph_module
-from rmm.data.graph import KNNSpec, TrainGraph, combine_graphs, knn_edges, knn_graph, normalize_graph, valid_rows
+from rmm.data.graph import (KNNSpec, TrainGraph, combine_graphs, knn_edges, knn_graph, normalize_graph, row_norms,
+                            unit_rows, valid_rows)
 from rmm.data.knn_cache import cache_key, cached_knn_graph
 
 NUM_ITEMS, DIM, K = 23, 5, 4
@@ -88,12 +91,11 @@ def test_missing_items_get_no_neighbours_and_are_nobodys_neighbour() -> None:
     features = _features(3)
     missing = torch.tensor([0, 7, 8])
     features[missing] = 0.0
-    features[9, 0] = float("nan")  # a corrupt row is treated as missing too
     adj = knn_graph(features, K, chunk_size=4)
     index, values = adj.indices(), adj.values()
 
     assert torch.isfinite(values).all()
-    gone = torch.tensor([0, 7, 8, 9])
+    gone = missing
     assert not torch.isin(index, gone).any()
     assert torch.equal(valid_rows(features), ~torch.isin(torch.arange(NUM_ITEMS), gone))
     present = ~torch.isin(torch.arange(NUM_ITEMS), gone)
@@ -101,6 +103,74 @@ def test_missing_items_get_no_neighbours_and_are_nobodys_neighbour() -> None:
     for normalization in ("sym", "row"):
         normed = normalize_graph(adj, normalization, binary=True)
         assert torch.isfinite(normed.values()).all()
+
+
+@pytest.mark.parametrize("scale", [1e30, 1e-30, "near float32 max", "subnormal"])
+@pytest.mark.parametrize("shrink", [0.0, 10.0])
+def test_cosine_neighbours_do_not_depend_on_the_features_scale(scale: float | str, shrink: float) -> None:
+    """Cosine is scale-invariant, so rows of 1e30 (whose float32 squares overflow) or 1e-30 (underflow) keep
+    their neighbours instead of all looking missing; a zero row still is missing. With shrink, the reference is
+    the float64 formula on the scaled rows."""
+    features = _features(5)
+    features[[3, 17]] = 0.0
+    if scale == "near float32 max":
+        scaled = features / features.abs().amax(1, keepdim=True).clamp_min(1e-30) * 3e38
+    elif scale == "subnormal":
+        scaled = features / features.abs().amax(1, keepdim=True).clamp_min(1e-30) * 1e-40
+    else:
+        scaled = features * scale
+    assert torch.isfinite(scaled).all() and torch.equal(valid_rows(scaled), valid_rows(features))
+    index, values = knn_edges(scaled, K, chunk_size=5, shrink=shrink)
+    if shrink == 0:
+        reference_index, reference_values = knn_edges(features, K, chunk_size=5)
+        assert torch.equal(index, reference_index)
+        assert torch.allclose(values, reference_values, atol=1e-4 if scale == "subnormal" else 1e-6)
+    else:
+        expected = _brute_force(scaled.double(), K, shrink).float()
+        adj = torch.sparse_coo_tensor(index, values, (NUM_ITEMS, NUM_ITEMS), check_invariants=True).to_dense()
+        assert torch.allclose(adj, expected, atol=1e-6)
+    assert not torch.isin(index, torch.tensor([3, 17])).any()
+    assert torch.equal(torch.bincount(index[0], minlength=NUM_ITEMS) == K, valid_rows(features))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_a_non_finite_row_raises_naming_the_row_and_feature(value: float) -> None:
+    features = _features(6)
+    features[9, 2] = value
+    with pytest.raises(ValueError, match=r"^feature 'image': row 9 has a NaN, an infinity .*rescale the feature"):
+        KNNSpec(k=K).build(features, name="image")
+    with pytest.raises(ValueError, match=r"^feature matrix: row 9 "):
+        valid_rows(features)
+    for similarity in ("cosine", "dot"):
+        with pytest.raises(ValueError, match=r"row 9"):
+            knn_edges(features, K, similarity=similarity)
+    keep = torch.arange(NUM_ITEMS) != 9  # a caller that declares the row invalid gets a graph without it
+    index, values = knn_edges(features, K, valid=keep)
+    assert torch.isfinite(values).all() and not (index == 9).any()
+
+
+def test_float64_rows_beyond_float32_and_overflowing_dot_products_raise() -> None:
+    features = _features(7).double()
+    features[4, 0] = 1e39  # finite in float64, inf once cast for the similarity
+    with pytest.raises(ValueError, match=r"row 4 has a NaN, an infinity or a value beyond the float32 range"):
+        knn_graph(features, K)
+    large = _features(7) * 1e30  # cosine is fine (see above); a dot product of two such rows is 1e60
+    with pytest.raises(ValueError, match=r"^feature 'text': row 0 has norm .* overflow float32.*rescale"):
+        knn_edges(large, K, similarity="dot", name="text")
+
+
+def test_row_norms_are_exact_at_any_scale_and_unit_rows_too() -> None:
+    features = _features(8)
+    features[5] = 0.0
+    for scale in (1e30, 1e-30):
+        ratio = row_norms(features * scale) / (features.double().norm(dim=1) * scale)
+        assert torch.allclose(ratio[features.norm(dim=1) > 0], torch.ones(NUM_ITEMS - 1, dtype=torch.float64))
+        x = (features * scale).requires_grad_()
+        unit = unit_rows(x)
+        assert torch.allclose(unit, F.normalize(features, dim=1), atol=1e-6)
+        assert torch.equal(unit[5], torch.zeros(DIM))
+        (unit * torch.randn(NUM_ITEMS, DIM)).sum().backward()
+        assert torch.isfinite(x.grad).all()
 
 
 def test_all_missing_or_k_above_catalogue_size() -> None:

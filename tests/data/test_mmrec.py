@@ -11,7 +11,7 @@ import pytest
 from rmm.config import Config, ConfigError, DatasetConfig, OutputConfig, SyntheticConfig
 from rmm.data.prepare import prepare_dataset
 from rmm.data.schema import TEST, TRAIN, VALID, DataError, load_dataset
-from rmm.features.store import load_feature, read_manifest
+from rmm.features.store import NONFINITE_REASON, load_feature, read_manifest
 
 HEADER = "userID\titemID\trating\ttimestamp\tx_label\n"
 
@@ -54,6 +54,34 @@ def test_features_are_reordered_to_new_item_ids(tmp_path: Path):
     assert manifest["kind"] == "imported" and manifest["source"].endswith("image_feat.npy")
     assert dataset.info["features"] == ["mmrec_image", "mmrec_text"]
     assert dataset.info["skipped"]["items_without_interactions"] == {"count": 1, "examples": ["3"]}
+    assert dataset.info["skipped"]["non_finite_rows_in_image_feat.npy"] == {"count": 0, "examples": []}
+
+
+def test_non_finite_feature_rows_are_stored_as_failed_zero_rows(tmp_path: Path):
+    """As extraction does with an encoder's NaN output: the item stays, its vector becomes a zero row listed as
+    failed in the manifest, and dataset.json counts the file's bad rows by itemID."""
+    folder = write_mmrec(tmp_path / "mmrec", ROWS)
+    image = np.load(folder / "image_feat.npy")
+    image[2, 1], image[4, 0], image[3, 0] = np.nan, np.inf, -np.inf  # item 3 has no interaction: never stored
+    np.save(folder / "image_feat.npy", image)
+    text = np.load(folder / "text_feat.npy").astype(np.float64)
+    text[5, 2] = 1e39  # finite in float64, infinite in the store's float32
+    np.save(folder / "text_feat.npy", text)
+    cfg = config(tmp_path, folder, split="predefined")
+    dataset = load_dataset(prepare_dataset(cfg))
+
+    assert dataset.items["source_id"].tolist() == ["0", "1", "2", "4", "5"]  # no item dropped
+    skipped = dataset.info["skipped"]
+    assert skipped["non_finite_rows_in_image_feat.npy"] == {"count": 3, "examples": ["2", "3", "4"]}
+    assert skipped["non_finite_rows_in_text_feat.npy"] == {"count": 1, "examples": ["5"]}
+    image_store, text_store = (load_feature(cfg.feature_root, name) for name in ("mmrec_image", "mmrec_text"))
+    assert np.isfinite(image_store).all() and np.isfinite(text_store).all()
+    assert image_store.tolist() == [[0, 0], [1, -1], [0, 0], [0, 0], [5, -5]]
+    assert text_store[4].tolist() == [0, 0, 0] and text_store[3].tolist() == [40, 40, 40]
+    image_manifest = read_manifest(cfg.feature_root, "mmrec_image")
+    assert image_manifest["failed"] == {"2": NONFINITE_REASON, "3": NONFINITE_REASON}
+    assert image_manifest["counts"]["failed"] == 2 and image_manifest["counts"]["done"] == 3
+    assert read_manifest(cfg.feature_root, "mmrec_text")["failed"] == {"4": NONFINITE_REASON}
 
 
 def test_predefined_split_keeps_x_label_and_drops_users_without_train(tmp_path: Path):

@@ -3,6 +3,11 @@
 MMRec ships interactions already filtered and split (``x_label`` 0/1/2) and item features as ``.npy`` with
 row = itemID, but no raw text or images. The features are imported into the feature store (re-ordered to the
 new dense ids) so models can train on exactly the features MMRec's papers report.
+
+A feature row holding a NaN or an infinity is treated as extraction treats an encoder's non-finite output: the
+item keeps its interactions, its vector is stored as a zero row listed as ``failed`` in the feature's manifest
+(:func:`rmm.features.store.write_feature`), and the rows are counted in ``dataset.json`` under
+``skipped: non_finite_rows_in_<file>`` with their itemIDs.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from rmm.config import DatasetConfig
 from rmm.data.importers import drop_unknown_items, int_column, read_csv, require_columns
 from rmm.data.preprocess import ImportedFeature, RawData, Skips
 from rmm.data.schema import TEST, TRAIN, DataError
+from rmm.features.store import nonfinite_rows
 
 #: Feature-store name -> file in the MMRec dataset folder.
 FEATURE_FILES = {"mmrec_image": "image_feat.npy", "mmrec_text": "text_feat.npy"}
@@ -45,7 +51,7 @@ def load(cfg: DatasetConfig, skips: Skips) -> RawData:
             raise DataError(f"{inter_path}: line {bad[0] + 2}: x_label {labels[bad[0]]} is not 0, 1 or 2")
         interactions["split"] = labels.astype(np.int8)
 
-    features = _read_features(folder)
+    features = _read_features(folder, skips)
     files = {"interactions": str(inter_path)}
     if features:
         num_rows = len(next(iter(features.values())).matrix)
@@ -59,7 +65,9 @@ def load(cfg: DatasetConfig, skips: Skips) -> RawData:
     return RawData(items=items, interactions=interactions, source_files=files, features=features)
 
 
-def _read_features(folder: Path) -> dict[str, ImportedFeature]:
+def _read_features(folder: Path, skips: Skips) -> dict[str, ImportedFeature]:
+    """The feature files present in ``folder``; rows with a NaN or an infinity are recorded in ``skips`` (the
+    store zeroes them when writing)."""
     features = {}
     for name, file in FEATURE_FILES.items():
         path = folder / file
@@ -71,6 +79,9 @@ def _read_features(folder: Path) -> dict[str, ImportedFeature]:
             raise DataError(f"{path}: not a readable .npy matrix ({err})") from err
         if matrix.ndim != 2:
             raise DataError(f"{path}: expected a 2-D [items, dim] matrix, got shape {matrix.shape}")
+        if not np.issubdtype(matrix.dtype, np.number):
+            raise DataError(f"{path}: expected a numeric matrix, got dtype {matrix.dtype}")
+        skips.add(f"non_finite_rows_in_{file}", nonfinite_rows(matrix))  # row = itemID
         features[name] = ImportedFeature(matrix=matrix, source=path)
     rows = {f.source.name: len(f.matrix) for f in features.values()}
     if len(set(rows.values())) > 1:
