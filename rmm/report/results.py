@@ -1,14 +1,23 @@
 """``<out>/results.json``: the record of every training run of an output directory (DESIGN results contract).
 
-Runs are keyed by ``run_name``, so rerunning a stage replaces its records instead of piling up duplicates.
+Runs are keyed by ``run_name``, so rerunning a stage replaces its records instead of piling up duplicates. The
+file is strict JSON: a non-finite number (NaN, Infinity) is refused on write and on read.
+
+Every choice among runs (a cell of the report's table, the ID-only baseline, ``rmm recommend``'s default run, a
+sweep cell's best trial) is made on the validation metric by :func:`best_by_validation` / :func:`first_best`;
+test metrics are only reported, never used to choose.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from numbers import Real
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from rmm.errors import NotFoundError
 
 RESULTS_FILE = "results.json"
 RUNS_DIR = "runs"
@@ -17,6 +26,8 @@ RUNS_DIR = "runs"
 RUN_FILE = "run.json"
 PER_USER_FILE = "per_user_test.parquet"
 MODEL_FILE = "model.pt"
+
+T = TypeVar("T")
 
 
 def results_path(out_dir: str | Path) -> Path:
@@ -28,23 +39,92 @@ def load_results(out_dir: str | Path) -> list[dict[str, Any]]:
     path = results_path(out_dir)
     if not path.exists():
         return []
+
+    def refuse(constant: str) -> float:
+        raise ValueError(f"{path} holds {constant}, which is not JSON (results.json is strict JSON); replace it "
+                         f"with null or train that run again")
+
     try:
-        return list(json.loads(path.read_text())["runs"])
+        return list(json.loads(path.read_text(), parse_constant=refuse)["runs"])
     except (json.JSONDecodeError, KeyError) as err:
         raise ValueError(f"{path} is not a results file ({err}); expected {{\"runs\": [...]}}") from err
 
 
 def record_runs(out_dir: str | Path, records: Iterable[Mapping[str, Any]]) -> Path:
-    """Add run records, replacing earlier ones with the same ``run_name``; written atomically."""
+    """Add run records, replacing earlier ones with the same ``run_name``; written atomically.
+
+    Raises:
+        ValueError: a record holds a non-finite number (nothing is written then).
+    """
     runs = {run["run_name"]: run for run in load_results(out_dir)}
     for record in records:
+        for key, value in _numbers(record):
+            if not math.isfinite(value):
+                raise ValueError(f"run {record['run_name']}: {key} is {value}; results.json is strict JSON "
+                                 f"without NaN or Infinity (a diverged model gives NaN metrics and losses: lower "
+                                 f"train.learning_rate and train it again)")
         runs[record["run_name"]] = dict(record)
     path = results_path(out_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"runs": list(runs.values())}, indent=2, default=str))
+    tmp.write_text(json.dumps({"runs": list(runs.values())}, indent=2, default=str, allow_nan=False))
     tmp.replace(path)
     return path
+
+
+def _numbers(value: Any, key: str = "") -> Iterator[tuple[str, float]]:
+    """``(key, number)`` for every number nested in ``value``; keys join the path with ``/``
+    (``test/recall@20``, ``history/3/loss``)."""
+    if isinstance(value, Mapping):
+        for name, item in value.items():
+            yield from _numbers(item, f"{key}/{name}" if key else str(name))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _numbers(item, f"{key}/{index}" if key else str(index))
+    elif isinstance(value, Real) and not isinstance(value, bool):
+        yield key, float(value)
+
+
+def validation_metric(runs: Iterable[Mapping[str, Any]], preferred: str) -> str:
+    """The validation metric that chooses among ``runs``: ``preferred`` (the report's headline, e.g. recall@20)
+    when every run validated it; else the metric the first run early-stopped on (``config.train.metric``) when
+    every run validated that; else ``preferred`` (the runs that lack it are then chosen last)."""
+    runs = list(runs)
+    for metric in (preferred, runs[0].get("config", {}).get("train", {}).get("metric") if runs else None):
+        if metric and all(metric in (run.get("valid") or {}) for run in runs):
+            return str(metric)
+    return preferred
+
+
+def selection_key(run: Mapping[str, Any], metric: str) -> float:
+    """What chooses ``run``: its validation ``metric`` (the record's ``valid`` dict, the best epoch's); ``-inf``
+    when the run did not validate it or it is not a finite number."""
+    value = (run.get("valid") or {}).get(metric)
+    if not isinstance(value, Real) or isinstance(value, bool) or not math.isfinite(value):
+        return float("-inf")
+    return float(value)
+
+
+def first_best(items: Iterable[T], key: Callable[[T], float | None], mode: str = "max") -> T | None:
+    """The item with the highest (``mode`` max) or lowest (min) ``key``; the earliest wins a tie, an item whose
+    key is None or NaN is never chosen; None when nothing qualifies."""
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be max or min, got {mode!r}")
+    best, best_value = None, 0.0
+    for item in items:
+        value = key(item)
+        if value is None or math.isnan(value):
+            continue
+        if best is None or (value > best_value if mode == "max" else value < best_value):
+            best, best_value = item, value
+    return best
+
+
+def best_by_validation(runs: Iterable[Mapping[str, Any]], metric: str) -> Mapping[str, Any] | None:
+    """The run with the best validation ``metric`` (:func:`selection_key`; the earlier run wins a tie, a run
+    that did not validate ``metric`` is chosen only when none did); None when there is no run. Resolve
+    ``metric`` with :func:`validation_metric` over every run being compared first."""
+    return first_best(runs, lambda run: selection_key(run, metric))
 
 
 def run_dir(out_dir: str | Path, run_name: str) -> Path:
@@ -62,5 +142,5 @@ def load_run_record(out_dir: str | Path, run_name: str) -> dict[str, Any]:
     """The ``run.json`` a training run wrote (its full record, as returned by ``train_model``)."""
     path = run_dir(out_dir, run_name) / RUN_FILE
     if not path.exists():
-        raise FileNotFoundError(f"no run record {path}: run {run_name!r} did not finish")
+        raise NotFoundError(f"no run record {path}: run {run_name!r} did not finish")
     return json.loads(path.read_text())

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rmm.report.results import PER_USER_FILE, run_dir, trained_run_name
+from rmm.report.results import PER_USER_FILE, best_by_validation, run_dir, trained_run_name, validation_metric
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +107,10 @@ def is_id_only(run: Mapping[str, Any]) -> bool:
 
 
 def best_id_only(runs: Sequence[Mapping[str, Any]], metric: str) -> Mapping[str, Any] | None:
-    """The ID-only run (no content features) with the best test ``metric``; None when there is none."""
-    candidates = [r for r in runs if is_id_only(r)]
-    return max(candidates, key=lambda r: r["test"].get(metric, float("-inf")), default=None)
+    """The ID-only run (no content features) with the best *validation* ``metric`` (resolved over all ``runs``
+    by :func:`~rmm.report.results.validation_metric`; the earlier run wins a tie); None when there is none."""
+    metric = validation_metric(runs, metric)
+    return best_by_validation([r for r in runs if is_id_only(r)], metric)
 
 
 def against_baseline(out_dir: str | Path, runs: Sequence[Mapping[str, Any]], baseline: Mapping[str, Any],

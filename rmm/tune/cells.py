@@ -11,6 +11,8 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from rmm.report.results import first_best
+
 FINISHED = "finished"  # trained to the end: its run.json holds valid and test metrics
 STOPPED = "stopped"    # stopped early by the scheduler (ASHA): no test metrics
 ERROR = "error"
@@ -53,19 +55,12 @@ class Cell:
 
 def best_per_cell(outcomes: Iterable[TrialOutcome], mode: str = "max") -> list[Cell]:
     """Group ``outcomes`` by cell (in order of first appearance) and pick each cell's best finished trial by
-    ``value`` (``mode`` max or min; the earlier trial wins a tie)."""
+    ``value``, its validation metric (``mode`` max or min; the earlier trial wins a tie, a NaN value never wins),
+    with :func:`rmm.report.results.first_best`, the rule the report chooses its cells by."""
     if mode not in ("max", "min"):
         raise ValueError(f"mode must be max or min, got {mode!r}")
     groups: dict[str, list[TrialOutcome]] = {}
     for outcome in outcomes:
         groups.setdefault(outcome.cell, []).append(outcome)
-    cells = []
-    for key, trials in groups.items():
-        best = None
-        for trial in trials:
-            if trial.status != FINISHED or trial.value is None:
-                continue
-            if best is None or (trial.value > best.value if mode == "max" else trial.value < best.value):
-                best = trial
-        cells.append(Cell(key=key, best=best, trials=tuple(trials)))
-    return cells
+    return [Cell(key=key, best=first_best((t for t in trials if t.status == FINISHED), lambda t: t.value, mode),
+                 trials=tuple(trials)) for key, trials in groups.items()]

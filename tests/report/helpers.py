@@ -21,6 +21,14 @@ def per_user(recall: np.ndarray, ndcg: np.ndarray, users: Sequence[int] | None =
     return pd.DataFrame({"user_id": users.astype(np.int64), f"recall@{k}": recall, f"ndcg@{k}": ndcg})
 
 
+def record(name: str, model: str, features: Sequence[str] = (), valid: float = 0.0, test: float = 0.0, k: int = 20,
+           **extra: Any) -> dict[str, Any]:
+    """A bare results.json record with validation and test recall@k given (ndcg@k half of each)."""
+    return {"run_name": name, "stage": "train", "model": model, "features": list(features), "fusion": None,
+            "config": {"train": {"metric": f"recall@{k}"}}, "valid": {f"recall@{k}": valid, f"ndcg@{k}": valid / 2},
+            "test": {f"recall@{k}": test, f"ndcg@{k}": test / 2}, **extra}
+
+
 def write_run(out: Path, name: str, model: str, features: Sequence[str], table: pd.DataFrame,
               curve: Sequence[float] = (0.1, 0.2, 0.3), record: bool = True, k: int = 20,
               **extra: Any) -> dict[str, Any]:

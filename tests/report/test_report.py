@@ -12,8 +12,8 @@ import pytest
 
 from rmm.report.plots import BARS_FILE, CURVES_FILE, PLOTS_DIR, curve_series
 from rmm.report.significance import BETTER_MARK
-from rmm.report.tables import CSV_FILE, write_report
-from tests.report.helpers import per_user, write_run
+from rmm.report.tables import CSV_FILE, best_cells, model_by_features_table, write_report
+from tests.report.helpers import per_user, record, write_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -64,7 +64,7 @@ def test_paper_table_marks_only_the_significant_run(out: Path) -> None:
     text = cell(report, "vbpr", 5)
     assert re.fullmatch(r"\d\.\d{4} / \d\.\d{4}", text), text  # identical to the baseline: no mark
     # The footnote names the baseline and both tests.
-    assert "best ID-only baseline, lightgcn (run `train-00-lightgcn`)" in report
+    assert "ID-only baseline, lightgcn (run `train-00-lightgcn`)" in report
     assert "paired t-test" in report and "Wilcoxon signed-rank" in report and "p < 0.05" in report
 
 
@@ -106,6 +106,38 @@ def test_validation_curves_cover_runs_and_every_trial(out: Path) -> None:
     assert series["lightgcn"] == [("train-00-lightgcn", [2, 4, 6], [0.1, 0.3, 0.25])]
 
 
+def test_cells_are_chosen_on_validation_and_show_test() -> None:
+    runs = [record("image-a", "vbpr", ["image"], valid=0.2, test=0.6),  # best image run on test
+            record("image-b", "vbpr", ["image"], valid=0.4, test=0.3),  # best on validation: the cell
+            record("image-c", "vbpr", ["image"], valid=0.4, test=0.5),  # ties image-b: the earlier stays
+            record("id-a", "vbpr", valid=0.1, test=0.2), record("id-b", "vbpr", valid=0.3, test=0.1)]
+    cells = best_cells(runs)
+    assert {key: run["run_name"] for key, run in cells.items()} == {("vbpr", "image"): "image-b",
+                                                                     ("vbpr", "ID only"): "id-b"}
+    table = model_by_features_table(runs)
+    assert table[0] == "| model | ID only | image |"
+    assert table[2] == "| vbpr | 0.1000 / 0.0500 | **0.3000 / 0.1500** |"  # test values; bold: the row's best test
+
+
+def test_report_chooses_cells_and_baseline_on_validation(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0.0, 0.5, 100)
+    gain = rng.uniform(0.05, 0.3, 100)
+    # lightgcn-a validates best but tests worse than lightgcn-b; vbpr-image-a likewise against vbpr-image-b.
+    write_run(tmp_path, "train-00-lightgcn-a", "lightgcn", [], per_user(base * 0.8, base * 0.4), curve=(0.2, 0.5))
+    write_run(tmp_path, "train-01-lightgcn-b", "lightgcn", [], per_user(base, base / 2), curve=(0.2, 0.3))
+    write_run(tmp_path, "train-02-vbpr-image-a", "vbpr", ["image"], per_user(base + gain, (base + gain) / 2),
+              curve=(0.4, 0.6))
+    write_run(tmp_path, "train-03-vbpr-image-b", "vbpr", ["image"], per_user(base + 2 * gain, base / 2 + gain),
+              curve=(0.3, 0.1))
+    report = write_report(tmp_path).read_text()
+    assert "best validation Recall@20" in report and "the numbers shown are their test metrics" in report
+    assert "ID-only baseline, lightgcn (run `train-00-lightgcn-a`)" in report
+    assert cell(report, "lightgcn", 0) == f"**{np.mean(base * 0.8):.4f} / {np.mean(base * 0.4):.4f}** (baseline)"
+    image = cell(report, "vbpr", 1)
+    assert image.startswith(f"**{np.mean(base + gain):.4f}{BETTER_MARK}"), image
+
+
 def test_no_id_only_run_means_no_marks(tmp_path: Path) -> None:
     values = np.linspace(0, 1, 20)
     write_run(tmp_path, "train-00-vbpr", "vbpr", ["image"], per_user(values, values))
@@ -131,3 +163,25 @@ def test_rendering_imports_neither_ray_nor_torch(out: Path) -> None:
             "print('ray' in sys.modules, 'torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False False"
+
+
+def test_runs_on_changed_inputs_are_listed_and_left_out_of_the_tables(tmp_path: Path) -> None:
+    from rmm.config import Config, ModelConfig, OutputConfig
+    from rmm.train.identity import run_inputs
+    from tests.train.planted import write_planted_dataset
+
+    cfg = Config(output=OutputConfig(dir=str(tmp_path)))
+    write_planted_dataset(cfg.dataset_dir)
+    old_inputs = run_inputs(cfg, ModelConfig("lightgcn"), cfg.train).to_dict()
+    table = per_user(np.full(40, 0.9), np.full(40, 0.4))
+    write_run(tmp_path, "lightgcn-old", "lightgcn", [], table, inputs=old_inputs, dataset="synthetic")
+    write_planted_dataset(cfg.dataset_dir, seed=1)  # prepared again: other interactions, other split
+    current = run_inputs(cfg, ModelConfig("lightgcn"), cfg.train).to_dict()
+    write_run(tmp_path, "lightgcn-new", "lightgcn", [], per_user(np.full(40, 0.2), np.full(40, 0.1)),
+              inputs=current, dataset="synthetic")
+
+    report = write_report(tmp_path).read_text()
+    tables, changed = report.split("## Runs whose inputs changed since they trained")
+    assert "lightgcn-new" in tables and "lightgcn-old" not in tables and "0.9000" not in tables
+    assert "| lightgcn-old | lightgcn | dataset interactions.parquet |" in changed
+    assert "1 runs on the current inputs, 1 on changed ones" in report

@@ -6,15 +6,14 @@ import numpy as np
 import pytest
 
 from rmm.report.significance import BETTER_MARK, WORSE_MARK, best_id_only, paired_tests
-from tests.report.helpers import METRICS, per_user
+from tests.report.helpers import METRICS, per_user, record
 
-RNG = np.random.default_rng(0)
-BASE_RECALL = RNG.uniform(0.0, 0.5, 200)
+BASE_RECALL = np.random.default_rng(0).uniform(0.0, 0.5, 200)
 BASE = per_user(BASE_RECALL, BASE_RECALL / 2)
 
 
 def test_clearly_better_run_is_marked() -> None:
-    gain = RNG.uniform(0.05, 0.3, 200)
+    gain = np.random.default_rng(1).uniform(0.05, 0.3, 200)
     tests = paired_tests(per_user(BASE_RECALL + gain, (BASE_RECALL + gain) / 2), BASE, METRICS)
     for metric in METRICS:
         assert tests[metric].t_pvalue < 1e-6 and tests[metric].wilcoxon_pvalue < 1e-6
@@ -30,7 +29,7 @@ def test_identical_run_is_not_marked() -> None:
 
 
 def test_noise_is_not_marked_and_a_clear_drop_is_marked_worse() -> None:
-    noise = RNG.normal(0, 0.05, 200)
+    noise = np.random.default_rng(2).normal(0, 0.05, 200)
     noisy = paired_tests(per_user(BASE_RECALL + noise - noise.mean(), BASE_RECALL / 2), BASE, ["recall@20"])
     assert noisy["recall@20"].mark() == ""
     worse = paired_tests(per_user(BASE_RECALL * 0.5, BASE_RECALL / 4), BASE, METRICS)
@@ -60,10 +59,11 @@ def test_users_are_aligned_on_user_id_not_row_order() -> None:
         paired_tests(better.iloc[:10], BASE.iloc[100:], METRICS)
 
 
-def test_baseline_is_the_best_id_only_run() -> None:
-    runs = [{"run_name": "a", "features": [], "test": {"recall@20": 0.2}},
-            {"run_name": "b", "features": [], "test": {"recall@20": 0.3}},
-            {"run_name": "c", "features": ["image"], "test": {"recall@20": 0.9}}]
+def test_baseline_is_the_id_only_run_best_on_validation_not_test() -> None:
+    runs = [record("a", "lightgcn", valid=0.2, test=0.5),  # best ID-only on test
+            record("b", "bprmf", valid=0.3, test=0.1),     # best ID-only on validation: the baseline
+            record("c", "vbpr", ["image"], valid=0.9, test=0.9),
+            record("d", "lightgcn", valid=0.3, test=0.4)]  # ties b on validation: the earlier run stays
     assert best_id_only(runs, "recall@20")["run_name"] == "b"
-    assert best_id_only(runs[2:], "recall@20") is None
+    assert best_id_only(runs[2:3], "recall@20") is None
 
