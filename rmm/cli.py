@@ -11,12 +11,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from rmm.config import Config, ConfigError, load_config
+from rmm.config import Config, load_config
+from rmm.errors import UserError
 
 log = logging.getLogger("rmm")
-
-# Errors that mean "the input is wrong", answered with one line instead of a traceback (RMM_DEBUG=1 shows it).
-_USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ValueError, KeyError, FileNotFoundError)
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +29,12 @@ def _add_common_args(parser: argparse.ArgumentParser) -> None:
                         help="join this Ray cluster instead of starting a local one (e.g. auto, ray://host:10001)")
 
 
+def _add_fresh_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fresh", action="store_true",
+                        help="train from scratch even where a run with the same inputs (identity) has a checkpoint "
+                             "or finished; a sweep starts anew")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rmm", description="Multimodal recommendation at cluster scale on Ray.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -38,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run all stages the config names, in order")
     _add_config_args(run)
+    _add_fresh_arg(run)
 
     data = sub.add_parser("data", help="prepare a dataset or show its statistics")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -47,8 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_args(stats)
 
     _add_config_args(sub.add_parser("extract", help="Ray Data feature extraction into the feature store"))
-    _add_config_args(sub.add_parser("train", help="train each configured model (Ray Train)"))
-    _add_config_args(sub.add_parser("tune", help="hyperparameter sweep (Ray Tune)"))
+    for command, text in (("train", "train each configured model (Ray Train)"),
+                          ("tune", "hyperparameter sweep (Ray Tune)")):
+        parser_ = sub.add_parser(command, help=text)
+        _add_config_args(parser_)
+        _add_fresh_arg(parser_)
 
     report = sub.add_parser("report", help="tables from OUT_DIR/results.json")
     report.add_argument("out_dir", help="output directory of a run")
@@ -60,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--all", action="store_true",
                      help="top-K of every user to OUT_DIR/recommendations/top<K>.parquet (a Ray Data batch job)")
     recommend.add_argument("-k", type=int, default=10, help="how many items")
-    recommend.add_argument("--run", default=None, help="run_name from results.json (default: best test recall@20)")
+    recommend.add_argument("--run", default=None, help="run_name from results.json (default: the run with the best "
+                                                       "validation recall@20, as the report chooses)")
     recommend.add_argument("--explain", action="store_true",
                            help="name, for each recommendation, the user's history items closest to it (cosine on "
                                 "the model's item embeddings, else on its content feature)")
@@ -69,7 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     submit = sub.add_parser("submit", help="submit a config as a job to a Ray cluster (Job Submission API)")
     submit.add_argument("config", nargs="?", help="YAML config file to run on the cluster")
-    submit.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://HEAD:8265")
+    submit.add_argument("--address", default=None,
+                        help="the head's dashboard (job API) address, e.g. http://localhost:8265 through the SSH "
+                             "tunnel of `ray dashboard cluster.yaml`; required unless --dry-run")
+    submit.add_argument("--dry-run", action="store_true",
+                        help="list the files a job would upload and their total size, then exit; contacts no cluster")
     submit.add_argument("--command", dest="job_command", default="run",
                         choices=["run", "extract", "train", "tune"], help="rmm command the job runs")
     submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -95,7 +108,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "run":
         cfg = _load(args)
-        stages.run_stages(cfg)
+        stages.run_stages(cfg, fresh=args.fresh)
         print(f"done: outputs in {cfg.storage.where()} (report: {cfg.storage.where('report.md')})")
     elif args.command == "data" and args.data_command == "prepare":
         cfg = _load(args)
@@ -109,7 +122,7 @@ def dispatch(args: argparse.Namespace) -> int:
         print(json.dumps(dataset_stats(directory), indent=2))
     elif args.command in ("extract", "train", "tune"):
         cfg = _load(args)
-        result = stages.run_stage(cfg, args.command)
+        result = stages.run_stage(cfg, args.command, fresh=getattr(args, "fresh", False))
         print(f"{args.command} done: outputs in {cfg.storage.where()}")
         return 0 if result is not None else 1
     elif args.command == "report":
@@ -131,11 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return dispatch(args)
-    except _USER_ERRORS as err:
+    except UserError as err:
         if os.environ.get("RMM_DEBUG"):
             raise
-        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        print(f"rmm: error: {' '.join(str(message).split())}", file=sys.stderr)
+        print(f"rmm: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
 
 

@@ -19,24 +19,42 @@ from typing import Any, Union
 
 import yaml
 
+from rmm.errors import ConfigError
 from rmm.storage import Storage
 
 STAGES = ("data", "extract", "train", "tune", "report")
 #: ``<out>/data/<dataset>/``: where the dataset directories of an output directory live.
 DATA_DIR = "data"
+#: ``<out>/features/<dataset>/``: where the feature stores of an output directory live.
+FEATURES_DIR = "features"
 SPLITS = ("temporal_ratio", "random_ratio", "leave_last_out", "global_temporal", "predefined")
 SOURCES = ("synthetic", "mmrec", "amazon", "movielens")
+#: Full-ranking metric names (``rmm.eval.metrics.METRICS`` computes exactly these), each asked for as ``<name>@K``.
+METRIC_NAMES = ("recall", "ndcg", "precision", "hit_rate", "map")
 
 
-class ConfigError(ValueError):
-    """A configuration file or override is invalid; the message names the file, section and key."""
+def require_store_name(what: str, name: str) -> None:
+    """Raise ValueError unless ``name`` is a plain directory name of the feature store (no path separator, no
+    leading '.'), so no config value can point a stage outside the store."""
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise ValueError(f"{what} {name!r} is not a feature-store name: it must be non-empty, without '/' or "
+                         f"'\\', and not start with '.'")
+
+
+def require_positive(section: Any, *names: str) -> None:
+    """Raise ``ValueError("<name> must be > 0, got <value>")`` for the first field of ``section`` that is not."""
+    for name in names:
+        value = getattr(section, name)
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+
 
 def require_at_least(section: Any, minimum: float, *names: str) -> None:
     """Raise ``ValueError("<name> must be >= <minimum>, got <value>")`` for the first field of ``section`` below
     ``minimum``: the range check every config dataclass (sections and model hyperparameters) shares."""
     for name in names:
         value = getattr(section, name)
-        if value < minimum:
+        if value is not None and not value >= minimum:  # not >=: NaN fails too
             raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
@@ -84,8 +102,14 @@ class DatasetConfig:
             raise ValueError(f"source must be one of {list(SOURCES)}, got {self.source!r}")
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {list(SPLITS)}, got {self.split!r}")
-        if len(self.split_ratios) != 3 or abs(sum(self.split_ratios) - 1.0) > 1e-6:
-            raise ValueError(f"split_ratios must be three numbers summing to 1, got {list(self.split_ratios)}")
+        ratios = list(self.split_ratios)
+        if len(ratios) != 3 or not all(0 <= r <= 1 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
+            raise ValueError(f"split_ratios must be three numbers in [0, 1] summing to 1 (train, valid, test), "
+                             f"got {ratios}")
+        if min(ratios) <= 0:
+            part = ("train", "valid", "test")[ratios.index(min(ratios))]
+            raise ValueError(f"split_ratios {ratios} leave the {part} part empty: every part needs a share > 0 "
+                             f"(valid picks the model, test measures it)")
         if self.source != "synthetic" and not self.path:
             raise ValueError(f"source {self.source!r} needs dataset.path (the raw input)")
         if self.on_unknown_item not in ("error", "skip"):
@@ -144,11 +168,9 @@ class ExtractorConfig:
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
-        if not self.name:
-            raise ValueError("every extractor needs a name")
-        if "/" in self.name or self.name.startswith("."):
-            raise ValueError(f"extractor name {self.name!r} is a directory name: no '/', no leading '.'")
+        require_store_name("extractor name", self.name)
         require_at_least(self, 1, "batch_size", "bucket_window", "max_image_size", "max_new_tokens", "keywords_top_n")
+        require_at_least(self, 0, "num_cpus", "num_gpus")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.attn_implementation not in ("sdpa", "eager", "flash_attention_2", "flash_attention_3"):
@@ -199,6 +221,12 @@ class ModelConfig:
     fusion: str = "concat"
     params: Any = None
 
+    def __post_init__(self) -> None:
+        for feature in self.features:
+            require_store_name("feature", feature)
+        if len(set(self.features)) != len(self.features):
+            raise ValueError(f"features must not repeat, got {list(self.features)}")
+
     @property
     def label(self) -> str:
         """Readable identity used in results and reports, e.g. ``vbpr[image_stats+text_minilm|concat]``; the
@@ -238,16 +266,19 @@ class TrainConfig:
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
-        require_at_least(self, 1, "epochs", "batch_size", "eval_every", "patience", "checkpoint_every")
+        require_at_least(self, 1, "epochs", "batch_size", "eval_every", "patience", "checkpoint_every",
+                         "num_workers")
+        require_at_least(self, 0, "weight_decay")
+        require_at_least(self, -1, "max_failures")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
-        if self.num_workers < 1:
-            raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        require_positive(self, "learning_rate", "cpus_per_worker")
+        if not self.topk or any(k < 1 for k in self.topk) or len(set(self.topk)) != len(self.topk):
+            raise ValueError(f"topk must be distinct cut-offs >= 1, got {list(self.topk)}")
         name, _, k = self.metric.partition("@")
-        if not k.isdigit() or int(k) not in self.topk:
-            raise ValueError(f"metric {self.metric!r} must be '<name>@K' with K in topk {list(self.topk)}")
+        if name not in METRIC_NAMES or not k.isdigit() or int(k) not in self.topk:
+            raise ValueError(f"metric {self.metric!r} must be '<name>@K' with name one of {list(METRIC_NAMES)} "
+                             f"and K in topk {list(self.topk)}")
 
 
 @dataclass(frozen=True)
@@ -314,6 +345,10 @@ class RayConfig:
     num_gpus: int | None = None
     dashboard: bool = True
 
+    def __post_init__(self) -> None:
+        require_at_least(self, 1, "num_cpus")  # a local Ray with no CPU never schedules anything
+        require_at_least(self, 0, "num_gpus")
+
 
 @dataclass(frozen=True)
 class OutputConfig:
@@ -338,6 +373,11 @@ class Config:
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown:
             raise ValueError(f"unknown stage(s) {unknown}; valid stages: {list(STAGES)}")
+        if not self.output.dir:
+            raise ValueError("output.dir must name a directory or URI, got an empty string")
+        if self.ray.address is None and self.ray.num_cpus is not None:
+            check_fits(self, self.ray.num_cpus, self.ray.num_gpus)
+
 
     @property
     def storage(self) -> Storage:
@@ -357,7 +397,7 @@ class Config:
     @property
     def feature_root(self) -> Path:
         """The feature-store contract: ``<out>/features/<dataset>/``."""
-        return self.out_dir / "features" / self.dataset.name
+        return self.out_dir / FEATURES_DIR / self.dataset.name
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML-able form with model params flattened back into their section."""
@@ -367,6 +407,26 @@ class Config:
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
+
+
+def check_fits(cfg: Config, num_cpus: float, num_gpus: float | None) -> None:
+    """Raise ValueError when a local Ray of ``num_cpus`` CPUs (and ``num_gpus`` GPUs, None: unknown) cannot
+    place what the config asks for at once: Ray would wait for the resources forever instead of failing."""
+    train = cfg.train
+    needs = {"train.num_workers x train.cpus_per_worker": train.num_workers * train.cpus_per_worker}
+    if "tune" in cfg.stages and cfg.tune.search:
+        needs["tune.cpus_per_trial + tune.num_workers x train.cpus_per_worker"] = (
+            cfg.tune.cpus_per_trial + cfg.tune.num_workers * train.cpus_per_worker)
+    if "extract" in cfg.stages:
+        needs.update({f"extractor {e.name!r} num_cpus": e.num_cpus for e in cfg.features.extractors})
+    for what, cpus in needs.items():
+        if cpus > num_cpus:
+            raise ValueError(f"{what} = {cpus:g} CPUs, more than the {num_cpus:g} of the local Ray (ray.num_cpus): "
+                             f"Ray would wait forever; lower the former or raise ray.num_cpus")
+    if num_gpus is not None and train.use_gpu and train.num_workers > num_gpus:
+        raise ValueError(f"train.use_gpu with train.num_workers = {train.num_workers} needs {train.num_workers} "
+                         f"GPUs, the local Ray has {num_gpus:g} (ray.num_gpus); lower num_workers or set "
+                         f"use_gpu: false")
 
 
 def model_to_dict(model: ModelConfig) -> dict[str, Any]:
@@ -520,7 +580,10 @@ def build_model_config(entry: Any, section: str) -> ModelConfig:
         model_cls.check_inputs(features, fusion)
     except ValueError as err:
         raise ConfigError(f"section {section!r}: {err}") from err
-    return ModelConfig(name=str(entry["name"]), features=features, fusion=fusion, params=params)
+    try:
+        return ModelConfig(name=str(entry["name"]), features=features, fusion=fusion, params=params)
+    except ValueError as err:
+        raise ConfigError(f"section {section!r}: {err}") from err
 
 
 def build_dataclass(cls: type, data: Any, section: str, extra_valid: Sequence[str] = ()) -> Any:

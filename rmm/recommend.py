@@ -21,18 +21,21 @@ import torch
 from torch import Tensor
 
 from rmm.config import Config, OutputConfig, load_config
-from rmm.data.graph import TrainGraph
+from rmm.data.graph import TrainGraph, unit_rows
 from rmm.data.schema import Dataset, load_dataset
+from rmm.errors import ConfigError, NotFoundError, UnknownNameError
 from rmm.features.store import DESCRIPTIONS_FILE, load_feature, model_input_files
 from rmm.models.base import Recommender, build_model
 from rmm.report.results import (
     MODEL_FILE,
     RESULTS_FILE,
     RUNS_DIR,
+    best_by_validation,
     load_results,
     load_run_record,
     run_dir,
     trained_run_name,
+    validation_metric,
 )
 from rmm.report.tables import report_metrics
 from rmm.storage import Storage
@@ -53,18 +56,17 @@ class Recommendations:
 
 
 def pick_run(out_dir: str | Path, run_name: str | None) -> dict:
-    """The named run, or the run with the best test recall@K in results.json (K = 20, or the runs' own cut-off,
-    as the report's headline)."""
+    """The named run, or the run of results.json with the best *validation* recall@K (K = 20, or the runs' own
+    cut-off, as the report's headline; the earlier run wins a tie), chosen as the report chooses its cells."""
     runs = load_results(out_dir)
     if not runs:
-        raise FileNotFoundError(f"no trained runs in {out_dir}/results.json; run `rmm train CONFIG` first")
+        raise NotFoundError(f"no trained runs in {out_dir}/results.json; run `rmm train CONFIG` first")
     if run_name is None:
-        headline = report_metrics(runs)[0][0]
-        return max(runs, key=lambda r: r["test"].get(headline, 0.0))
+        return dict(best_by_validation(runs, validation_metric(runs, report_metrics(runs)[0][0])))
     for run in runs:
         if run["run_name"] == run_name:
             return run
-    raise KeyError(f"no run {run_name!r} in {out_dir}/results.json; runs: {sorted(r['run_name'] for r in runs)}")
+    raise UnknownNameError(f"no run {run_name!r} in {out_dir}/results.json; runs: {sorted(r['run_name'] for r in runs)}")
 
 
 class TrainedRun:
@@ -116,7 +118,7 @@ class TrainedRun:
 
     def check_user(self, user: int) -> None:
         if not 0 <= user < self.num_users:
-            raise KeyError(f"unknown user {user}: {self.cfg.dataset_dir} has user_id 0..{self.num_users - 1}")
+            raise UnknownNameError(f"unknown user {user}: {self.cfg.dataset_dir} has user_id 0..{self.num_users - 1}")
 
     def top_k(self, users: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Each user's ``k`` best-scored unseen items.
@@ -126,7 +128,7 @@ class TrainedRun:
             unseen items gets ``-1`` items with score ``-inf`` in the remaining slots.
         """
         if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+            raise ConfigError(f"k must be >= 1, got {k}")
         users = np.asarray(users, dtype=np.int64)
         k = min(k, self.data.num_items)
         with torch.inference_mode():
@@ -150,7 +152,7 @@ class TrainedRun:
         vectors, space = self.item_vectors()
         history = self.seen(user)
         titles = self.data.items["title"].to_numpy()
-        unit = torch.nn.functional.normalize(vectors.detach().float(), dim=1)
+        unit = unit_rows(vectors.detach().float())
         sims = unit[torch.tensor(np.asarray(items, dtype=np.int64))] @ unit[torch.tensor(history)].T  # (n, |hist|)
         best = torch.topk(sims, min(top, len(history)), dim=1)  # (len(items), top)
         reasons = [[{"item_id": int(history[j]), "title": str(titles[history[j]]), "similarity": float(s)}
@@ -167,8 +169,8 @@ def explain_space(model: torch.nn.Module, features: Mapping[str, Tensor]) -> tup
     if features:
         name = next(iter(features))
         return features[name], f"the content feature {name!r}"
-    raise ValueError(f"cannot explain {type(model).__name__}: it exposes no item embeddings and uses no content "
-                     f"feature; train a model with embeddings() or features")
+    raise ConfigError(f"cannot explain {type(model).__name__}: it exposes no item embeddings and uses no content "
+                      f"feature; train a model with embeddings() or features")
 
 
 def recommend_for_user(out_dir: str | Path, user: int, k: int = 10, run_name: str | None = None, *,
@@ -231,7 +233,7 @@ def recommend_command(args: argparse.Namespace) -> int:
         print(f"top-{args.k} of every user written to {path}")
         return 0
     if args.user is None:
-        raise ValueError("rmm recommend needs --user ID (one user) or --all (every user, to parquet)")
+        raise ConfigError("rmm recommend needs --user ID (one user) or --all (every user, to parquet)")
     recs = recommend_for_user(args.out_dir, args.user, args.k, args.run, explain=getattr(args, "explain", False))
     print(format_recommendations(recs))
     return 0

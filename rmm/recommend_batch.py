@@ -20,6 +20,7 @@ from ray.data import ActorPoolStrategy
 from rmm.cluster import init_ray
 from rmm.config import OutputConfig, load_config
 from rmm.data.schema import USERS_FILE
+from rmm.errors import ConfigError, NotFoundError
 from rmm.recommend import TrainedRun, pick_run
 from rmm.report.results import RESULTS_FILE, RUNS_DIR, run_dir, trained_run_name
 from rmm.storage import Storage, filesystem
@@ -71,7 +72,7 @@ def recommend_all(out_dir: str | Path, k: int = 10, run_name: str | None = None,
         The parquet dataset directory (a path or URI).
     """
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise ConfigError(f"k must be >= 1, got {k}")
     storage = Storage(str(out_dir))  # the driver pulls what it reads; each actor's TrainedRun pulls the rest
     storage.pull(RESULTS_FILE)
     out = storage.local.resolve()
@@ -83,7 +84,7 @@ def recommend_all(out_dir: str | Path, k: int = 10, run_name: str | None = None,
     storage.pull(f"{storage.relative(dataset_dir)}/{USERS_FILE}")
     users_file = dataset_dir / USERS_FILE
     if not users_file.exists():
-        raise FileNotFoundError(f"no dataset at {users_file.parent}: the run's data must sit under {out}/data")
+        raise NotFoundError(f"no dataset at {users_file.parent}: the run's data must sit under {out}/data")
     num_users = pq.ParquetFile(users_file).metadata.num_rows
     init_ray(cfg.ray, ray_address)
     location = storage.where()  # the URI, or the absolute path: what every actor can open

@@ -8,24 +8,18 @@ submitted as its own Ray job. Ray-using modules are imported inside the stage th
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rmm.config import DATA_DIR, Config, ModelConfig, save_snapshot
+from rmm.config import DATA_DIR, FEATURES_DIR, Config, save_snapshot
+from rmm.errors import ConfigError
 from rmm.storage import Storage
 
 log = logging.getLogger(__name__)
 
 
-def run_name(stage: str, index: int, model: ModelConfig) -> str:
-    """Stable, filesystem-safe name of one training run, e.g. ``train-01-vbpr-image_stats+text_minilm-concat``."""
-    readable = model.label.replace("[", "-").replace("|", "-").rstrip("]")
-    return re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{stage}-{index:02d}-{readable}")
-
-
-def run_data(cfg: Config) -> Path:
+def run_data(cfg: Config, fresh: bool = False) -> Path:
     from rmm.data.prepare import prepare_dataset
 
     path = prepare_dataset(cfg)
@@ -33,45 +27,46 @@ def run_data(cfg: Config) -> Path:
     return path
 
 
-def run_extract(cfg: Config) -> dict[str, Path]:
+def run_extract(cfg: Config, fresh: bool = False) -> dict[str, Path]:
     from rmm.features.pipeline import extract_features
 
     return extract_features(cfg)
 
 
-def run_train(cfg: Config) -> list[dict[str, Any]]:
-    """Train every configured model once (Ray Train) and record the runs in results.json."""
+def run_train(cfg: Config, fresh: bool = False) -> list[dict[str, Any]]:
+    """Train every configured model once (Ray Train) and record the runs in results.json; a model whose run
+    with the same inputs already finished is not trained again unless ``fresh``."""
     from rmm.report.results import record_runs
     from rmm.train.ray_trainer import train_model
 
     if not cfg.model:
-        raise ValueError("no model to train: add a `model:` section to the config")
+        raise ConfigError("no model to train: add a `model:` section to the config")
     records = []
-    for index, model in enumerate(cfg.model):
-        name = run_name("train", index, model)
-        record = {**train_model(cfg, model, run_name=name), "stage": "train", "run_name": name}
+    for model in cfg.model:
+        record = {**train_model(cfg, model, fresh=fresh), "stage": "train"}
         record_runs(cfg.out_dir, [record])
         records.append(record)
     return records
 
 
-def run_tune(cfg: Config) -> list[dict[str, Any]]:
+def run_tune(cfg: Config, fresh: bool = False) -> list[dict[str, Any]]:
     """Sweep the configured search space (Ray Tune) and record the best run of each model."""
     from rmm.report.results import record_runs
     from rmm.tune.search import tune_models
 
-    records = tune_models(cfg)
+    records = tune_models(cfg, fresh=fresh)
     record_runs(cfg.out_dir, records)
     return records
 
 
-def run_report(cfg: Config) -> Path:
+def run_report(cfg: Config, fresh: bool = False) -> Path:
     from rmm.report.tables import write_report
 
     return write_report(cfg.out_dir)
 
 
-STAGE_RUNNERS: dict[str, Callable[[Config], Any]] = {
+#: stage -> runner(cfg, fresh); ``fresh`` (``--fresh``) retrains runs whose inputs are unchanged (train, tune).
+STAGE_RUNNERS: dict[str, Callable[[Config, bool], Any]] = {
     "data": run_data,
     "extract": run_extract,
     "train": run_train,
@@ -82,21 +77,24 @@ STAGE_RUNNERS: dict[str, Callable[[Config], Any]] = {
 
 def report_location(location: str) -> str:
     """``rmm report OUT``: (re)write the report of the outputs at ``location`` (a path or URI), pulling only what
-    it reads (results.json, the run directories, the datasets' dataset.json; no images or features); returns
-    where ``report.md`` is."""
-    from rmm.data.schema import INFO_FILE
+    it reads (results.json, the run directories, the datasets' tables and the feature manifests, which tell
+    whether a run's inputs changed since; no images or feature matrices); returns where ``report.md`` is."""
+    from rmm.data.schema import INFO_FILE, INTERACTIONS_FILE, ITEMS_FILE
+    from rmm.features.store import MANIFEST_FILE
     from rmm.report.results import RESULTS_FILE, RUNS_DIR
     from rmm.report.tables import write_report
 
     storage = Storage(location)
     storage.pull(RESULTS_FILE, RUNS_DIR)
-    storage.pull(DATA_DIR, include=f"*/{INFO_FILE}")
+    for name in (INFO_FILE, ITEMS_FILE, INTERACTIONS_FILE):  # what tells whether a run's inputs changed since
+        storage.pull(DATA_DIR, include=f"*/{name}")
+    storage.pull(FEATURES_DIR, include=f"*/*/{MANIFEST_FILE}")
     write_report(storage.local)
     storage.push()
     return storage.where("report.md")
 
 
-def run_stage(cfg: Config, stage: str) -> Any:
+def run_stage(cfg: Config, stage: str, fresh: bool = False) -> Any:
     """Run one stage in the local output directory, snapshotting the resolved config first. Where ``output.dir``
     is a URI, the stage's mirror first pulls what changed there and pushes what the stage wrote afterwards,
     whether the stage succeeds or not, so nothing computed is lost with the node (a failed push after a failed
@@ -108,7 +106,7 @@ def run_stage(cfg: Config, stage: str) -> Any:
     try:
         save_snapshot(cfg, cfg.out_dir)
         log.info("stage %s", stage)
-        result = STAGE_RUNNERS[stage](cfg)
+        result = STAGE_RUNNERS[stage](cfg, fresh)
     except BaseException:
         try:
             _push(storage)
@@ -125,7 +123,7 @@ def _push(storage: Storage) -> None:
         log.info("pushed %d new or changed files to %s", pushed, storage.location)
 
 
-def run_stages(cfg: Config, stages: tuple[str, ...] | None = None) -> None:
+def run_stages(cfg: Config, stages: tuple[str, ...] | None = None, fresh: bool = False) -> None:
     """Run ``stages`` (default: those the config names) in order."""
     for stage in stages or cfg.stages:
-        run_stage(cfg, stage)
+        run_stage(cfg, stage, fresh)

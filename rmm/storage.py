@@ -17,6 +17,7 @@ import hashlib
 import os
 import posixpath
 import re
+import shutil
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pyarrow.fs as pafs
+
+from rmm.errors import ConfigError
 
 CACHE_ENV = "RMM_CACHE"
 MIRRORS_DIR = "mirrors"
@@ -52,7 +55,7 @@ def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
     try:
         return pafs.FileSystem.from_uri(location)
     except (ValueError, OSError) as err:  # pyarrow: ArrowInvalid (a ValueError) for an unknown scheme
-        raise ValueError(f"cannot open storage location {location!r}: {err}") from None
+        raise ConfigError(f"cannot open storage location {location!r}: {err}") from None
 
 
 def join_location(location: str, relative: str) -> str:
@@ -138,6 +141,17 @@ class Storage:
         return sum(sync_tree(local, _child(str(self.local.resolve()), rel), fs, _child(root, rel),
                              exclude=() if rel else RAY_DIRS, delete=delete)
                    for rel in relatives or ("",))
+
+    def remove(self, *relatives: str) -> None:
+        """Delete the directories ``relatives`` in the local directory and, for a URI, at the URI too."""
+        for rel in relatives:
+            if not rel:
+                raise ValueError("refusing to remove the whole output directory")
+            shutil.rmtree(self.local / rel, ignore_errors=True)
+            if self.is_remote:
+                fs, root = filesystem(self.location)
+                if fs.get_file_info(_child(root, rel)).type == pafs.FileType.Directory:
+                    fs.delete_dir(_child(root, rel))
 
     def relative(self, path: str | Path) -> str:
         """``path`` (inside :attr:`local`) relative to it, as a posix string."""

@@ -67,3 +67,24 @@ def test_data_prepare_and_stats(tmp_path: Path, capsys: pytest.CaptureFixture[st
     stats = json.loads(capsys.readouterr().out)
     info = json.loads((tmp_path / "out" / "data" / "synthetic" / "dataset.json").read_text())
     assert stats["users"] == info["counts"]["users"] > 0
+
+
+def test_a_bug_keeps_its_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a UserError is answered with one line: a plain ValueError is rmm's bug and must surface whole."""
+    import rmm.stages
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("an internal invariant broke")
+
+    monkeypatch.setattr(rmm.stages, "run_stage", broken)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump({"output": {"dir": str(tmp_path / "out")}}))
+    with pytest.raises(ValueError, match="an internal invariant broke"):
+        main(["data", "prepare", str(path)])
+
+
+def test_cluster_launcher_keeps_the_job_api_on_loopback_and_secrets_home() -> None:
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "cluster.yaml").read_text())
+    head = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in yaml.safe_dump(config)
+    assert {".env*", "*.pem", "*.key", "id_*", ".aws", ".ssh", "*credentials*"} <= set(config["rsync_exclude"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +15,13 @@ import pytest
 import torch
 
 from rmm.config import Config, ModelConfig, OutputConfig, TrainConfig, TuneConfig, save_snapshot
-from rmm.data.schema import TEST, TRAIN, VALID, load_dataset, write_dataset
+from rmm.data.schema import ITEMS_FILE, TEST, TRAIN, VALID, load_dataset, sha256_file, write_dataset
 from rmm.features.store import load_feature, write_feature
-from rmm.recommend import TrainedRun, explain_space, format_recommendations, recommend_command, \
+from rmm.recommend import TrainedRun, explain_space, format_recommendations, pick_run, recommend_command, \
     recommend_for_user
-from rmm.report.results import MODEL_FILE, PER_USER_FILE, RUN_FILE, record_runs, run_dir
+from rmm.report.results import MODEL_FILE, PER_USER_FILE, RUN_FILE, load_results, record_runs, run_dir
 from rmm.train.loop import fit
+from tests.report.helpers import record as bare_record
 
 NUM_USERS, NUM_ITEMS, GROUPS, PER_USER = 40, 40, 4, 6
 RUN = "train-00-vbpr-image_tiny"
@@ -54,7 +56,7 @@ def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = load_dataset(write_titled_dataset(cfg.dataset_dir))
     groups = np.eye(GROUPS)[np.arange(NUM_ITEMS) % GROUPS]
     write_feature(cfg.feature_root, "image_tiny", groups + np.random.default_rng(1).normal(0, 0.1, groups.shape),
-                  {"kind": "test"})
+                  {"kind": "test", "items_sha256": sha256_file(cfg.dataset_dir / ITEMS_FILE)})
     features = {"image_tiny": torch.from_numpy(load_feature(cfg.feature_root, "image_tiny"))}
     fitted = fit(model_cfg, cfg.train, data, features)
     directory = run_dir(out, RUN)
@@ -92,6 +94,35 @@ def test_cli_prints_titles_and_excludes_seen_items(out: Path, capsys: pytest.Cap
     assert list(recs.items["score"]) == sorted(recs.items["score"], reverse=True)
     # The planted taste was learnt: the best unseen item is of the user's group.
     assert recs.items["item_id"].iloc[0] % GROUPS == 5 % GROUPS
+
+
+def test_default_run_is_the_best_on_validation(tmp_path: Path) -> None:
+    record_runs(tmp_path, [bare_record("train-00-lightgcn", "lightgcn", valid=0.2, test=0.6),
+                           bare_record("train-01-vbpr", "vbpr", ["image"], valid=0.4, test=0.3),
+                           bare_record("train-02-bm3", "bm3", ["image"], valid=0.4, test=0.5)])  # tie: earlier wins
+    assert pick_run(tmp_path, None)["run_name"] == "train-01-vbpr"
+    assert pick_run(tmp_path, "train-00-lightgcn")["run_name"] == "train-00-lightgcn"
+    with pytest.raises(KeyError, match="no run 'nope'"):
+        pick_run(tmp_path, "nope")
+
+
+def test_cli_default_run_is_the_best_on_validation(out: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A second copy of the trained run that validates better but tests worse is what ``rmm recommend``
+    uses without ``--run``."""
+    from rmm.cli import main
+
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    shutil.copytree(run_dir(copy, RUN), run_dir(copy, "train-01-copy"))
+    trained = load_results(copy)[0]
+    better_on_test = {**trained, "valid": {**trained["valid"], "recall@10": 0.2},
+                      "test": {**trained["test"], "recall@10": 0.9}}
+    better_on_valid = {**trained, "run_name": "train-01-copy", "valid": {**trained["valid"], "recall@10": 0.5},
+                       "test": {**trained["test"], "recall@10": 0.1}}
+    record_runs(copy, [better_on_test, better_on_valid])
+    assert main(["recommend", str(copy), "--user", "5", "-k", "2"]) == 0
+    assert "(run train-01-copy)" in capsys.readouterr().out
 
 
 def test_explain_names_the_closest_history_items(out: Path, capsys: pytest.CaptureFixture[str]) -> None:

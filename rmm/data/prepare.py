@@ -19,7 +19,7 @@ from rmm.config import Config, DatasetConfig
 from rmm.data import synthetic
 from rmm.data.importers import IMAGES_DIR, amazon, mmrec, movielens, place_images
 from rmm.data.preprocess import RawData, Skips, preprocess
-from rmm.data.schema import TEST, TRAIN, VALID, load_dataset, write_dataset
+from rmm.data.schema import ITEMS_FILE, TEST, TRAIN, VALID, dataset_fingerprint, load_dataset, write_dataset
 from rmm.features.store import write_feature
 
 #: source name -> importer (``synthetic`` is generated, see :func:`load_raw`).
@@ -56,9 +56,6 @@ def prepare_dataset(cfg: Config) -> Path:
         items = synthetic.draw_images(prepared.items, root, dcfg.synthetic.image_size, dcfg.seed)
     else:
         items = place_images(prepared.items, root, skips)
-    for name, feature in raw.features.items():
-        write_feature(cfg.feature_root, name, feature.matrix[prepared.item_rows],
-                      {"kind": "imported", "source": str(feature.source)})
     info: dict[str, Any] = {
         "name": dcfg.name,
         "source": dcfg.source,
@@ -73,7 +70,12 @@ def prepare_dataset(cfg: Config) -> Path:
         info["synthetic"] = {**dataclasses.asdict(dcfg.synthetic), "affinity_weight": synthetic.AFFINITY_WEIGHT,
                              "image_attributes": list(synthetic.IMAGE_ATTRIBUTES),
                              "text_attributes": list(synthetic.TEXT_ATTRIBUTES)}
-    return write_dataset(root, items, prepared.interactions, prepared.users, info)
+    root = write_dataset(root, items, prepared.interactions, prepared.users, info)
+    items_sha256 = dataset_fingerprint(root)[ITEMS_FILE]
+    for name, feature in raw.features.items():
+        write_feature(cfg.feature_root, name, feature.matrix[prepared.item_rows],
+                      {"kind": "imported", "source": str(feature.source), "items_sha256": items_sha256})
+    return root
 
 
 def dataset_stats(path: str | Path) -> dict[str, Any]:

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from rmm.errors import DataError
+
 ITEMS_FILE = "items.parquet"
 INTERACTIONS_FILE = "interactions.parquet"
 USERS_FILE = "users.parquet"
@@ -29,10 +31,6 @@ INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp", "split")
 USER_COLUMNS = ("user_id", "source_id")
 
 TRAIN, VALID, TEST = 0, 1, 2
-
-
-class DataError(ValueError):
-    """Input data breaks the contract; the message names the file and the field or item."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +54,31 @@ class Dataset:
     def split(self, which: int) -> pd.DataFrame:
         """Interactions of one split (TRAIN, VALID or TEST)."""
         return self.interactions[self.interactions["split"] == which]
+
+    @property
+    def items_sha256(self) -> str:
+        """sha256 of ``items.parquet``: the lineage a feature of this dataset must record."""
+        return dataset_fingerprint(self.root)[ITEMS_FILE]
+
+
+def dataset_fingerprint(root: str | Path) -> dict[str, str]:
+    """sha256 of ``items.parquet`` and ``interactions.parquet`` (split labels included) as they are on disk now:
+    what a training run's identity records of its dataset.
+
+    Raises:
+        DataError: no prepared dataset at ``root``, or its files differ from the sha256 ``dataset.json``
+            recorded when it was prepared (they were changed by hand since).
+    """
+    root = Path(root)
+    if not (root / INFO_FILE).exists():
+        raise DataError(f"{root} is not a prepared dataset (no {INFO_FILE}); run `rmm data prepare CONFIG`")
+    recorded = json.loads((root / INFO_FILE).read_text()).get("sha256", {})
+    actual = {name: sha256_file(root / name) for name in (ITEMS_FILE, INTERACTIONS_FILE)}
+    changed = sorted(name for name in actual if recorded.get(name) != actual[name])
+    if changed:
+        raise DataError(f"{root}: {', '.join(changed)} differ(s) from what {INFO_FILE} recorded at preparation; "
+                        f"re-run `rmm data prepare CONFIG` instead of editing a prepared dataset")
+    return actual
 
 
 def sha256_file(path: Path) -> str:

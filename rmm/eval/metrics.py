@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from rmm.data.graph import UserItems
+from rmm.errors import ConfigError
 
 if TYPE_CHECKING:
     from rmm.models.base import Recommender
@@ -97,7 +98,7 @@ def evaluate(model: Recommender, users: Tensor, exclude: UserItems, truth: UserI
         ``{"recall@10": (len(users),) float64, ...}`` in :func:`metric_names` order, on the CPU.
     """
     if max(ks) > truth.num_items:
-        raise ValueError(f"top-K cut-offs {list(ks)} exceed the {truth.num_items} items; lower train.topk")
+        raise ConfigError(f"top-K cut-offs {list(ks)} exceed the {truth.num_items} items; lower train.topk")
     columns: dict[str, list[Tensor]] = {name: [torch.empty(0, dtype=torch.float64)] for name in metric_names(ks)}
     device = next(model.parameters()).device
     was_training = model.training

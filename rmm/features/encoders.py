@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from rmm.errors import ConfigError
+
 if TYPE_CHECKING:
     import torch
 
@@ -182,13 +184,13 @@ def check_torchvision(model: str, weights: str | None) -> None:
     try:
         torchvision.models.get_model_builder(model)
     except ValueError as err:
-        raise ValueError(f"unknown torchvision model {model!r}; e.g. resnet50, resnet18, convnext_tiny") from err
+        raise ConfigError(f"unknown torchvision model {model!r}; e.g. resnet50, resnet18, convnext_tiny") from err
     if weights is None or weights.lower() in ("none", "random", "default") or _is_weights_file(weights):
         return
     enum = torchvision.models.get_model_weights(model)
     if weights not in enum.__members__:
-        raise ValueError(f"{model} has no weights {weights!r}; available: {list(enum.__members__)} or DEFAULT, "
-                         "a local .pth file, or none (random)")
+        raise ConfigError(f"{model} has no weights {weights!r}; available: {list(enum.__members__)} or DEFAULT, "
+                          "a local .pth file, or none (random)")
 
 
 def _is_weights_file(weights: str) -> bool:
@@ -223,7 +225,7 @@ def load_torchvision(model: str, weights: str | None) -> torch.nn.Module:
         if hasattr(net, head):
             setattr(net, head, torch.nn.Identity())
             return net.eval()
-    raise ValueError(f"torchvision model {model!r} has no fc/classifier/heads head to remove")
+    raise ConfigError(f"torchvision model {model!r} has no fc/classifier/heads head to remove")
 
 
 class ViTImageEncoder:
@@ -238,7 +240,7 @@ class ViTImageEncoder:
         from transformers import AutoImageProcessor, AutoModel
 
         if pooling not in ("cls", "mean"):
-            raise ValueError(f"ViT pooling must be cls or mean, got {pooling!r}")
+            raise ConfigError(f"ViT pooling must be cls or mean, got {pooling!r}")
         self.pooling, self.device = pooling, device
         self.processor, self.model = cached_model(
             ("vit", model_path, device, dtype),

@@ -35,6 +35,7 @@ import pyarrow as pa
 from PIL import Image
 
 from rmm.config import ExtractorConfig
+from rmm.errors import ConfigError, UnknownNameError
 from rmm.features import describe as structured
 from rmm.features.encoders import (
     HSV_BINS,
@@ -52,6 +53,7 @@ from rmm.features.store import (
     MANIFEST_FILE,
     consolidate_parts,
     feature_dir,
+    nonfinite_rows,
     read_parts,
     write_feature,
 )
@@ -297,7 +299,7 @@ class Extractor(ABC):
             vectors = np.asarray(encoded[name], dtype=np.float32)
             if vectors.shape != (count, dim):
                 raise ValueError(f"encoder returned shape {vectors.shape} for {name}, expected {(count, dim)}")
-            if not np.isfinite(vectors).all():
+            if len(nonfinite_rows(vectors)):
                 raise ValueError(f"encoder returned non-finite values for {name} (try dtype float32)")
             out[name] = vectors
         for name in self.extra_columns:
@@ -332,7 +334,7 @@ def register(kind: str) -> Callable[[type[Extractor]], type[Extractor]]:
 def get_extractor(kind: str) -> type[Extractor]:
     """The extractor class of ``kind``; ``KeyError`` listing the valid kinds otherwise."""
     if kind not in EXTRACTORS:
-        raise KeyError(f"Unknown extractor kind {kind!r}. Available: {sorted(EXTRACTORS)}")
+        raise UnknownNameError(f"Unknown extractor kind {kind!r}. Available: {sorted(EXTRACTORS)}")
     return EXTRACTORS[kind]
 
 
@@ -541,7 +543,7 @@ def _poolings(cfg: ExtractorConfig) -> tuple[str, ...]:
 
 def _require_model(cfg: ExtractorConfig, example: str = "tiny:qwen2-vl") -> str:
     if not cfg.model:
-        raise ValueError(f"extractor {cfg.name!r} ({cfg.kind}) needs a model: a hub id, a local path or {example}")
+        raise ConfigError(f"extractor {cfg.name!r} ({cfg.kind}) needs a model: a hub id, a local path or {example}")
     return cfg.model
 
 
@@ -640,7 +642,7 @@ class ViTExtractor(_ImageExtractor):
     @classmethod
     def describe(cls, cfg: ExtractorConfig, cache_dir: str | None = None) -> dict[str, Any]:
         if cfg.pooling not in ("cls", "mean"):
-            raise ValueError(f"extractor {cfg.name!r} (vit): pooling must be cls or mean, got {cfg.pooling!r}")
+            raise ConfigError(f"extractor {cfg.name!r} (vit): pooling must be cls or mean, got {cfg.pooling!r}")
         model = _require_model(cfg, "tiny:vit")
         return {"model": model, "model_path": resolve_model_id(model, cache_dir), "pooling": cfg.pooling,
                 "model_dtype": cfg.dtype, "max_image_size": cfg.max_image_size}

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from rmm.errors import ConfigError
 from rmm.features.prompts import DescribeTemplate, build_describe_messages, build_messages, get_template
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ _SENTINEL = "\x00rmm-item-text\x00"
 
 def check_pooling(pooling: str) -> None:
     if pooling not in POOLINGS:
-        raise ValueError(f"Unknown pooling {pooling!r}; valid poolings: {list(POOLINGS)}")
+        raise ConfigError(f"Unknown pooling {pooling!r}; valid poolings: {list(POOLINGS)}")
 
 
 def pool_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor, image_mask: torch.Tensor,
@@ -182,8 +183,8 @@ class LVLMEmbedder(LVLM):
         text_config = self.model.config.get_text_config()
         num_states = text_config.num_hidden_layers + 1
         if not -num_states <= layer < num_states:
-            raise ValueError(f"layer {layer} is out of range for {model_path}: it has {num_states} hidden states "
-                             f"(0 = embeddings .. {num_states - 1} = last layer; negative counts from the end)")
+            raise ConfigError(f"layer {layer} is out of range for {model_path}: it has {num_states} hidden states "
+                              f"(0 = embeddings .. {num_states - 1} = last layer; negative counts from the end)")
         self.dim = int(text_config.hidden_size)
 
     def prompts(self, titles: Sequence[str], texts: Sequence[str], has_image: Sequence[bool]) -> list[str]:
@@ -264,5 +265,5 @@ def _image_token_id(processor: object, model: torch.nn.Module) -> int:
             value = getattr(source, name, None)
             if isinstance(value, int):
                 return value
-    raise ValueError(f"cannot find the image token id of {type(model).__name__}: neither its processor nor its "
-                     "config has image_token_id; image_mean/text_mean pooling need it")
+    raise ConfigError(f"cannot find the image token id of {type(model).__name__}: neither its processor nor its "
+                      "config has image_token_id; image_mean/text_mean pooling need it")

@@ -32,6 +32,7 @@ from ray.data.datasource import Datasink
 from rmm.cluster import init_ray
 from rmm.config import Config, ExtractorConfig, save_snapshot
 from rmm.data.schema import ITEMS_FILE, Dataset, load_dataset, sha256_file
+from rmm.errors import ConfigError, DataError
 from rmm.features.extractors import SKIPPED, TODO_PREFIX, Extractor, ExtractorGroup, decode_images, get_extractor
 from rmm.features.store import (
     MANIFEST_FILE,
@@ -91,7 +92,7 @@ def extract_features(cfg: Config) -> dict[str, Path]:
     """
     dataset = load_dataset(cfg.dataset_dir)
     if dataset.num_items == 0:
-        raise ValueError(f"{dataset.root} has no items to extract features from; check `rmm data prepare`")
+        raise DataError(f"{dataset.root} has no items to extract features from; check `rmm data prepare`")
     cache_dir = str(cache_root())
     items_sha256 = dataset.info.get("sha256", {}).get(ITEMS_FILE) or sha256_file(dataset.root / ITEMS_FILE)
     plans = []
@@ -145,8 +146,8 @@ def _check_unique_features(plans: Sequence[Plan]) -> None:
     for plan in plans:
         for name in plan.features:
             if name in owner:
-                raise ValueError(f"extractors {owner[name]!r} and {plan.cfg.key!r} both write feature {name!r}; "
-                                 "rename one")
+                raise ConfigError(f"extractors {owner[name]!r} and {plan.cfg.key!r} both write feature {name!r}; "
+                                  "rename one")
             owner[name] = plan.cfg.key
 
 

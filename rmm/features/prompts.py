@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from rmm.errors import ConfigError, UnknownNameError
+
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 
 
@@ -77,7 +79,7 @@ def get_template(name: str) -> PromptTemplate:
         KeyError: unknown name; the message lists the available templates.
     """
     if name not in TEMPLATES:
-        raise KeyError(f"Unknown prompt template {name!r}. Available: {sorted(TEMPLATES)}")
+        raise UnknownNameError(f"Unknown prompt template {name!r}. Available: {sorted(TEMPLATES)}")
     return TEMPLATES[name]
 
 
@@ -147,10 +149,10 @@ class DescribeTemplate:
     def __post_init__(self) -> None:
         names = [slot.name.lower() for slot in self.slots]
         if not names:
-            raise ValueError(f"describe template {self.name!r} has no slots")
+            raise ConfigError(f"describe template {self.name!r} has no slots")
         if len(set(names)) != len(names) or any(not n.strip() or ":" in n for n in names):
-            raise ValueError(f"describe template {self.name!r}: slot names must be unique, non-empty and free of "
-                             f"':', got {[slot.name for slot in self.slots]}")
+            raise ConfigError(f"describe template {self.name!r}: slot names must be unique, non-empty and free of "
+                              f"':', got {[slot.name for slot in self.slots]}")
 
     @property
     def slot_names(self) -> tuple[str, ...]:
@@ -176,21 +178,21 @@ def load_describe_template(name_or_path: str) -> DescribeTemplate:
     else:
         path = TEMPLATES_DIR / f"{name_or_path}.yaml"
         if not path.is_file():
-            raise KeyError(f"Unknown describe template {name_or_path!r}. Available: {describe_template_names()} "
-                           "(or a path to a .yaml file)")
+            raise UnknownNameError(f"Unknown describe template {name_or_path!r}. Available: {describe_template_names()} "
+                                   "(or a path to a .yaml file)")
     raw = yaml.safe_load(path.read_text())
     known = {"name", "system", "item_kind", "instruction", "slots", "max_text_chars"}
     if not isinstance(raw, dict) or not {"system", "item_kind", "instruction", "slots"} <= set(raw) \
             or set(raw) - known:
         got = sorted(raw) if isinstance(raw, dict) else repr(raw)
-        raise ValueError(f"describe template {path} must be a mapping with keys system, item_kind, instruction, "
-                         f"slots (optional: name, max_text_chars), got {got}")
+        raise ConfigError(f"describe template {path} must be a mapping with keys system, item_kind, instruction, "
+                          f"slots (optional: name, max_text_chars), got {got}")
     slots = []
     for entry in raw["slots"]:
         if isinstance(entry, str):
             entry = {"name": entry}
         if not isinstance(entry, dict) or "name" not in entry or set(entry) - {"name", "hint"}:
-            raise ValueError(f"describe template {path}: a slot must be a name or {{name, hint}}, got {entry!r}")
+            raise ConfigError(f"describe template {path}: a slot must be a name or {{name, hint}}, got {entry!r}")
         slots.append(Slot(str(entry["name"]), str(entry.get("hint", ""))))
     return DescribeTemplate(name=str(raw.get("name", path.stem)), system=str(raw["system"]),
                             item_kind=str(raw["item_kind"]), instruction=str(raw["instruction"]).strip(),

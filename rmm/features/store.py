@@ -15,6 +15,7 @@ across the features of one extractor, so a batch interrupted between two feature
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import posixpath
 import time
@@ -30,8 +31,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from rmm.data.schema import DATASET_FILES
+from rmm.data.schema import DATASET_FILES, sha256_file
+from rmm.errors import DataError, NotFoundError
 from rmm.storage import filesystem
+
+log = logging.getLogger(__name__)
 
 MATRIX_FILE = "matrix.npy"
 MANIFEST_FILE = "manifest.json"
@@ -40,11 +44,14 @@ FEATURE_FILES = (MATRIX_FILE, MANIFEST_FILE)
 PROGRESS_FILE = "progress.json"
 DESCRIPTIONS_FILE = "descriptions.parquet"
 PART_GLOB = "part-*.parquet"
+#: Manifest ``failed`` reason of a row :func:`write_feature` zeroed because it held a NaN or an infinity.
+NONFINITE_REASON = "NaN or infinite value (as float32); stored as a zero row"
+_CHECK_ELEMENTS = 1 << 22
 _VERSIONED = ("torch", "torchvision", "transformers", "tokenizers", "ray", "sentence-transformers", "numpy",
               "pyarrow", "pillow")
 
 
-class FeatureNotFoundError(FileNotFoundError):
+class FeatureNotFoundError(NotFoundError):
     """A feature a model or config names is not in the store."""
 
 
@@ -63,25 +70,62 @@ def feature_dir(feature_root: str | Path, name: str) -> Path:
     return Path(feature_root) / name
 
 
+def nonfinite_rows(matrix: np.ndarray) -> np.ndarray:
+    """Indices (ascending) of the rows of a 2-D ``matrix`` holding a NaN or an infinity once cast to float32, the
+    store's dtype (a float64 value beyond the float32 range counts). The finite check of every stored vector,
+    extracted or imported; checked in blocks of rows, so a large matrix gets no full-size boolean copy."""
+    step = max(1, _CHECK_ELEMENTS // max(1, matrix.shape[1]))
+    bad = [np.empty(0, dtype=np.int64)]
+    with np.errstate(over="ignore", invalid="ignore"):  # the cast overflowing to inf is what is looked for
+        for start in range(0, len(matrix), step):
+            block = np.asarray(matrix[start:start + step], dtype=np.float32)
+            bad.append(start + np.flatnonzero(~np.isfinite(block).all(axis=1)))
+    return np.concatenate(bad)
+
+
+def _zero_nonfinite_rows(name: str, matrix: np.ndarray, missing: Mapping[int, str] | None,
+                         failed: Mapping[int, str] | None) -> tuple[np.ndarray, dict[int, str]]:
+    """``matrix`` with its :func:`nonfinite_rows` zeroed (in a copy), and ``failed`` with those rows added: what
+    extraction does with an encoder's non-finite output, so a stored matrix is always finite."""
+    failed = dict(failed or {})
+    bad = nonfinite_rows(matrix)
+    if not len(bad):
+        return matrix, failed
+    matrix = matrix.copy()
+    matrix[bad] = 0.0
+    for item_id in bad.tolist():
+        if item_id not in (missing or {}):
+            failed.setdefault(item_id, NONFINITE_REASON)
+    log.warning("feature %r: %d rows with NaN or infinite values (item ids %s%s) are stored as zero rows and "
+                "listed as failed in its manifest; fix the source (re-extract, or correct the imported file) to use "
+                "them", name, len(bad), bad[:5].tolist(), "..." if len(bad) > 5 else "")
+    return matrix, failed
+
+
 def write_feature(feature_root: str | Path, name: str, matrix: np.ndarray, manifest: Mapping[str, Any],
                   missing: Mapping[int, str] | None = None, failed: Mapping[int, str] | None = None) -> Path:
     """Write a complete feature: ``matrix.npy`` then ``manifest.json`` (written last, so its presence
     means the matrix is whole). ``missing`` maps item_id -> reason for zero rows of items lacking the input;
-    ``failed`` maps item_id -> error for zero rows of items whose encoding raised."""
-    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    ``failed`` maps item_id -> error for zero rows of items whose encoding raised. A row with a NaN or an
+    infinity is zeroed and added to ``failed`` (:func:`nonfinite_rows`), as extraction does."""
+    if not manifest.get("items_sha256"):
+        raise ValueError(f"feature {name!r}: the manifest must record items_sha256, the items it was made from")
+    with np.errstate(over="ignore"):  # a float64 value beyond float32 becomes inf, then a failed row
+        matrix = np.ascontiguousarray(matrix, dtype=np.float32)
     if matrix.ndim != 2:
         raise ValueError(f"feature {name!r} must be a 2-D [num_items, dim] matrix, got shape {matrix.shape}")
+    matrix, failed = _zero_nonfinite_rows(name, matrix, missing, failed)
     target = feature_dir(feature_root, name)
     target.mkdir(parents=True, exist_ok=True)
     np.save(target / MATRIX_FILE, matrix)
     missing = dict(missing or {})
-    failed = dict(failed or {})
     full = {
         "name": name,
         **manifest,
         "num_items": int(matrix.shape[0]),
         "dim": int(matrix.shape[1]),
         "dtype": "float32",
+        "matrix_sha256": sha256_file(target / MATRIX_FILE),
         "counts": {"done": int(matrix.shape[0] - len(missing) - len(failed)), "missing": len(missing),
                    "failed": len(failed), **dict(manifest.get("counts", {}))},
         "missing": {str(k): v for k, v in sorted(missing.items())},
@@ -178,7 +222,7 @@ def consolidate_parts(feature_root: str | Path, name: str, num_items: int, manif
 
     Raises:
         FeatureNotFoundError: there are no parts.
-        ValueError: an item id outside ``0..num_items-1``, a repeated id, or vectors of unequal length.
+        DataError: an item id outside ``0..num_items-1``, a repeated id, or vectors of unequal length.
     """
     target = feature_dir(feature_root, name)
     parts = sorted(target.glob(PART_GLOB))
@@ -189,12 +233,12 @@ def consolidate_parts(feature_root: str | Path, name: str, num_items: int, manif
     vectors = table["vector"].combine_chunks()
     lengths = set(pc.list_value_length(vectors).to_pylist())
     if len(lengths) > 1:
-        raise ValueError(f"feature {name!r}: vectors of different lengths {sorted(lengths)} in {target}")
+        raise DataError(f"feature {name!r}: vectors of different lengths {sorted(lengths)} in {target}")
     bad = ids[(ids < 0) | (ids >= num_items)]
     if len(bad):
-        raise ValueError(f"feature {name!r}: item_id {int(bad[0])} is outside 0..{num_items - 1}")
+        raise DataError(f"feature {name!r}: item_id {int(bad[0])} is outside 0..{num_items - 1}")
     if len(np.unique(ids)) != len(ids):
-        raise ValueError(f"feature {name!r}: repeated item ids in {target}; delete the parts and re-extract")
+        raise DataError(f"feature {name!r}: repeated item ids in {target}; delete the parts and re-extract")
     dim = lengths.pop() if lengths else 0
     matrix = np.zeros((num_items, dim), dtype=np.float32)
     matrix[ids] = vectors.flatten().to_numpy().reshape(len(ids), dim)
@@ -231,6 +275,28 @@ def read_manifest(feature_root: str | Path, name: str) -> dict[str, Any]:
         raise FeatureNotFoundError(f"feature {name!r} not found in {feature_root} (no {path.name}); "
                                    f"available: {list_features(feature_root)}; run `rmm extract` first")
     return json.loads(path.read_text())
+
+
+def matrix_fingerprint(feature_root: str | Path, name: str) -> str:
+    """sha256 of a complete feature's ``matrix.npy``: recorded in its manifest when written (hashed now for a
+    store written before manifests recorded it)."""
+    return read_manifest(feature_root, name).get("matrix_sha256") or sha256_file(
+        feature_dir(feature_root, name) / MATRIX_FILE)
+
+
+def check_lineage(feature_root: str | Path, name: str, items_sha256: str, dataset: str | Path) -> None:
+    """Raise DataError unless feature ``name`` was made from the items file whose sha256 is ``items_sha256``
+    (the dataset's ``items.parquet``): features of another dataset, or of an earlier preparation of this one,
+    would give every row to the wrong item."""
+    manifest = read_manifest(feature_root, name)
+    made_from = manifest.get("items_sha256")
+    if made_from == items_sha256:
+        return
+    fix = ("`rmm data prepare CONFIG` re-imports it" if manifest.get("kind") == "imported"
+           else "`rmm extract CONFIG` re-extracts it")
+    origin = f"items with sha256 {made_from[:12]}…" if made_from else "items it does not record"
+    raise DataError(f"feature {name!r} was made from {origin}, but dataset {dataset} now holds items with sha256 "
+                    f"{items_sha256[:12]}… (items.parquet changed since): {fix}")
 
 
 def load_feature(feature_root: str | Path, name: str) -> np.ndarray:

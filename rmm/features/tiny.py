@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rmm.errors import UnknownNameError
 from rmm.storage import cache_root
 
 log = logging.getLogger(__name__)
@@ -130,8 +131,8 @@ def build_tiny(arch: str, target_dir: str | Path) -> Path:
 
 def _builder(arch: str) -> TinyBuilder:
     if arch not in TINY_BUILDERS:
-        raise KeyError(f"Unknown tiny architecture {arch!r}. Available: "
-                       f"{sorted(TINY_PREFIX + a for a in TINY_BUILDERS)}")
+        raise UnknownNameError(f"Unknown tiny architecture {arch!r}. Available: "
+                               f"{sorted(TINY_PREFIX + a for a in TINY_BUILDERS)}")
     return TINY_BUILDERS[arch]
 
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from rmm.config import ModelConfig
 from rmm.data.graph import KNNSpec, TrainGraph
+from rmm.errors import ConfigError, DataError, UnknownNameError
 from rmm.models.layers import bpr_loss, l2_reg
 
 MODELS: dict[str, type[Recommender]] = {}
@@ -67,8 +68,8 @@ class Recommender(nn.Module):
         self.check_inputs(list(features), fusion)
         for name, matrix in features.items():
             if matrix.ndim != 2 or matrix.shape[0] != graph.num_items:
-                raise ValueError(f"feature {name!r} must have shape (num_items={graph.num_items}, dim), "
-                                 f"got {tuple(matrix.shape)}; re-extract it for this dataset")
+                raise DataError(f"feature {name!r} must have shape (num_items={graph.num_items}, dim), "
+                                f"got {tuple(matrix.shape)}; re-extract it for this dataset")
         if not isinstance(cfg, self.config_class):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(cfg).__name__}")
         self.num_users = graph.num_users
@@ -80,16 +81,16 @@ class Recommender(nn.Module):
         """Raise ValueError (a user-facing message) when the features/fusion choice cannot work."""
         name = cls.__name__
         if cls.uses_features and not features:
-            raise ValueError(f"{name} needs content features (model.features), got none; "
-                             f"run `rmm extract` and list feature names")
+            raise ConfigError(f"{name} needs content features (model.features), got none; "
+                              f"run `rmm extract` and list feature names")
         if not cls.uses_features and features:
-            raise ValueError(f"{name} is ID-only and takes no features, got {list(features)}")
+            raise ConfigError(f"{name} is ID-only and takes no features, got {list(features)}")
         if cls.uses_features and len(features) > 1:
             if not cls.fusions and fusion != DEFAULT_FUSION:
-                raise ValueError(f"{name} builds one branch per modality and fuses nothing, got fusion "
-                                 f"{fusion!r}; leave model.fusion unset")
+                raise ConfigError(f"{name} builds one branch per modality and fuses nothing, got fusion "
+                                  f"{fusion!r}; leave model.fusion unset")
             if cls.fusions and fusion not in cls.fusions:
-                raise ValueError(f"{name} fusion must be one of {list(cls.fusions)}, got {fusion!r}")
+                raise ConfigError(f"{name} fusion must be one of {list(cls.fusions)}, got {fusion!r}")
 
     @classmethod
     def item_graph_spec(cls, cfg: object) -> KNNSpec | None:
@@ -106,7 +107,7 @@ class Recommender(nn.Module):
         graphs = []
         for name, matrix in features.items():
             if given is None:
-                graphs.append(spec.build(matrix))
+                graphs.append(spec.build(matrix, name=name))
                 continue
             if name not in given:
                 raise ValueError(f"item_graphs has no graph for feature {name!r}, got {sorted(given)}")
@@ -222,7 +223,7 @@ def get_model_class(name: str) -> type[Recommender]:
     try:
         return MODELS[name]
     except KeyError:
-        raise KeyError(f"Unknown model {name!r}. Available: {sorted(MODELS)}") from None
+        raise UnknownNameError(f"Unknown model {name!r}. Available: {sorted(MODELS)}") from None
 
 
 def model_params(model_cfg: ModelConfig) -> object:

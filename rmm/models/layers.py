@@ -160,7 +160,7 @@ class FeatureBank(nn.Module):
         self.dims = [matrix.shape[1] for matrix in features.values()]
         for i, matrix in enumerate(features.values()):
             self.register_buffer(f"feature_{i}", matrix.detach().float(), persistent=False)
-            self.register_buffer(f"valid_{i}", valid_rows(matrix), persistent=False)
+            self.register_buffer(f"valid_{i}", valid_rows(matrix, name=self.names[i]), persistent=False)
 
     def __len__(self) -> int:
         return len(self.names)

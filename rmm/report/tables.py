@@ -12,8 +12,10 @@ from typing import Any
 
 from rmm.config import DATA_DIR
 from rmm.data.schema import INFO_FILE
-from rmm.report.results import load_results, results_path
+from rmm.errors import DataError, NotFoundError
+from rmm.report.results import best_by_validation, load_results, results_path, validation_metric
 from rmm.report.significance import ALPHA, BETTER_MARK, WORSE_MARK, PairedTest, against_baseline, best_id_only
+from rmm.train.identity import changed_inputs
 
 REPORT_FILE = "report.md"
 CSV_FILE = "results.csv"
@@ -53,7 +55,8 @@ def _fmt(value: float | None, bold: bool = False) -> str:
 
 
 def runs_table(runs: Sequence[dict[str, Any]], metrics: Sequence[str] = DETAIL) -> list[str]:
-    """One row per run: identity, best epoch, test metrics (best of each column in bold), training time."""
+    """One row per run, by test ``metrics[0]`` (a presentation order; nothing is chosen here): identity, best
+    epoch, test metrics (best of each column in bold), training time."""
     best = {m: max((r["test"].get(m, float("-inf")) for r in runs), default=None) for m in metrics}
     lines = ["| run | model | features | fusion | best epoch | " + " | ".join(f"test {m}" for m in metrics)
              + " | train s |", "|" + "---|" * (6 + len(metrics))]
@@ -71,24 +74,27 @@ def representation_columns(runs: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def best_cells(runs: Sequence[dict[str, Any]], metric: str = HEADLINE[0]) -> dict[tuple[str, str], dict[str, Any]]:
-    """``(model, representation) -> run`` with the best test ``metric`` of that pair."""
-    cell: dict[tuple[str, str], dict[str, Any]] = {}
+    """``(model, representation) -> run`` with the best *validation* ``metric`` of that pair (the earlier run wins
+    a tie; :func:`rmm.report.results.validation_metric` falls back when a run did not validate ``metric``); the
+    report shows that run's test metrics."""
+    metric = validation_metric(runs, metric)
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for run in runs:
-        key = (run["model"], representation_label(run))
-        if key not in cell or run["test"].get(metric, 0) > cell[key]["test"].get(metric, 0):
-            cell[key] = run
-    return cell
+        groups.setdefault((run["model"], representation_label(run)), []).append(run)
+    return {key: best_by_validation(group, metric) for key, group in groups.items()}
 
 
 def model_by_features_table(runs: Sequence[dict[str, Any]], metrics: Sequence[str] = HEADLINE,
                             marks: Mapping[str, Mapping[str, str]] | None = None,
                             baseline: str | None = None) -> list[str]:
-    """Paper-style table: rows are models, columns are representations, cells ``R@20 / N@20`` of the best run
-    of that pair (by test recall@20); the best cell of each row is bold.
+    """Paper-style table: rows are models, columns are representations, cells the test ``R@20 / N@20`` of the
+    run of that pair with the best validation recall@20 (:func:`best_cells`); the cell of each row with the best
+    test value is bold.
 
     Args:
         runs: run records.
-        metrics: the cell's metrics; the first picks the cell's run and the row's best.
+        metrics: the cell's test metrics; the first, on validation, picks the cell's run, and on test, the row's
+            bold cell.
         marks: ``run_name -> metric -> mark`` appended to a value (significance against the baseline).
         baseline: run_name of the baseline, whose cell is labelled ``(baseline)``.
     """
@@ -170,12 +176,18 @@ def write_report(out_dir: str | Path) -> Path:
     from rmm.report import plots
 
     out = Path(out_dir)
-    runs = load_results(out)
+    recorded = load_results(out)
+    if not recorded:
+        raise NotFoundError(f"no runs in {results_path(out)}; run `rmm train CONFIG` first")
+    changed = stale_runs(out, recorded)
+    runs = [run for run in recorded if run["run_name"] not in changed]
     if not runs:
-        raise FileNotFoundError(f"no runs in {results_path(out)}; run `rmm train CONFIG` first")
+        raise DataError(f"every run in {results_path(out)} was trained on inputs that changed since (dataset or "
+                        f"features): rerun `rmm train CONFIG` (or `rmm tune CONFIG`) on the current ones")
     dataset = _dataset_line(out)
     headline, detail = report_metrics(runs)
     recall, ndcg = (m.replace("recall", "Recall").replace("ndcg", "NDCG") for m in headline)
+    selected_by = validation_metric(runs, headline[0]).replace("recall", "Recall").replace("ndcg", "NDCG")
     baseline = best_id_only(runs, headline[0])
     tests = against_baseline(out, runs, baseline, headline) if baseline else {}
     tests = {name: tested for name, tested in tests.items() if tested}
@@ -191,20 +203,33 @@ def write_report(out_dir: str | Path) -> Path:
         "# rmm report", "",
         f"Output directory: `{out.resolve()}`  ",
         f"Dataset: {dataset}  ",
-        f"Rendered: {time.strftime('%Y-%m-%d %H:%M:%S')} from `{results_path(out).name}` ({len(runs)} runs)", "",
+        f"Rendered: {time.strftime('%Y-%m-%d %H:%M:%S')} from `{results_path(out).name}` ({len(runs)} runs on the "
+        f"current inputs{f', {len(changed)} on changed ones' if changed else ''})"
+        + (f"; {unrecorded} run(s) predate input recording, so whether their inputs changed is unknown"
+           if (unrecorded := sum(not run.get("inputs") for run in runs)) else ""), "",
         f"## Test {recall} / {ndcg} by model and representation", "",
-        f"Best run of each (model, representation) by test {recall}; a representation is the feature set, "
-        "with its fusion where several features are fused. Best cell of each row in bold.", "",
+        f"Each cell is the run of that (model, representation) with the best validation {selected_by} (the "
+        f"earlier run on a tie), and the baseline the ID-only run with the best validation {selected_by}; the "
+        "numbers shown are their test metrics. A representation is the feature set, with its fusion where "
+        "several features are fused. Best test cell of each row in bold.", "",
         *model_by_features_table(runs, headline, marks=marks, baseline=baseline["run_name"] if baseline else None),
         "", *_significance_note(baseline, tests), "",
         f"![Test {recall} and {ndcg} by representation, per model]({bars.relative_to(out).as_posix()})", "",
         "## All runs", "",
-        "Test metrics of the epoch with the best validation metric (train and valid items masked).", "",
+        "Test metrics of the epoch with the best validation metric (train and valid items masked), runs sorted by "
+        f"test {detail[0]}; the best test value of each column in bold.", "",
         *runs_table(runs, detail), "",
         "## Validation curves", "",
         f"Validation {curve_metric} against the epoch for every training run and every sweep trial.", "",
         f"![Validation {curve_metric} per run and trial]({curves.relative_to(out).as_posix()})", "",
     ]
+    if changed:
+        lines += ["## Runs whose inputs changed since they trained", "",
+                  "Left out of every table and test above: their dataset or features are not the current ones, so "
+                  "their numbers are not comparable (rerun them to include them).", "",
+                  "| run | model | what changed |", "|---|---|---|",
+                  *(f"| {run['run_name']} | {run['model']} | {', '.join(changed[run['run_name']])} |"
+                    for run in recorded if run["run_name"] in changed), ""]
     if tests:
         lines += ["## Significance against the baseline", "",
                   f"Per-user test metrics of each run minus those of `{baseline['run_name']}` (mean over the "
@@ -224,7 +249,7 @@ def _significance_note(baseline: Mapping[str, Any] | None, tests: Mapping[str, M
                 f"test metrics to compare, so no significance marks."]
     users = sorted({t.num_users for tested in tests.values() for t in tested.values()})
     n = str(users[0]) if len(users) == 1 else f"{users[0]}–{users[-1]}"
-    return [f"{BETTER_MARK} / {WORSE_MARK}: significantly better / worse than the best ID-only baseline, "
+    return [f"{BETTER_MARK} / {WORSE_MARK}: significantly better / worse than the ID-only baseline, "
             f"{baseline['model']} (run `{baseline['run_name']}`), at p < {ALPHA} in both a two-sided paired t-test "
             f"and a two-sided Wilcoxon signed-rank test on per-user test metrics (users paired by user_id, "
             f"n = {n}; no correction for multiple comparisons)."]
@@ -236,6 +261,19 @@ def _curve_metric(runs: Sequence[Mapping[str, Any]]) -> str:
     if "valid/recall@20" in keys or not runs:
         return "recall@20"
     return str(runs[0].get("config", {}).get("train", {}).get("metric", "recall@20"))
+
+
+def stale_runs(out: Path, runs: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """``run_name -> what changed`` for the runs whose recorded inputs (dataset files, feature matrices) differ
+    from what ``out`` holds now. A record without inputs (written before rmm recorded them) cannot be checked
+    and is not listed (the report counts such runs in its header)."""
+    changed = {}
+    for run in runs:
+        if run.get("inputs"):
+            what = changed_inputs(run["inputs"], out, str(run.get("dataset", "")))
+            if what:
+                changed[run["run_name"]] = what
+    return changed
 
 
 def _dataset_line(out: Path) -> str:

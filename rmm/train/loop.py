@@ -8,6 +8,7 @@ into one table, so the metrics do not depend on the number of workers.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import tempfile
@@ -27,12 +28,15 @@ from rmm.config import ModelConfig, TrainConfig
 from rmm.data.graph import TrainGraph, UserItems
 from rmm.data.knn_cache import cached_knn_graph
 from rmm.data.schema import TEST, VALID, Dataset
+from rmm.errors import ConfigError, DataError, DivergedError
 from rmm.eval.metrics import evaluate, metric_names
 from rmm.models.base import BPRBatch, Recommender, build_model, get_model_class, model_params
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
+#: Beside ``state.pt`` in a checkpoint: ``{"epoch": N}``, readable without loading the weights.
+CHECKPOINT_INFO_FILE = "checkpoint.json"
 
 #: ``train.precision`` -> the autocast dtype of the training step (None: plain float32). Evaluation always
 #: scores in float32: bfloat16's 8-bit mantissa would tie and reorder close scores in the full ranking.
@@ -76,12 +80,12 @@ class BPRSampler:
 
     def __init__(self, graph: TrainGraph) -> None:
         if not len(graph.users):
-            raise ValueError("the train split is empty: nothing to train on; check the dataset's split")
+            raise DataError("the train split is empty: nothing to train on; check the dataset's split")
         degree = torch.bincount(graph.users, minlength=graph.num_users)
         if bool((degree >= graph.num_items).any()):
             user = int(torch.nonzero(degree >= graph.num_items)[0])
-            raise ValueError(f"user {user} interacted with all {graph.num_items} items in train: no negative "
-                             f"item to sample; drop such users when preparing the dataset")
+            raise DataError(f"user {user} interacted with all {graph.num_items} items in train: no negative "
+                            f"item to sample; drop such users when preparing the dataset")
         self.graph = graph
         self.keys = torch.sort(graph.users * graph.num_items + graph.items).values  # for searchsorted
 
@@ -163,9 +167,18 @@ def evaluate_split(model: Recommender, split: EvalSplit, ks: tuple[int, ...], *,
     return pd.DataFrame({"user_id": split.users.numpy(), **{n: table[:, j].numpy() for j, n in enumerate(names)}})
 
 
-def summarize(per_user: pd.DataFrame) -> dict[str, float]:
-    """Mean of every metric column over users."""
-    return {name: float(per_user[name].mean()) for name in per_user.columns if name != "user_id"}
+def summarize(per_user: pd.DataFrame, what: str = "metrics") -> dict[str, float]:
+    """Mean of every metric column over users.
+
+    Raises:
+        DivergedError: a mean is not finite (no users, or non-finite scores); ``what`` names the run and split.
+    """
+    means = {name: float(per_user[name].mean()) for name in per_user.columns if name != "user_id"}
+    broken = {name: value for name, value in means.items() if not math.isfinite(value)}
+    if broken:
+        raise DivergedError(f"{what}: {', '.join(f'{k} = {v}' for k, v in broken.items())} over "
+                            f"{len(per_user)} users; a metric that cannot be computed is never reported")
+    return means
 
 
 def _mean_across_ranks(value: float, world_size: int, device: torch.device | str) -> float:
@@ -203,17 +216,18 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features:
         per-user test metrics, the evaluation history and the training wall time.
 
     Raises:
-        FloatingPointError: the epoch loss is NaN or infinite.
+        DivergedError: the epoch loss, or a metric, is NaN or infinite.
+        DataError: a split to train, validate or test on is empty.
     """
     rank, world_size = rank_and_world()
     autocast_dtype = _autocast_dtype(train_cfg)
     ks = tuple(train_cfg.topk)
     if train_cfg.metric not in metric_names(ks):
-        raise ValueError(f"train.metric {train_cfg.metric!r} is not computed; choose one of {metric_names(ks)}")
+        raise ConfigError(f"train.metric {train_cfg.metric!r} is not computed; choose one of {metric_names(ks)}")
     valid = EvalSplit.from_dataset(data, VALID)
     if not len(valid.users):
-        raise ValueError(f"dataset {data.root} has no valid interactions to early-stop on; re-prepare it with "
-                         f"a split that keeps a valid part")
+        raise DataError(f"dataset {data.root} has no valid interactions to early-stop on; re-prepare it with "
+                        f"a split that keeps a valid part")
     torch.manual_seed(train_cfg.seed)
     graph = TrainGraph.from_dataset(data)
     item_graphs = _item_graphs(model_cfg, features, knn_cache_dir)
@@ -245,8 +259,8 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features:
             loss = _mean_across_ranks(_train_epoch(trained, optimizer, sampler, train_cfg, epoch, rank,
                                                    world_size, device, autocast_dtype), world_size, device)
         if not math.isfinite(loss):
-            raise FloatingPointError(f"{model_cfg.label}: loss is {loss} at epoch {epoch}; lower "
-                                     f"train.learning_rate, raise reg_weight, or check the features for NaN")
+            raise DivergedError(f"{model_cfg.label}: loss is {loss} at epoch {epoch}; lower "
+                                f"train.learning_rate, raise reg_weight, or check the features for NaN")
         epoch_seconds = time.perf_counter() - tic
         if epoch % train_cfg.eval_every and epoch != epochs:
             if rank == 0:
@@ -256,7 +270,7 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features:
         per_user = evaluate_split(model, valid, ks, rank=rank, world_size=world_size, device=device)
         metrics = {"epoch": epoch, "loss": loss, "epoch_seconds": epoch_seconds,
                    "eval_seconds": time.perf_counter() - tic,
-                   **{f"valid/{k}": v for k, v in summarize(per_user).items()}}
+                   **{f"valid/{k}": v for k, v in summarize(per_user, f"{model_cfg.label} valid").items()}}
         _record_evaluation(state, metrics, metrics[key], model)
         state["train_seconds"] = time.perf_counter() - started
         if rank == 0:
@@ -272,12 +286,16 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features:
     train_seconds = time.perf_counter() - started
 
     model.load_state_dict(state["best_model"])
-    per_user_test = evaluate_split(model, EvalSplit.from_dataset(data, TEST), ks, rank=rank,
-                                   world_size=world_size, device=device)
+    test = EvalSplit.from_dataset(data, TEST)
+    if not len(test.users):
+        raise DataError(f"dataset {data.root} has no test interactions: no test metric can be computed; "
+                        f"re-prepare it with a split that keeps a test part")
+    per_user_test = evaluate_split(model, test, ks, rank=rank, world_size=world_size, device=device)
     best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
     return FitResult(best_epoch=state["best_epoch"],
                      valid={k.removeprefix("valid/"): v for k, v in best.items() if k.startswith("valid/")},
-                     test=summarize(per_user_test), test_per_user=per_user_test, train_seconds=train_seconds,
+                     test=summarize(per_user_test, f"{model_cfg.label} test"), test_per_user=per_user_test,
+                     train_seconds=train_seconds,
                      history=state["history"], best_state=state["best_model"],
                      resumed_after_epoch=resumed_after_epoch)
 
@@ -286,7 +304,7 @@ def _autocast_dtype(train_cfg: TrainConfig) -> torch.dtype | None:
     """The autocast dtype ``train_cfg.precision`` asks for (a config without the field trains in fp32)."""
     precision = train_cfg.precision
     if precision not in PRECISIONS:
-        raise ValueError(f"train.precision must be one of {list(PRECISIONS)}, got {precision!r}")
+        raise ConfigError(f"train.precision must be one of {list(PRECISIONS)}, got {precision!r}")
     return PRECISIONS[precision]
 
 
@@ -297,7 +315,7 @@ def _item_graphs(model_cfg: ModelConfig, features: Mapping[str, Tensor],
     spec = get_model_class(model_cfg.name).item_graph_spec(model_params(model_cfg))
     if spec is None or cache_dir is None:
         return None
-    return {name: cached_knn_graph(matrix, spec, cache_dir=cache_dir) for name, matrix in features.items()}
+    return {name: cached_knn_graph(matrix, spec, cache_dir=cache_dir, name=name) for name, matrix in features.items()}
 
 
 def _initial_state(model: nn.Module) -> dict[str, Any]:
@@ -351,4 +369,5 @@ def _report(report: ReportFn | None, metrics: dict[str, float],
     with tempfile.TemporaryDirectory(prefix="rmm-ckpt-") as directory:
         torch.save({**state, "model": _cpu_copy(model.state_dict()), "optimizer": optimizer.state_dict()},
                    Path(directory) / STATE_FILE)
+        (Path(directory) / CHECKPOINT_INFO_FILE).write_text(json.dumps({"epoch": state["epoch"]}))
         report(metrics, directory)

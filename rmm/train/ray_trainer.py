@@ -5,8 +5,10 @@ paths, never data), ``ray.train.torch.prepare_model`` wraps the model in DDP (gl
 ``fit``'s ``report`` hook becomes ``ray.train.report`` with a ``Checkpoint``. Rank 0's ``FitResult`` comes
 back as the trainer's ``return_value``.
 
-A run is named: re-running the same ``run_name`` under the same output dir resumes from its latest checkpoint
-(Ray Train restores it and ``fit`` continues after that epoch), which is also how ``max_failures`` recovers.
+A run is named by its identity (:mod:`rmm.train.identity`, a content hash of everything that decides its
+result): re-running the same inputs under the same output dir resumes from the latest checkpoint (Ray Train
+restores it and ``fit`` continues after that epoch; the same is how ``max_failures`` recovers), or reuses the
+finished run without starting Ray; changed inputs give a fresh run beside the old ones.
 
 Fault injection (tests only): with ``RMM_TEST_FAIL_AT_EPOCH=N`` in the driver's environment, the last-ranked
 worker raises once per run, after training and evaluating epoch N and before reporting it, so the epoch's
@@ -25,19 +27,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import ray.train
 import ray.train.torch
 import torch
 from torch import nn
 
 from rmm.cluster import init_ray
-from rmm.config import Config, ModelConfig, TrainConfig, TuneConfig, model_to_dict, save_snapshot
-from rmm.data.schema import INFO_FILE, DataError, load_dataset
-from rmm.features.store import library_versions, load_feature, model_input_files, read_manifest
+from rmm.config import Config, ModelConfig, TrainConfig, TuneConfig, check_fits, model_to_dict, save_snapshot
+from rmm.data.schema import INFO_FILE, ITEMS_FILE, load_dataset
+from rmm.errors import ConfigError, DataError, NotFoundError, user_error_in
+from rmm.features.store import check_lineage, library_versions, load_feature, model_input_files
 from rmm.models import get_model_class
 from rmm.report.results import MODEL_FILE, PER_USER_FILE, RUN_FILE, RUNS_DIR
-from rmm.storage import RAY_RESULTS_DIR, Storage
-from rmm.train.loop import FitResult, fit
+from rmm.storage import RAY_RESULTS_DIR, Storage, filesystem
+from rmm.train.identity import RunInputs, run_inputs, run_name
+from rmm.train.loop import CHECKPOINT_INFO_FILE, FitResult, fit
 
 log = logging.getLogger(__name__)
 
@@ -53,40 +58,57 @@ class InjectedFailure(RuntimeError):
     """The worker failure ``RMM_TEST_FAIL_AT_EPOCH`` asks for."""
 
 
-def train_model(cfg: Config, model_cfg: ModelConfig, *, run_name: str, train_cfg: TrainConfig | None = None,
-                callbacks: Sequence[Any] = (), gpus_per_worker: float | None = None) -> dict[str, Any]:
-    """Train one model with Ray Train and return its run record (DESIGN.md results contract).
+def train_model(cfg: Config, model_cfg: ModelConfig, *, train_cfg: TrainConfig | None = None,
+                callbacks: Sequence[Any] = (), gpus_per_worker: float | None = None,
+                fresh: bool = False) -> dict[str, Any]:
+    """Train one model with Ray Train and return its run record (the ``results.json`` contract).
 
     Args:
         cfg: the run configuration: dataset and feature locations, Ray address, output dir.
         model_cfg: the model, its features and fusion.
-        run_name: unique name of the run: Ray results go to ``<out>/ray_results/<run_name>``, the record to
-            ``<out>/runs/<run_name>/``.
         train_cfg: training settings; ``cfg.train`` when None (a Tune trial passes its sampled one).
         callbacks: Ray Train ``UserCallback``s, e.g. ``TuneReportCallback()`` inside a Tune trial.
         gpus_per_worker: GPUs of each worker, a fraction to share a GPU (e.g. between Tune trials); None: one
             whole GPU per worker when ``train_cfg.use_gpu``.
+        fresh: discard a checkpoint or finished run of the same identity and train from scratch.
 
     Returns:
-        ``{"model", "label", "features", "fusion", "config": {"model", "train"}, "best_epoch", "valid",
-        "test", "train_seconds", "history", "resumed_after_epoch", "run_name", "run_dir"}``; ``valid`` and
-        ``test`` map ``<metric>@K`` to the mean over users, ``fusion`` is None unless several features were
-        fused, ``resumed_after_epoch`` is the checkpoint epoch the final attempt resumed from (after a worker
-        failure or a re-run of the same ``run_name``), None when it trained from scratch.
+        ``{"model", "label", "features", "fusion", "config": {"model", "train"}, "identity", "inputs",
+        "dataset", "best_epoch", "valid", "test", "train_seconds", "history", "resumed_after_epoch", "run_name",
+        "run_dir", "seed", "library_versions"}``; ``valid`` and ``test`` map ``<metric>@K`` to the mean over
+        users, ``fusion`` is None unless several features were fused, ``resumed_after_epoch`` is the checkpoint
+        epoch the final attempt resumed from (after a worker failure or a re-run of the same inputs), None when
+        it trained from scratch. ``run_name`` (``<label>-<identity prefix>``) names ``<out>/runs/<run_name>/``
+        and Ray's ``<out>/ray_results/<run_name>/``.
+
+    Raises:
+        UserError: wrong inputs (checked before any Ray work), or raised by a worker (NaN loss, bad data).
+        RuntimeError: a worker failed for another reason; the message says from which epoch a rerun resumes.
     """
     train_cfg = train_cfg or cfg.train
-    _check_inputs(cfg, model_cfg)
+    inputs = check_inputs(cfg, model_cfg, train_cfg)
+    name = run_name(model_cfg, inputs.identity)
+    if fresh:
+        cfg.storage.remove(f"{RUNS_DIR}/{name}", f"{RAY_RESULTS_DIR}/{name}")
+        log.info("%s: --fresh: discarded earlier checkpoints and records of run %s", model_cfg.label, name)
+    else:
+        finished = finished_record(cfg, name, inputs.identity)
+        if finished is not None:
+            log.info("%s: run %s already finished with these inputs; reusing its record (--fresh retrains)",
+                     model_cfg.label, name)
+            return finished
+    _check_local_resources(cfg)
     init_ray(cfg.ray)
-    run_dir = cfg.out_dir.resolve() / RUNS_DIR / run_name
+    run_dir = cfg.out_dir.resolve() / RUNS_DIR / name
     trainer = ray.train.torch.TorchTrainer(
         _train_worker,
-        train_loop_config=worker_config(cfg, model_cfg, run_name=run_name, train_cfg=train_cfg),
+        train_loop_config=worker_config(cfg, model_cfg, name=name, train_cfg=train_cfg),
         scaling_config=ray.train.ScalingConfig(
             num_workers=train_cfg.num_workers, use_gpu=train_cfg.use_gpu or bool(gpus_per_worker),
             resources_per_worker={"CPU": train_cfg.cpus_per_worker,
                                   **({"GPU": gpus_per_worker} if gpus_per_worker else {})}),
         run_config=ray.train.RunConfig(
-            name=run_name,
+            name=name,
             storage_path=cfg.storage.where(RAY_RESULTS_DIR),
             failure_config=ray.train.FailureConfig(max_failures=train_cfg.max_failures),
             # Checkpoints exist to resume; the latest one holds the best state too.
@@ -94,7 +116,10 @@ def train_model(cfg: Config, model_cfg: ModelConfig, *, run_name: str, train_cfg
             callbacks=list(callbacks),
         ),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        raise _failure(err, name, cfg.storage.where(f"{RAY_RESULTS_DIR}/{name}")) from err
     fitted: FitResult = result.return_value
     record = {
         "model": model_cfg.name,
@@ -102,14 +127,19 @@ def train_model(cfg: Config, model_cfg: ModelConfig, *, run_name: str, train_cfg
         "features": list(model_cfg.features),
         "fusion": model_cfg.fusion if model_cfg.fuses else None,
         "config": {"model": model_to_dict(model_cfg), "train": dataclasses.asdict(train_cfg)},
+        "identity": inputs.identity,
+        "inputs": inputs.to_dict(),
+        "dataset": cfg.dataset.name,
         "best_epoch": fitted.best_epoch,
         "valid": fitted.valid,
         "test": fitted.test,
         "train_seconds": fitted.train_seconds,
         "history": fitted.history,
         "resumed_after_epoch": fitted.resumed_after_epoch,
-        "run_name": run_name,
+        "run_name": name,
         "run_dir": str(run_dir),
+        "seed": train_cfg.seed,
+        "library_versions": library_versions(),
     }
     # The run's own config: this model and these train settings, no sweep.
     run_cfg = cfg.replace(train=train_cfg, model=(model_cfg,), tune=TuneConfig())
@@ -117,7 +147,23 @@ def train_model(cfg: Config, model_cfg: ModelConfig, *, run_name: str, train_cfg
     return record
 
 
-def worker_config(cfg: Config, model_cfg: ModelConfig, *, run_name: str, train_cfg: TrainConfig) -> dict[str, Any]:
+def finished_record(cfg: Config, name: str, identity: str) -> dict[str, Any] | None:
+    """The record of run ``name`` when it finished with exactly this identity (its ``run.json`` and weights are
+    there), else None. A run directory of another identity under the same name (a hash-prefix clash) is
+    never reused."""
+    cfg.storage.pull(f"{RUNS_DIR}/{name}")  # a trial may run on another node than the one that trained it
+    run_dir = cfg.out_dir / RUNS_DIR / name
+    if not (run_dir / RUN_FILE).exists() or not (run_dir / MODEL_FILE).exists():
+        return None
+    record = json.loads((run_dir / RUN_FILE).read_text())
+    if record.get("identity") != identity:
+        log.warning("run directory %s holds another run (identity %s, expected %s); training anew",
+                    run_dir, record.get("identity"), identity)
+        return None
+    return record
+
+
+def worker_config(cfg: Config, model_cfg: ModelConfig, *, name: str, train_cfg: TrainConfig) -> dict[str, Any]:
     """The ``train_loop_config`` of one run's workers: where the outputs live and, relative to it, the dataset,
     features, run and kNN cache directories (never data), plus the model and train settings. A local
     ``output`` is absolute (workers do not run in the driver's working directory); a URI is kept, so a worker
@@ -126,24 +172,82 @@ def worker_config(cfg: Config, model_cfg: ModelConfig, *, run_name: str, train_c
     storage = cfg.storage
     return {"output": storage.where(),
             "dataset_dir": storage.relative(cfg.dataset_dir), "feature_root": storage.relative(cfg.feature_root),
-            "run_dir": f"{RUNS_DIR}/{run_name}", "knn_cache_dir": KNN_CACHE_DIR,
+            "run_dir": f"{RUNS_DIR}/{name}", "knn_cache_dir": KNN_CACHE_DIR,
             "model_cfg": model_cfg, "train_cfg": train_cfg, "fail_at_epoch": int(fail_at) if fail_at else None}
 
 
-def _check_inputs(cfg: Config, model_cfg: ModelConfig) -> None:
-    """Fail in the driver, before a worker group starts, on a wrong model/feature choice or missing input."""
+def check_inputs(cfg: Config, model_cfg: ModelConfig, train_cfg: TrainConfig) -> RunInputs:
+    """Fail in the driver, before any Ray work, on anything that would fail or mislead a run: a wrong
+    model/feature choice, a missing dataset or feature, a feature made from other items than the dataset's
+    (lineage), a split without valid or test interactions, a cut-off beyond the number of items. Returns the
+    run's inputs (its identity)."""
     get_model_class(model_cfg.name).check_inputs(model_cfg.features, model_cfg.fusion)
+    storage = cfg.storage
+    storage.pull(*model_input_files(storage.relative(cfg.dataset_dir), storage.relative(cfg.feature_root),
+                                    model_cfg.features))
     if not (cfg.dataset_dir / INFO_FILE).exists():
-        raise DataError(f"no prepared dataset at {cfg.dataset_dir}; run `rmm data prepare CONFIG` first")
+        raise NotFoundError(f"no prepared dataset at {cfg.dataset_dir}; run `rmm data prepare CONFIG` first")
+    inputs = run_inputs(cfg, model_cfg, train_cfg)  # raises DataError if the dataset files were edited
+    counts = json.loads((cfg.dataset_dir / INFO_FILE).read_text())["counts"]
+    for split in ("train", "valid", "test"):
+        if not counts.get(split):
+            raise DataError(f"dataset {cfg.dataset_dir} has no {split} interactions, so {split} metrics cannot be "
+                            f"computed; re-prepare it with dataset.split_ratios that give every part a share")
+    if max(train_cfg.topk) > counts["items"]:
+        raise ConfigError(f"train.topk {list(train_cfg.topk)} asks for cut-offs beyond the {counts['items']} items "
+                          f"of dataset {cfg.dataset.name!r}; lower train.topk")
     for name in model_cfg.features:
-        read_manifest(cfg.feature_root, name)  # raises FeatureNotFoundError naming the available ones
+        check_lineage(cfg.feature_root, name, inputs.dataset[ITEMS_FILE], cfg.dataset_dir)
+    return inputs
+
+
+def _check_local_resources(cfg: Config) -> None:
+    """Before starting a local Ray (none is running and no address is given): fail when the machine cannot
+    place the run's workers, instead of letting Ray wait for them forever."""
+    if ray.is_initialized() or cfg.ray.address is not None:
+        return
+    num_gpus = cfg.ray.num_gpus if cfg.ray.num_gpus is not None else torch.cuda.device_count()
+    try:
+        check_fits(cfg, cfg.ray.num_cpus or os.cpu_count() or 1, num_gpus)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _failure(error: ray.train.TrainingFailedError, name: str, ray_dir: str) -> Exception:
+    """What a failed Ray Train run raises in the driver: a user error raised in a worker, as itself (one line
+    at the command line); otherwise a RuntimeError saying from which checkpoint epoch a rerun resumes."""
+    user_error = user_error_in(error)
+    if user_error is not None:
+        return type(user_error)(f"run {name}: {user_error}")
+    epoch = last_checkpoint_epoch(ray_dir)
+    resume = (f"rerun the same command to resume from epoch {epoch}" if epoch is not None else
+              "it wrote no checkpoint yet, so a rerun starts from the beginning")
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    cause = lines[-1] if lines else type(error).__name__  # a worker's traceback ends with its exception
+    return RuntimeError(f"training run {name} failed ({cause}); {resume} (or set train.max_failures to let Ray "
+                        f"retry by itself)")
+
+
+def last_checkpoint_epoch(ray_dir: str) -> int | None:
+    """The epoch of the newest checkpoint Ray Train kept under ``ray_dir`` (a local path or URI), from the
+    small ``checkpoint.json`` each checkpoint holds; None without one."""
+    fs, root = filesystem(ray_dir)
+    try:
+        found = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    except OSError:
+        return None
+    epochs = []
+    for info in found:
+        if info.type == pafs.FileType.File and info.base_name == CHECKPOINT_INFO_FILE:
+            with fs.open_input_stream(info.path) as stream:
+                epochs.append(int(json.loads(stream.read().decode())["epoch"]))
+    return max(epochs, default=None)
 
 
 def _write_run(run_dir: Path, record: dict[str, Any], fitted: FitResult, cfg: Config, ray_path: str) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     fitted.test_per_user.to_parquet(run_dir / PER_USER_FILE, index=False)
-    full = {**record, "seed": cfg.train.seed, "ray_path": ray_path, "library_versions": library_versions()}
-    (run_dir / RUN_FILE).write_text(json.dumps(full, indent=2))
+    (run_dir / RUN_FILE).write_text(json.dumps({**record, "ray_path": ray_path}, indent=2, allow_nan=False))
     save_snapshot(cfg, run_dir)
     log.info("%s: test %s; record in %s", record["label"], record["test"], run_dir)
 

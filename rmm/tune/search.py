@@ -13,9 +13,10 @@ entries reach trials by reference through ``tune.with_parameters``; only the sea
 
 Resuming: a sweep whose experiment directory ``<out>/tune/<sweep>`` exists is resumed with ``Tuner.restore``
 (finished trials are not run again; unfinished ones restart and their Ray Train run resumes from its last
-checkpoint). A trial whose training run already wrote its ``run.json`` with the same config reports that record
-instead of training again, so a sweep killed between a trial's end and Tune's next state snapshot does not redo
-the work either. A sweep started with another search space or base config is refused, not silently mixed.
+checkpoint). A trial is a training run named by its identity (:mod:`rmm.train.identity`), so a trial whose run
+already finished with the same inputs (in this sweep, an earlier one or ``rmm train``) reports that record
+instead of training again. A sweep started with another search space, base config or dataset is refused, not
+silently mixed; ``fresh`` (``--fresh``) starts it anew.
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
 from rmm.cluster import init_ray
 from rmm.config import Config, ConfigError, ModelConfig, TrainConfig, model_to_dict, tuned_models
+from rmm.data.schema import dataset_fingerprint
+from rmm.errors import user_error_in
 from rmm.report.results import RUNS_DIR
+from rmm.train.identity import RUNTIME_TRAIN_FIELDS, readable_name
 from rmm.storage import TUNE_DIR, join_location, read_text, write_text
 from rmm.tune.cells import ERROR, FINISHED, STOPPED, TrialOutcome, best_per_cell
 from rmm.tune.space import FEATURES_KEY, apply_params, effective_params, features_value, max_evaluations, \
@@ -181,53 +185,39 @@ def trial_train(cfg: Config, train: TrainConfig) -> tuple[TrainConfig, float | N
     return train, (gpus / cfg.tune.num_workers if gpus > 0 else None)
 
 
-def _trial(config: dict[str, Any], base: Config, models: tuple[ModelConfig, ...]) -> None:
-    """One trial: train the model entry its grid point names with the trial's values applied (or reuse the run
-    record it already wrote), then report the run's name with its validation metrics."""
+def _trial(config: dict[str, Any], base: Config, models: tuple[ModelConfig, ...], fresh: bool) -> None:
+    """One trial: train the model entry its grid point names with the trial's values applied (a run that
+    already finished with the same inputs is reused), then report the run's name with its validation metrics."""
+    from rmm.train.ray_trainer import train_model
+
     entry, params = trial_params(config)
     cfg, trial_model = apply_params(base, models[entry], params)
     train_cfg, gpus_per_worker = trial_train(base, cfg.train)
-    name = f"{cell_name(entry, trial_model)}-{tune.get_context().get_trial_id()}"
-    cfg.storage.pull(f"{RUNS_DIR}/{name}")  # a restored trial may run on another node than before
-    record = _finished_record(cfg.out_dir, name, trial_model, train_cfg)
-    if record is None:
-        from rmm.train.ray_trainer import train_model
-
-        extra = {"gpus_per_worker": gpus_per_worker} if gpus_per_worker else {}
-        record = train_model(cfg, trial_model, run_name=name, train_cfg=train_cfg,
-                             callbacks=[TuneReportCallback()], **extra)
-    tune.report({**{f"valid/{k}": v for k, v in record["valid"].items()}, "run_name": name})
+    extra = {"gpus_per_worker": gpus_per_worker} if gpus_per_worker else {}
+    record = train_model(cfg, trial_model, train_cfg=train_cfg, callbacks=[TuneReportCallback()], fresh=fresh,
+                         **extra)
+    tune.report({**{f"valid/{k}": v for k, v in record["valid"].items()}, "run_name": record["run_name"]})
 
 
 def cell_name(entry: int, model: ModelConfig) -> str:
-    """Name of a cell's record in results.json (and prefix of its trials' run names), e.g.
-    ``tune-01-vbpr-image_stats+text_minilm-mean``: the model entry, its features and fusion."""
-    from rmm.stages import run_name
-
-    return run_name("tune", entry, model)
+    """The name of a sweep's cell, e.g. ``tune-01-vbpr-image_stats+text_minilm-mean``: the model entry, its
+    features and fusion."""
+    return f"tune-{entry:02d}-{readable_name(model)}"
 
 
-def _finished_record(out_dir: Path, name: str, model: ModelConfig, train: TrainConfig) -> dict[str, Any] | None:
-    """The run record ``name`` wrote when it trained exactly this model and these settings, else None."""
-    from rmm.report.results import load_run_record
-
-    try:
-        record = load_run_record(out_dir, name)
-    except FileNotFoundError:
-        return None
-    expected = json.loads(json.dumps({"model": model_to_dict(model), "train": dataclasses.asdict(train)}))
-    if record.get("config") != expected:
-        log.warning("run %s exists with another config; training it again", name)
-        return None
-    log.info("run %s already finished; reporting its record instead of training again", name)
-    return record
-
-
-def tune_models(cfg: Config) -> list[dict[str, Any]]:
+def tune_models(cfg: Config, fresh: bool = False) -> list[dict[str, Any]]:
     """Run the sweep; return one run record per (model entry, features, fusion) cell: that of the cell's best
     trial by validation metric, whose test metrics come from that same run, marked ``stage: tune``, with the
-    searched values (``search``) and the cell's trials."""
+    searched values (``search``) and the cell's trials. ``fresh``: start the sweep anew and retrain every trial
+    even where a run with the same inputs finished before."""
+    from rmm.train.ray_trainer import check_inputs
+
     require_search_alg(cfg.tune.search_alg)
+    models = tuned_models(cfg)
+    for model in models:  # wrong inputs fail here, in one line, not in every trial
+        check_inputs(cfg, model, cfg.train)
+    if fresh:
+        cfg.storage.remove(TUNE_DIR)
     init_ray(cfg.ray)
     # Tune's TensorBoard logger renames every "valid/recall@20" ("@" is not a TensorBoard name), at INFO, per report.
     logging.getLogger("tensorboardX").setLevel(logging.WARNING)
@@ -236,21 +226,28 @@ def tune_models(cfg: Config) -> list[dict[str, Any]]:
         cfg = cfg.replace(output=dataclasses.replace(cfg.output, dir=str(cfg.out_dir.resolve())))
     metric = f"valid/{cfg.train.metric}"
     storage = cfg.storage.where(TUNE_DIR)
-    models = tuned_models(cfg)
     outcomes: list[TrialOutcome] = []
     cell_models: dict[str, ModelConfig] = {}
+    errors = []
     for sweep in plan_sweeps(cfg):
-        outcomes += _outcomes(cfg, models, _fit(cfg, models, sweep, storage, metric), metric, cell_models)
+        grid = _fit(cfg, models, sweep, storage, metric, fresh)
+        outcomes += _outcomes(cfg, models, grid, metric, cell_models)
+        errors += [result.error for result in grid if result.error is not None]
     cfg.storage.pull(RUNS_DIR)  # the records the trials wrote on other nodes
     records = _cell_records(cfg, outcomes, cell_models, metric)
     if not records:
+        user_error = next(filter(None, map(user_error_in, errors)), None)
+        if user_error is not None:
+            raise type(user_error)(f"no trial finished; the first trial error: {user_error}")
         raise RuntimeError(f"no trial finished; see {storage} for the trial errors")
     return records
 
 
-def _fit(cfg: Config, models: tuple[ModelConfig, ...], sweep: Sweep, storage: str, metric: str) -> Any:
+def _fit(cfg: Config, models: tuple[ModelConfig, ...], sweep: Sweep, storage: str, metric: str,
+         fresh: bool) -> Any:
     """Run (or restore) one sweep's Tuner; ``storage`` is Tune's ``storage_path``, a local path or a URI."""
-    trainable = tune.with_resources(tune.with_parameters(_trial, base=cfg, models=models), trial_resources(cfg))
+    trainable = tune.with_resources(tune.with_parameters(_trial, base=cfg, models=models, fresh=fresh),
+                                    trial_resources(cfg))
     path = join_location(storage, sweep.name)
     plan_file = join_location(storage, f"{sweep.name}.sweep.json")
     plan = _plan_fingerprint(cfg, models, sweep)
@@ -275,12 +272,12 @@ def _fit(cfg: Config, models: tuple[ModelConfig, ...], sweep: Sweep, storage: st
 def _plan_fingerprint(cfg: Config, models: Sequence[ModelConfig], sweep: Sweep) -> dict[str, Any]:
     """What decides a sweep's trials; a restored sweep must have been started with the same."""
     settings = ("scheduler", "num_workers", "asha_grace_period", "asha_reduction_factor")
-    runtime = ("num_workers", "use_gpu", "cpus_per_worker", "max_failures", "checkpoint_every")  # not results
-    train = {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in runtime}
+    train = {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in RUNTIME_TRAIN_FIELDS}
     return json.loads(json.dumps({
         "models": [model_to_dict(m) for m in models], "points": sweep.points, "sampled": sweep.sampled,
         "num_samples": sweep.num_samples, "search_alg": sweep.search_alg, "train": train,
-        "tune": {k: getattr(cfg.tune, k) for k in settings}, "dataset": dataclasses.asdict(cfg.dataset)}))
+        "tune": {k: getattr(cfg.tune, k) for k in settings}, "dataset": dataclasses.asdict(cfg.dataset),
+        "dataset_files": dataset_fingerprint(cfg.dataset_dir)}))
 
 
 def _check_same_plan(plan_file: str, plan: Mapping[str, Any], path: str) -> None:
@@ -293,8 +290,8 @@ def _check_same_plan(plan_file: str, plan: Mapping[str, Any], path: str) -> None
     changed = sorted(k for k in set(saved) | set(plan) if saved.get(k) != plan.get(k))
     if changed:
         raise ConfigError(f"the sweep in {path} was started with other {', '.join(changed)} than the config now "
-                          f"gives; resuming would mix them. Delete {path} and {plan_file} to start it anew, "
-                          f"or set output.dir elsewhere")
+                          f"gives; resuming would mix them. Rerun with --fresh to start it anew (finished runs "
+                          f"stay under runs/), or set output.dir elsewhere")
 
 
 def _outcomes(cfg: Config, models: tuple[ModelConfig, ...], grid: Any, metric: str,
@@ -329,7 +326,7 @@ def _cell_records(cfg: Config, outcomes: Sequence[TrialOutcome], cell_models: Ma
             continue
         record = load_run_record(cfg.out_dir, cell.best.run_name)
         record.update(
-            stage="tune", run_name=cell.key, best_trial=cell.best.run_name, search=dict(cell.best.params),
+            stage="tune", cell=cell.key, search=dict(cell.best.params),
             trials=[{"run_name": t.run_name, metric: t.value, "params": dict(t.params)} for t in cell.finished],
             unfinished_trials=[{"run_name": t.run_name, "status": t.status, metric: t.value,
                                 "evaluations": t.iterations, "params": dict(t.params)}

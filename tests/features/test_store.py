@@ -7,6 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from rmm.data.schema import sha256_file
 from rmm.features.store import consolidate_parts, feature_dir, load_feature, read_manifest
 
 
@@ -22,11 +23,12 @@ def test_consolidate_parts_builds_matrix_and_manifest(tmp_path: Path) -> None:
     _part(target / "part-000000-x.parquet", [0, 2], [[1, 2], [3, 4]], ["done", "failed"], ["", "Boom: no"])
     _part(target / "part-000001-x.parquet", [3, 1], [[5, 6], [0, 0]], ["done", "missing"],
           ["text only (no image)", "no image"])
-    consolidate_parts(tmp_path, "f", num_items=5, manifest={"kind": "test"})
+    consolidate_parts(tmp_path, "f", num_items=5, manifest={"kind": "test", "items_sha256": "0" * 64})
     matrix = load_feature(tmp_path, "f")
     np.testing.assert_array_equal(matrix, [[1, 2], [0, 0], [0, 0], [5, 6], [0, 0]])
     manifest = read_manifest(tmp_path, "f")
     assert manifest["kind"] == "test" and manifest["dim"] == 2
+    assert manifest["matrix_sha256"] == sha256_file(feature_dir(tmp_path, "f") / "matrix.npy")
     assert manifest["counts"] == {"done": 2, "missing": 2, "failed": 1}
     assert manifest["missing"] == {"1": "no image", "4": "not extracted"}
     assert manifest["failed"] == {"2": "Boom: no"}

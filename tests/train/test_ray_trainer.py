@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from rmm.config import Config, ModelConfig, OutputConfig, TrainConfig
 from rmm.data.schema import TEST, load_dataset
@@ -29,7 +31,7 @@ def run_cfg(tmp_path_factory: pytest.TempPathFactory) -> Config:
                                    num_workers=2, cpus_per_worker=0.5, checkpoint_every=1))
     dataset = load_dataset(write_planted_dataset(cfg.dataset_dir))
     matrix = np.random.default_rng(0).normal(size=(dataset.num_items, 8))
-    write_feature(cfg.feature_root, "image_tiny", matrix, {"kind": "test"})
+    write_feature(cfg.feature_root, "image_tiny", matrix, {"kind": "test", "items_sha256": dataset.items_sha256})
     return cfg
 
 
@@ -41,7 +43,7 @@ def trained(run_cfg: Config) -> Callable[[ModelConfig], dict[str, Any]]:
 
     def get(model_cfg: ModelConfig) -> dict[str, Any]:
         if model_cfg.label not in records:
-            records[model_cfg.label] = train_model(run_cfg, model_cfg, run_name=f"test-{model_cfg.name}")
+            records[model_cfg.label] = train_model(run_cfg, model_cfg)
         return records[model_cfg.label]
 
     return get
@@ -104,7 +106,8 @@ def test_worker_failure_resumes_from_the_checkpoint_and_continues_the_same_curve
     reference = trained(ModelConfig("lightgcn"))  # the same run, uninterrupted
     # Epoch 1 is checkpointed (checkpoint_every=1); worker 1 dies after computing epoch 2, before reporting it.
     monkeypatch.setenv(FAIL_AT_EPOCH_ENV, "2")
-    survived = train_model(run_cfg, ModelConfig("lightgcn"), run_name="test-lightgcn-failure",
+    # max_failures is not part of the run's identity: --fresh retrains the reference's run from scratch.
+    survived = train_model(run_cfg, ModelConfig("lightgcn"), fresh=True,
                            train_cfg=dataclasses.replace(run_cfg.train, max_failures=1))
 
     assert (Path(survived["run_dir"]) / ".injected-failure").exists()  # the failure did happen
@@ -115,15 +118,54 @@ def test_worker_failure_resumes_from_the_checkpoint_and_continues_the_same_curve
     assert survived["test"] == reference["test"] and survived["best_epoch"] == reference["best_epoch"]
 
 
-def test_worker_failure_without_retries_fails_the_run(ray_cluster, run_cfg: Config,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    import ray.train
+def test_worker_failure_without_retries_says_how_to_resume_and_a_rerun_does(
+        ray_cluster, run_cfg: Config, trained, monkeypatch: pytest.MonkeyPatch) -> None:
+    reference = trained(ModelConfig("lightgcn"))
+    monkeypatch.setenv(FAIL_AT_EPOCH_ENV, "2")  # epoch 1 is checkpointed, epoch 2 never is
+    with pytest.raises(RuntimeError, match="InjectedFailure.*rerun the same command to resume from epoch 1"):
+        train_model(run_cfg, ModelConfig("lightgcn"), fresh=True)
+    monkeypatch.delenv(FAIL_AT_EPOCH_ENV)
 
-    monkeypatch.setenv(FAIL_AT_EPOCH_ENV, "1")
-    with pytest.raises(ray.train.TrainingFailedError, match="InjectedFailure"):
-        train_model(run_cfg, ModelConfig("lightgcn"), run_name="test-lightgcn-no-retry")
+    resumed = train_model(run_cfg, ModelConfig("lightgcn"))  # the same command again, as the message says
+    assert resumed["resumed_after_epoch"] == 1 and resumed["run_name"] == reference["run_name"]
+    assert resumed["test"] == reference["test"]
+
+
+def test_train_with_another_learning_rate_keeps_both_runs_and_a_rerun_trains_nothing(
+        ray_cluster, run_cfg: Config, trained, tmp_path: Path) -> None:
+    from rmm.cli import main
+    from rmm.report.results import load_results
+
+    reference = trained(ModelConfig("lightgcn"))
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({**run_cfg.to_dict(), "stages": ["train"], "model": [{"name": "lightgcn"}]}))
+    assert main(["train", str(config)]) == 0  # the reference's inputs: reused, not trained again
+    assert main(["train", str(config), "--set", "train.learning_rate=0.02"]) == 0
+    runs = {r["config"]["train"]["learning_rate"]: r for r in load_results(run_cfg.out_dir)}
+    assert set(runs) == {0.01, 0.02} and runs[0.01]["run_name"] == reference["run_name"]
+    assert runs[0.01]["identity"] != runs[0.02]["identity"] and runs[0.01]["test"] == reference["test"]
+    written = {name: (run_cfg.out_dir / "runs" / name / RUN_FILE).stat().st_mtime_ns
+               for name in (r["run_name"] for r in runs.values())}
+
+    assert main(["train", str(config), "--set", "train.learning_rate=0.02"]) == 0
+    assert main(["train", str(config)]) == 0
+    assert {name: (run_cfg.out_dir / "runs" / name / RUN_FILE).stat().st_mtime_ns for name in written} == written
+    assert len(load_results(run_cfg.out_dir)) == 2
+
+
+def test_a_nan_loss_in_a_worker_ends_the_command_in_one_line(ray_cluster, run_cfg: Config, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from rmm.cli import main
+
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({**run_cfg.to_dict(), "stages": ["train"], "model": [{"name": "lightgcn"}]}))
+    # The loss overflows in epoch 1, inside a Ray Train worker: a user error, not a bug.
+    assert main(["train", str(config), "--set", "train.learning_rate=1e30"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.fullmatch(r"rmm: error: run lightgcn-[0-9a-f]{10}: lightgcn: loss is (nan|inf) at epoch 1; lower "
+                        r"train\.learning_rate.*", last), last
 
 
 def test_missing_feature_fails_before_any_worker_starts(run_cfg: Config) -> None:
     with pytest.raises(FileNotFoundError, match="image_missing.*available: \\['image_tiny'\\]"):
-        train_model(run_cfg, ModelConfig("vbpr", features=("image_missing",)), run_name="never")
+        train_model(run_cfg, ModelConfig("vbpr", features=("image_missing",)))

@@ -37,7 +37,8 @@ def _synthetic(root: Path) -> tuple[Config, tuple[str, ...]]:
                                        synthetic=SyntheticConfig(num_users=60, num_items=40,
                                                                  interactions_per_user=10, image_size=8)),
                  output=OutputConfig(dir=str(root)), train=TRAIN)
-    items = load_dataset(prepare_dataset(cfg)).items
+    dataset = load_dataset(prepare_dataset(cfg))
+    items = dataset.items
     rng = np.random.default_rng(0)
     for name, attributes in (("image_attrs", ["category", "colour", "pattern"]),
                              ("text_attrs", ["category", "material", "style"])):
@@ -45,7 +46,8 @@ def _synthetic(root: Path) -> tuple[Config, tuple[str, ...]]:
         matrix += 0.05 * rng.standard_normal(matrix.shape).astype(np.float32)
         missing = {0: "no image"} if name == "image_attrs" else {}
         matrix[list(missing)] = 0.0
-        write_feature(cfg.feature_root, name, matrix, {"kind": "test"}, missing=missing)
+        write_feature(cfg.feature_root, name, matrix, {"kind": "test", "items_sha256": dataset.items_sha256},
+                      missing=missing)
     return cfg, ("image_attrs", "text_attrs")
 
 
@@ -81,7 +83,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
         cfg, features = build(tmp_path_factory.mktemp(dataset))
         for name, cls in sorted(MODELS.items()):
             model_cfg = ModelConfig(name, features=features if cls.uses_features else ())
-            out[f"{dataset}/{name}"] = worker_config(cfg, model_cfg, run_name=name, train_cfg=TRAIN)
+            out[f"{dataset}/{name}"] = worker_config(cfg, model_cfg, name=name, train_cfg=TRAIN)
     return out
 
 

@@ -21,7 +21,7 @@ def write_inputs(out: Path) -> None:
     rng = np.random.default_rng(0)
     for name in FEATURES:
         write_feature(out / "features" / "synthetic", name, rng.normal(size=(dataset.num_items, 8)),
-                      {"kind": "test"})
+                      {"kind": "test", "items_sha256": dataset.items_sha256})
 
 
 def sweep_config(out: Path, model: list[dict[str, Any]] | None = None, **tune: Any) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from rmm.config import Config, ConfigError, ModelConfig, TrainConfig, TuneConfig
 from rmm.tune.search import ENTRY_KEY, GRID_KEY, JOINT_SWEEP, plan_sweeps, require_search_alg, to_tune_domain, \
     trial_params, trial_train
 from rmm.tune.space import apply_params, effective_params, features_value, max_evaluations, model_space
+from tests.train.planted import write_planted_dataset
 from tests.tune.helpers import sweep_config
 
 REPRESENTATIONS = {
@@ -162,6 +163,7 @@ def test_missing_optional_search_alg_says_what_to_install(monkeypatch: pytest.Mo
 def test_a_sweep_resumes_only_with_the_plan_it_started_with(tmp_path: Path) -> None:
     from rmm.tune.search import _check_same_plan, _plan_fingerprint
 
+    write_planted_dataset(tmp_path / "data" / "synthetic")
     raw = sweep_config(tmp_path, search=REPRESENTATIONS | {"model.features": {"grid": [["img"], ["txt"]]}})
     cfg = config_from_dict(raw)
     [sweep] = plan_sweeps(cfg)
@@ -178,3 +180,7 @@ def test_a_sweep_resumes_only_with_the_plan_it_started_with(tmp_path: Path) -> N
     other = config_from_dict(raw)
     with pytest.raises(ConfigError, match="started with other points, train than the config now gives"):
         _check_same_plan(plan_file, _plan_fingerprint(other, other.model, plan_sweeps(other)[0]), tmp_path)
+    # ... nor the dataset under an unchanged config (re-prepared with other content).
+    write_planted_dataset(tmp_path / "data" / "synthetic", seed=1)
+    with pytest.raises(ConfigError, match="started with other dataset_files than"):
+        _check_same_plan(plan_file, _plan_fingerprint(same, same.model, plan_sweeps(same)[0]), tmp_path)

@@ -1,0 +1,105 @@
+"""A training run's identity: a content hash of everything that determines its result.
+
+Two runs with the same identity compute the same thing, so a killed run resumes and a finished one is reused;
+any change to what decides the numbers (a model or train setting, the dataset's items, interactions or split,
+an input feature's values, the rmm version) gives a new identity, hence a fresh run beside the old ones. How a
+run is executed (workers, CPUs, GPU, checkpoint interval, failure retries) is not part of it: the results do not
+depend on it beyond float rounding.
+
+Bookkeeping on files, no Ray; only :func:`run_inputs` looks the model's defaults up in the (torch) registry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from rmm.config import DATA_DIR, FEATURES_DIR, Config, ModelConfig, TrainConfig, model_to_dict
+from rmm.data.schema import dataset_fingerprint
+from rmm.errors import UserError
+from rmm.features.store import matrix_fingerprint
+
+#: Train settings that say how a run executes, not what it computes: left out of the identity.
+RUNTIME_TRAIN_FIELDS = ("num_workers", "use_gpu", "cpus_per_worker", "max_failures", "checkpoint_every")
+#: Hex digits of the identity in a run's name.
+NAME_HASH_CHARS = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInputs:
+    """What a run's result is computed from, as recorded in its ``run.json``.
+
+    Attributes:
+        model: the resolved model entry (name, features, fusion and every hyperparameter).
+        train: the train section less :data:`RUNTIME_TRAIN_FIELDS`.
+        dataset: sha256 of ``items.parquet`` and ``interactions.parquet`` (the split is a column of the latter).
+        features: input feature name -> sha256 of its ``matrix.npy``.
+        rmm_version: the installed rmm.
+    """
+
+    model: Mapping[str, Any]
+    train: Mapping[str, Any]
+    dataset: Mapping[str, str]
+    features: Mapping[str, str]
+    rmm_version: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form (tuples as lists), as stored in ``run.json``."""
+        return json.loads(json.dumps(dataclasses.asdict(self), sort_keys=True))
+
+    @property
+    def identity(self) -> str:
+        """sha256 of the canonical JSON of these inputs."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def run_inputs(cfg: Config, model: ModelConfig, train: TrainConfig) -> RunInputs:
+    """The inputs of training ``model`` with ``train`` on ``cfg``'s dataset and feature store, read from disk now.
+    A model entry without params counts as its model's defaults, spelled out (the same run either way)."""
+    from rmm.models.base import model_params  # the registry imports torch: only training needs it
+
+    return RunInputs(
+        model=model_to_dict(dataclasses.replace(model, params=model_params(model))),
+        train={k: v for k, v in dataclasses.asdict(train).items() if k not in RUNTIME_TRAIN_FIELDS},
+        dataset=dataset_fingerprint(cfg.dataset_dir),
+        features={name: matrix_fingerprint(cfg.feature_root, name) for name in model.features},
+        rmm_version=metadata.version("rmm"),
+    )
+
+
+def readable_name(model: ModelConfig) -> str:
+    """Filesystem-safe form of the model's label, e.g. ``vbpr-image_stats+text_minilm-concat``."""
+    readable = model.label.replace("[", "-").replace("|", "-").rstrip("]")
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", readable)
+
+
+def run_name(model: ModelConfig, identity: str) -> str:
+    """A run's name: the readable label plus a short hash of its identity, e.g. ``lightgcn-3f9a0c2b1d``. It names
+    ``<out>/runs/<name>/``, Ray's ``<out>/ray_results/<name>/`` and the run's record in results.json."""
+    return f"{readable_name(model)}-{identity[:NAME_HASH_CHARS]}"
+
+
+def changed_inputs(recorded: Mapping[str, Any], out_dir: str | Path, dataset_name: str) -> list[str]:
+    """Which recorded inputs of a run (``run.json``'s ``inputs``) no longer match what ``out_dir`` holds: the
+    dataset's files, each feature's matrix (a file that is gone counts as changed). Empty when all match."""
+    changed = []
+    try:
+        now = dataset_fingerprint(Path(out_dir) / DATA_DIR / dataset_name)
+    except UserError:
+        now = {}
+    changed += [f"dataset {name}" for name, sha in recorded.get("dataset", {}).items() if now.get(name) != sha]
+    feature_root = Path(out_dir) / FEATURES_DIR / dataset_name
+    for name, sha in recorded.get("features", {}).items():
+        try:
+            current = matrix_fingerprint(feature_root, name)
+        except (UserError, OSError):
+            current = None
+        if current != sha:
+            changed.append(f"feature {name}")
+    return changed
