@@ -15,7 +15,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, ClassVar, Union
 
 import yaml
 
@@ -27,7 +27,16 @@ STAGES = ("data", "extract", "train", "tune", "report")
 DATA_DIR = "data"
 #: ``<out>/features/<dataset>/``: where the feature stores of an output directory live.
 FEATURES_DIR = "features"
-SPLITS = ("temporal_ratio", "random_ratio", "leave_last_out", "global_temporal", "predefined")
+SPLITS = ("temporal_ratio", "random_ratio", "mmrec_random", "leave_last_out", "global_temporal", "predefined")
+#: ``protocol:`` values. ``strict`` is rmm's own conventions; ``mmrec`` gives every switch MMRec's value (each
+#: config class says which in its ``protocol_defaults``); explicit config values win over either.
+PROTOCOLS = ("strict", "mmrec")
+#: MMRec's training defaults (``overall.yaml``), as ``protocol: mmrec`` sets them on the train section.
+#: ``stopping_step: 20`` stops after 21 evaluations without a gain, i.e. ``patience: 21``.
+MMREC_TRAIN = {"epochs": 1000, "batch_size": 2048, "learning_rate": 1e-3, "eval_every": 1, "patience": 21,
+               "topk": (5, 10, 20, 50), "metric": "recall@20", "seed": 999, "test_masks_valid": False,
+               "negatives": "train_items"}
+NEGATIVES = ("all_items", "train_items")
 SOURCES = ("synthetic", "mmrec", "amazon", "movielens")
 #: Full-ranking metric names (``rmm.eval.metrics.METRICS`` computes exactly these), each asked for as ``<name>@K``.
 METRIC_NAMES = ("recall", "ndcg", "precision", "hit_rate", "map")
@@ -96,6 +105,8 @@ class DatasetConfig:
     split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 2024
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    #: ``protocol: mmrec`` splits raw data as MMRec's published datasets were split (random per user).
+    protocol_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {"mmrec": {"split": "mmrec_random"}}
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -220,6 +231,8 @@ class ModelConfig:
     features: tuple[str, ...] = ()
     fusion: str = "concat"
     params: Any = None
+    #: This model's own train settings over the ``train`` section's (e.g. MMRec's LATTICE ``lr_decay``).
+    train: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for feature in self.features:
@@ -247,6 +260,19 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Optimisation, evaluation, scaling and failure handling of a training run.
+
+    Protocol switches (``protocol: strict`` value first, then ``mmrec``'s; see the README's protocol table):
+        test_masks_valid: rank test items with train *and* valid items masked (True), or train items only, so that
+            valid items stay candidates at test time (False, MMRec: its test loader masks the train set only).
+        negatives: BPR negatives drawn among all items the user has not trained on (``all_items``), or only among
+            items that occur in the train split (``train_items``, MMRec's sampler).
+        lr_decay: ``[gamma, step]``: epoch ``e``'s learning rate is ``learning_rate * gamma ** ((e - 1) / step)``
+            (MMRec's ``learning_rate_scheduler``, a LambdaLR stepped after every epoch); ``[1.0, 50]`` keeps it
+            constant (both protocols' default; MMRec's LATTICE sets ``[0.96, 50]``, which a model entry's
+            ``train:`` block gives it).
+    """
+
     epochs: int = 50
     batch_size: int = 2048
     learning_rate: float = 1e-3
@@ -264,10 +290,24 @@ class TrainConfig:
     #: ``fp32``, or ``bf16``: the training step runs under ``torch.autocast`` to bfloat16 (meant for GPUs; sparse
     #: graph propagation and evaluation stay float32). See ``rmm.train.loop.PRECISIONS``.
     precision: str = "fp32"
+    test_masks_valid: bool = True
+    negatives: str = "all_items"
+    lr_decay: tuple[float, int] = (1.0, 50)
+    #: When given, every model trains once per seed (``seed`` is then unused): one run each, reported as mean ±
+    #: std over the seeds.
+    seeds: tuple[int, ...] = ()
+    protocol_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {"mmrec": MMREC_TRAIN}
 
     def __post_init__(self) -> None:
         require_at_least(self, 1, "epochs", "batch_size", "eval_every", "patience", "checkpoint_every",
                          "num_workers")
+        if self.negatives not in NEGATIVES:
+            raise ValueError(f"negatives must be one of {list(NEGATIVES)}, got {self.negatives!r}")
+        if not 0 < self.lr_decay[0] <= 1 or self.lr_decay[1] < 1:
+            raise ValueError(f"lr_decay must be [gamma, step] with 0 < gamma <= 1 and step >= 1, "
+                             f"got {list(self.lr_decay)}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must not repeat, got {list(self.seeds)}")
         require_at_least(self, 0, "weight_decay")
         require_at_least(self, -1, "max_failures")
         if self.precision not in ("fp32", "bf16"):
@@ -361,6 +401,9 @@ class OutputConfig:
 @dataclass(frozen=True)
 class Config:
     stages: tuple[str, ...] = STAGES
+    #: ``strict`` or ``mmrec``: the defaults of every protocol switch (see :data:`PROTOCOLS`); recorded here, already
+    #: applied to the sections.
+    protocol: str = "strict"
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     model: tuple[ModelConfig, ...] = ()
@@ -375,8 +418,18 @@ class Config:
             raise ValueError(f"unknown stage(s) {unknown}; valid stages: {list(STAGES)}")
         if not self.output.dir:
             raise ValueError("output.dir must name a directory or URI, got an empty string")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {list(PROTOCOLS)}, got {self.protocol!r}")
+        for model in self.model:
+            self.train_for(model)  # a model's train overrides must make a valid train section
         if self.ray.address is None and self.ray.num_cpus is not None:
             check_fits(self, self.ray.num_cpus, self.ray.num_gpus)
+
+    def train_for(self, model: ModelConfig) -> TrainConfig:
+        """The train settings of ``model``: the ``train`` section with the model entry's own ``train:`` keys."""
+        if not model.train:
+            return self.train
+        return build_dataclass(TrainConfig, {**dataclasses.asdict(self.train), **model.train}, f"{model.label} train")
 
 
     @property
@@ -431,7 +484,17 @@ def check_fits(cfg: Config, num_cpus: float, num_gpus: float | None) -> None:
 
 def model_to_dict(model: ModelConfig) -> dict[str, Any]:
     params = _to_plain(dataclasses.asdict(model.params)) if model.params is not None else {}
-    return {"name": model.name, "features": list(model.features), "fusion": model.fusion, **params}
+    train = {"train": _to_plain(dict(model.train))} if model.train else {}
+    return {"name": model.name, "features": list(model.features), "fusion": model.fusion, **params, **train}
+
+
+def protocol_defaults(cls: type, protocol: str) -> dict[str, Any]:
+    """The defaults ``protocol`` gives the fields of config class ``cls``: its ``protocol_defaults`` tables merged
+    along the class hierarchy (a subclass's entries override its bases')."""
+    merged: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        merged.update(klass.__dict__.get("protocol_defaults", {}).get(protocol, {}))
+    return merged
 
 
 def _to_plain(value: Any) -> Any:
@@ -525,17 +588,24 @@ def set_dotted(data: Any, key: str, value: Any) -> None:
 
 def config_from_dict(raw: Mapping[str, Any]) -> Config:
     """Build and validate a :class:`Config` from plain data (parsed YAML with overrides applied)."""
-    known = set(_SECTIONS) | {"model", "stages"}
+    known = set(_SECTIONS) | {"model", "stages", "protocol"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"unknown section(s) {unknown}; valid sections: {sorted(known)}")
-    kwargs: dict[str, Any] = {}
+    protocol = raw.get("protocol") or "strict"
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
+    kwargs: dict[str, Any] = {"protocol": protocol}
     for name, cls in _SECTIONS.items():
-        if raw.get(name) is not None:
-            kwargs[name] = build_dataclass(cls, raw[name], name)
+        defaults = protocol_defaults(cls, protocol)
+        if raw.get(name) is not None or defaults:
+            section = raw.get(name) or {}
+            if not isinstance(section, Mapping):
+                raise ConfigError(f"section {name!r} must be a mapping, got {type(section).__name__}: {section!r}")
+            kwargs[name] = build_dataclass(cls, {**defaults, **section}, name)
     if raw.get("model") is not None:
         entries = raw["model"] if isinstance(raw["model"], list) else [raw["model"]]
-        kwargs["model"] = tuple(build_model_config(e, f"model[{i}]") for i, e in enumerate(entries))
+        kwargs["model"] = tuple(build_model_config(e, f"model[{i}]", protocol) for i, e in enumerate(entries))
     if raw.get("stages") is not None:
         kwargs["stages"] = tuple(_coerce(raw["stages"], tuple[str, ...], "stages"))
     try:
@@ -561,8 +631,9 @@ def tuned_models(cfg: Config) -> tuple[ModelConfig, ...]:
     return tuple(m for m in cfg.model if not wanted or m.name in wanted or m.label in wanted)
 
 
-def build_model_config(entry: Any, section: str) -> ModelConfig:
-    """Validate one ``model`` entry: name/features/fusion plus the keys of that model's own config."""
+def build_model_config(entry: Any, section: str, protocol: str = "strict") -> ModelConfig:
+    """Validate one ``model`` entry: name/features/fusion, the model's own ``train:`` keys, plus the keys of that
+    model's own config (defaults from ``protocol`` where the entry does not give them)."""
     from rmm.models import get_model_class  # the registry imports torch; only needed here
 
     if not isinstance(entry, Mapping) or "name" not in entry:
@@ -571,9 +642,14 @@ def build_model_config(entry: Any, section: str) -> ModelConfig:
         model_cls = get_model_class(str(entry["name"]))
     except KeyError as err:
         raise ConfigError(f"section {section!r}: {err.args[0]}") from err
-    params_raw = {k: v for k, v in entry.items() if k not in ("name", "features", "fusion")}
+    entry_keys = ("name", "features", "fusion", "train")
+    params_raw = {**protocol_defaults(model_cls.config_class, protocol),
+                  **{k: v for k, v in entry.items() if k not in entry_keys}}
     params = build_dataclass(model_cls.config_class, params_raw, f"{section} ({entry['name']})",
-                             extra_valid=("name", "features", "fusion"))
+                             extra_valid=entry_keys)
+    train = entry.get("train") or {}
+    if not isinstance(train, Mapping):
+        raise ConfigError(f"{section}.train must be a mapping of train keys, got {train!r}")
     features = _coerce(entry.get("features", ()), tuple[str, ...], f"{section}.features")
     fusion = str(entry.get("fusion", "concat"))
     try:
@@ -581,7 +657,8 @@ def build_model_config(entry: Any, section: str) -> ModelConfig:
     except ValueError as err:
         raise ConfigError(f"section {section!r}: {err}") from err
     try:
-        return ModelConfig(name=str(entry["name"]), features=features, fusion=fusion, params=params)
+        return ModelConfig(name=str(entry["name"]), features=features, fusion=fusion, params=params,
+                           train=dict(train))
     except ValueError as err:
         raise ConfigError(f"section {section!r}: {err}") from err
 

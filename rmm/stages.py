@@ -43,7 +43,7 @@ def run_train(cfg: Config, fresh: bool = False) -> list[dict[str, Any]]:
         raise ConfigError("no model to train: add a `model:` section to the config")
     records = []
     for model in cfg.model:
-        record = {**train_model(cfg, model, fresh=fresh), "stage": "train"}
+        record = {**train_model(cfg, model, train_cfg=cfg.train_for(model), fresh=fresh), "stage": "train"}
         record_runs(cfg.out_dir, [record])
         records.append(record)
     return records

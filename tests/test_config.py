@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rmm.config import ConfigError, load_config, save_snapshot
+from rmm.config import ConfigError, config_from_dict, load_config, save_snapshot
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 
@@ -109,3 +109,30 @@ def test_snapshot_round_trips(tmp_path: Path) -> None:
     cfg = load_config(QUICKSTART, ["model.0.embedding_dim=16", "output.dir=x"])
     snapshot = save_snapshot(cfg, tmp_path)
     assert load_config(snapshot) == cfg
+
+
+def test_a_protocol_sets_defaults_and_explicit_values_win(tmp_path: Path) -> None:
+    from rmm.config import MMREC_TRAIN, TrainConfig
+
+    strict = config_from_dict({"model": [{"name": "lightgcn"}]})
+    assert strict.protocol == "strict" and strict.train == TrainConfig() and strict.dataset.split == "temporal_ratio"
+
+    path = tmp_path / "mmrec.yaml"
+    path.write_text(yaml.safe_dump({"protocol": "mmrec", "train": {"patience": 5},
+                                    "model": [{"name": "lattice", "features": ["img"],
+                                               "train": {"lr_decay": [0.96, 50]}}]}))
+    cfg = load_config(path, ["train.seed=7"])
+    assert cfg.dataset.split == "mmrec_random" and not cfg.train.test_masks_valid
+    assert cfg.train.negatives == "train_items" and cfg.train.topk == MMREC_TRAIN["topk"]
+    assert cfg.train.patience == 5 and cfg.train.seed == 7  # the file's value and the override win
+    lattice = cfg.train_for(cfg.model[0])
+    assert lattice.lr_decay == (0.96, 50) and lattice.patience == 5 and cfg.train.lr_decay == (1.0, 50)
+    again = config_from_dict(cfg.to_dict())  # the snapshot reloads to the same config
+    assert again == cfg
+
+
+def test_unknown_protocol_and_bad_model_train_keys_fail_on_load() -> None:
+    with pytest.raises(ConfigError, match="protocol must be one of \\['strict', 'mmrec'\\], got 'mmrecc'"):
+        config_from_dict({"protocol": "mmrecc"})
+    with pytest.raises(ConfigError, match="unknown key 'lr_dcay' in section 'lightgcn train'"):
+        config_from_dict({"model": [{"name": "lightgcn", "train": {"lr_dcay": [0.9, 10]}}]})

@@ -22,7 +22,9 @@ from rmm.data.schema import TEST, TRAIN, VALID, DataError
 log = logging.getLogger(__name__)
 
 #: Splits that read ``dataset.split_ratios``.
-RATIO_SPLITS = ("temporal_ratio", "random_ratio", "global_temporal")
+RATIO_SPLITS = ("temporal_ratio", "random_ratio", "mmrec_random", "global_temporal")
+#: ``mmrec_random``: users with fewer interactions get n-2 / 1 / 1, as in MMRec's splitting notebook.
+MMREC_SMALL_USER = 10
 
 
 class Skips:
@@ -108,7 +110,7 @@ def preprocess(raw: RawData, cfg: DatasetConfig, skips: Skips) -> Prepared:
     """
     if cfg.split == "predefined" and "split" not in raw.interactions.columns:
         raise ConfigError(f"dataset.split: predefined keeps a split shipped with the data, but source "
-                          f"{cfg.source!r} ships none; choose one of temporal_ratio, random_ratio, "
+                          f"{cfg.source!r} ships none; choose one of temporal_ratio, random_ratio, mmrec_random, "
                           f"leave_last_out, global_temporal")
     if raw.interactions.empty:
         raise DataError(f"dataset {cfg.name!r}: the source has no interactions (read {dict(raw.source_files)})")
@@ -200,7 +202,7 @@ def assign_splits(frame: pd.DataFrame, cfg: DatasetConfig) -> np.ndarray:
         return split
 
     users = frame["user_id"].to_numpy()
-    if cfg.split == "random_ratio":
+    if cfg.split in ("random_ratio", "mmrec_random"):
         shuffled = np.lexsort((np.random.default_rng(cfg.seed).random(n_rows), users))
     else:  # temporal_ratio, leave_last_out: frame is already in time order within each user
         shuffled = np.arange(n_rows)
@@ -210,6 +212,8 @@ def assign_splits(frame: pd.DataFrame, cfg: DatasetConfig) -> np.ndarray:
     position = np.arange(n_rows) - starts[users[shuffled]]
     if cfg.split == "leave_last_out":
         n_valid, n_test = (n >= 3).astype(int), (n >= 2).astype(int)
+    elif cfg.split == "mmrec_random":
+        n_valid, n_test = _mmrec_eval_sizes(n, cfg.split_ratios[1], cfg.split_ratios[2])
     else:
         n_valid, n_test = _eval_sizes(n, cfg.split_ratios[1], cfg.split_ratios[2])
     labels = np.where(position >= n - n_test, TEST, np.where(position >= n - n_test - n_valid, VALID, TRAIN))
@@ -226,6 +230,16 @@ def _eval_sizes(n: np.ndarray, valid_ratio: float, test_ratio: float) -> tuple[n
     excess = np.maximum(n_valid + n_test - (n - 1), 0)
     cut_valid = np.minimum(excess, n_valid)
     return n_valid - cut_valid, n_test - (excess - cut_valid)
+
+
+def _mmrec_eval_sizes(n: np.ndarray, valid_ratio: float, test_ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-user valid/test sizes of MMRec's published splits: ``floor(n * (valid + test))`` evaluation items,
+    of which valid gets its share rounded down (8:1:1: ``eval // 2``) and test the rest; a user with fewer than
+    :data:`MMREC_SMALL_USER` interactions gets one of each (n-2 / 1 / 1)."""
+    n_eval = np.floor(n * (valid_ratio + test_ratio) + 1e-9).astype(np.int64)
+    n_valid = np.floor(n_eval * valid_ratio / (valid_ratio + test_ratio) + 1e-9).astype(np.int64)
+    small = n < MMREC_SMALL_USER
+    return np.where(small, 1, n_valid), np.where(small, 1, n_eval - n_valid)
 
 
 def _round(x: Any) -> Any:

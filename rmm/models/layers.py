@@ -18,15 +18,26 @@ def bpr_loss(pos_scores: Tensor, neg_scores: Tensor) -> Tensor:
     return F.softplus(neg_scores - pos_scores).mean()
 
 
-def l2_reg(*embeddings: Tensor) -> Tensor:
-    r""":math:`\frac{1}{2B}\sum \lVert e \rVert^2` over the batch's embeddings, as in LightGCN's reference code.
+#: ``reg_norm`` values of the models' configs: how :func:`l2_reg` measures the batch's embeddings.
+REG_NORMS = ("squared", "frobenius")
+
+
+def l2_reg(*embeddings: Tensor, norm: str = "squared") -> Tensor:
+    r"""Regularisation of the batch's embeddings, ``B`` being the first dimension of the first tensor:
+
+    - ``squared``: :math:`\frac{1}{2B}\sum \lVert e \rVert_F^2`, as in LightGCN's reference code (rmm's
+      ``strict`` protocol);
+    - ``frobenius``: :math:`\frac{1}{B}\sum \lVert e \rVert_F`, the *non-squared* norm of MMRec's ``EmbLoss``
+      (``protocol: mmrec``), whose gradient :math:`e / \lVert e \rVert_F` does not shrink with the embeddings.
 
     Regularising only the rows a batch touches (instead of ``weight_decay`` on whole tables) keeps the
-    penalty per interaction independent of the catalogue size. ``B`` is the first dimension of the first
-    tensor.
+    penalty per interaction independent of the catalogue size.
     """
-    total = sum(e.pow(2).sum() for e in embeddings)
-    return total / (2 * embeddings[0].shape[0])
+    if norm == "squared":
+        return sum(e.pow(2).sum() for e in embeddings) / (2 * embeddings[0].shape[0])
+    if norm == "frobenius":
+        return sum(torch.linalg.vector_norm(e) for e in embeddings) / embeddings[0].shape[0]
+    raise ValueError(f"reg norm must be one of {list(REG_NORMS)}, got {norm!r}")
 
 
 class _SparseMM(torch.autograd.Function):

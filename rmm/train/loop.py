@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from rmm.config import ModelConfig, TrainConfig
 from rmm.data.graph import TrainGraph, UserItems
 from rmm.data.knn_cache import cached_knn_graph
-from rmm.data.schema import TEST, VALID, Dataset
+from rmm.data.schema import TEST, TRAIN, VALID, Dataset
 from rmm.errors import ConfigError, DataError, DivergedError
 from rmm.eval.metrics import evaluate, metric_names
 from rmm.models.base import BPRBatch, Recommender, build_model, get_model_class, model_params
@@ -56,11 +56,13 @@ class EvalSplit:
     exclude: UserItems
 
     @classmethod
-    def from_dataset(cls, ds: Dataset, split: int) -> EvalSplit:
-        """Truth = ``split``'s items; excluded = every earlier split's (train for valid, train+valid for test)."""
+    def from_dataset(cls, ds: Dataset, split: int, mask_valid: bool = True) -> EvalSplit:
+        """Truth = ``split``'s items; excluded = every earlier split's (train for valid, train+valid for test), or
+        for test without ``mask_valid`` the train items only (MMRec: valid items stay candidates)."""
         frame = ds.interactions
         truth = _user_items(frame[frame["split"] == split], ds)
-        exclude = _user_items(frame[frame["split"] < split], ds)
+        masked = frame["split"] < split if mask_valid else frame["split"] == TRAIN
+        exclude = _user_items(frame[masked], ds)
         users = torch.nonzero(truth.counts(torch.arange(ds.num_users))).flatten()
         return cls(users=users, truth=truth, exclude=exclude)
 
@@ -71,21 +73,27 @@ def _user_items(frame: pd.DataFrame, ds: Dataset) -> UserItems:
 
 
 class BPRSampler:
-    """Triples (u, i, j): every distinct train pair once per epoch, j uniform among u's non-train items.
+    """Triples (u, i, j): every distinct train pair once per epoch, j uniform among u's non-train items: among
+    all items (``negatives="all_items"``), or among the items that occur in the train split (``"train_items"``,
+    MMRec's sampler, which never draws an item only valid or test interactions name).
 
     The epoch's order and negatives depend only on (seed, epoch), not on the rank: every rank draws the
     same global epoch and keeps its strided shard, as ``DistributedSampler`` does. Resuming at an epoch
     therefore replays exactly the batches an uninterrupted run would see.
     """
 
-    def __init__(self, graph: TrainGraph) -> None:
+    def __init__(self, graph: TrainGraph, negatives: str = "all_items") -> None:
         if not len(graph.users):
             raise DataError("the train split is empty: nothing to train on; check the dataset's split")
+        if negatives not in ("all_items", "train_items"):
+            raise ConfigError(f"train.negatives must be all_items or train_items, got {negatives!r}")
+        self.candidates = (torch.unique(graph.items) if negatives == "train_items"
+                           else torch.arange(graph.num_items))  # (C,) sorted item ids negatives come from
         degree = torch.bincount(graph.users, minlength=graph.num_users)
-        if bool((degree >= graph.num_items).any()):
-            user = int(torch.nonzero(degree >= graph.num_items)[0])
-            raise DataError(f"user {user} interacted with all {graph.num_items} items in train: no negative "
-                            f"item to sample; drop such users when preparing the dataset")
+        if bool((degree >= len(self.candidates)).any()):
+            user = int(torch.nonzero(degree >= len(self.candidates))[0])
+            raise DataError(f"user {user} interacted with all {len(self.candidates)} candidate negative items in "
+                            f"train: no negative item to sample; drop such users when preparing the dataset")
         self.graph = graph
         self.keys = torch.sort(graph.users * graph.num_items + graph.items).values  # for searchsorted
 
@@ -107,15 +115,15 @@ class BPRSampler:
                                                      neg[shard].split(per_rank))]
 
     def _negatives(self, users: Tensor, generator: torch.Generator) -> Tensor:
-        """Rejection sampling: redraw the negatives that hit a train item until none does."""
-        num_items = self.graph.num_items
-        neg = torch.randint(num_items, users.shape, generator=generator)
+        """Rejection sampling among the candidates: redraw the negatives that hit a train item until none does."""
+        num_items, candidates = self.graph.num_items, self.candidates
+        neg = candidates[torch.randint(len(candidates), users.shape, generator=generator)]
         todo = torch.arange(len(users))
         while len(todo):
             keys = users[todo] * num_items + neg[todo]
             at = torch.searchsorted(self.keys, keys).clamp(max=len(self.keys) - 1)
             todo = todo[self.keys[at] == keys]
-            neg[todo] = torch.randint(num_items, todo.shape, generator=generator)
+            neg[todo] = candidates[torch.randint(len(candidates), todo.shape, generator=generator)]
         return neg
 
 
@@ -212,8 +220,9 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features:
             builds them in memory.
 
     Returns:
-        The best validation metrics, the test metrics of that state (train + valid items masked),
-        per-user test metrics, the evaluation history and the training wall time.
+        The best validation metrics, the test metrics of that state (train + valid items masked, or train only
+        without ``train.test_masks_valid``), per-user test metrics, the evaluation history and the training wall
+        time.
 
     Raises:
         DivergedError: the epoch loss, or a metric, is NaN or infinite.
@@ -243,7 +252,7 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features:
         resumed_after_epoch = state["epoch"]
         log.info("%s: resuming after epoch %d from %s", model_cfg.label, state["epoch"], resume_from)
     trained = prepare_model(model) if prepare_model is not None else model
-    sampler = BPRSampler(graph)
+    sampler = BPRSampler(graph, train_cfg.negatives)
     key = f"valid/{train_cfg.metric}"
 
     # A training-free model (fitted when built) has nothing to learn: its one evaluation is the result.
@@ -254,6 +263,8 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features:
             break
         tic = time.perf_counter()
         model.start_epoch(train_cfg.seed, epoch)  # per-epoch state: FREEDOM's pruned graph, LATTICE's kNN
+        for group in optimizer.param_groups:
+            group["lr"] = epoch_learning_rate(train_cfg, epoch)
         loss = 0.0
         if model.trainable:
             loss = _mean_across_ranks(_train_epoch(trained, optimizer, sampler, train_cfg, epoch, rank,
@@ -286,7 +297,7 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features:
     train_seconds = time.perf_counter() - started
 
     model.load_state_dict(state["best_model"])
-    test = EvalSplit.from_dataset(data, TEST)
+    test = EvalSplit.from_dataset(data, TEST, mask_valid=train_cfg.test_masks_valid)
     if not len(test.users):
         raise DataError(f"dataset {data.root} has no test interactions: no test metric can be computed; "
                         f"re-prepare it with a split that keeps a test part")
@@ -298,6 +309,14 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features:
                      train_seconds=train_seconds,
                      history=state["history"], best_state=state["best_model"],
                      resumed_after_epoch=resumed_after_epoch)
+
+
+def epoch_learning_rate(train_cfg: TrainConfig, epoch: int) -> float:
+    """Epoch ``epoch``'s (1-based) learning rate under ``train.lr_decay = [gamma, step]``:
+    ``learning_rate * gamma ** ((epoch - 1) / step)``, MMRec's LambdaLR stepped after each epoch. A function of
+    the epoch alone, so a resumed run continues the schedule without checkpointing a scheduler."""
+    gamma, step = train_cfg.lr_decay
+    return train_cfg.learning_rate * gamma ** ((epoch - 1) / step)
 
 
 def _autocast_dtype(train_cfg: TrainConfig) -> torch.dtype | None:

@@ -215,7 +215,7 @@ def tune_models(cfg: Config, fresh: bool = False) -> list[dict[str, Any]]:
     require_search_alg(cfg.tune.search_alg)
     models = tuned_models(cfg)
     for model in models:  # wrong inputs fail here, in one line, not in every trial
-        check_inputs(cfg, model, cfg.train)
+        check_inputs(cfg, model, cfg.train_for(model))
     if fresh:
         cfg.storage.remove(TUNE_DIR)
     init_ray(cfg.ray)

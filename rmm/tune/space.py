@@ -161,7 +161,7 @@ def apply_params(cfg: Config, model: ModelConfig, params: Mapping[str, Any]) -> 
 
 
 def _apply(cfg: Config, model: ModelConfig, params: Mapping[str, Any]) -> tuple[Config, ModelConfig]:
-    train = dataclasses.asdict(cfg.train)
+    train = dataclasses.asdict(cfg.train_for(model))
     model_raw = model_to_dict(model)
     for key, value in params.items():
         section, _, name = key.partition(".")

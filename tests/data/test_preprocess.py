@@ -147,3 +147,20 @@ def test_predefined_keeps_split_and_requires_one():
     assert info["skipped"]["users_without_train_item"]["examples"] == ["u2"]
     with pytest.raises(ConfigError, match="ships none"):
         run(raw_data(rows), split="predefined")
+
+
+def test_mmrec_random_follows_mmrecs_split_rule():
+    # users of 4..30 interactions: MMRec's notebook gives n-2/1/1 under 10, else int(0.2 n) split half-down valid
+    rows = [(f"u{n:02d}", f"i{i:02d}", i) for n in range(4, 31) for i in range(n)]
+    inter, _ = run(raw_data(rows), split="mmrec_random", seed=5)
+    for n in range(4, 31):
+        labels = inter[inter["user_id"] == n - 4]["split"].value_counts()
+        n_eval = int(n * 0.2)
+        want = (n - 2, 1, 1) if n < 10 else (n - n_eval, n_eval // 2, n_eval - n_eval // 2)
+        assert (labels.get(TRAIN, 0), labels.get(VALID, 0), labels.get(TEST, 0)) == want, n
+    # random within each user, not by time: some user has a valid/test item earlier than one of its train items
+    last_train = inter[inter["split"] == TRAIN].groupby("user_id")["timestamp"].max()
+    first_eval = inter[inter["split"] != TRAIN].groupby("user_id")["timestamp"].min()
+    assert (first_eval < last_train).any()
+    again, _ = run(raw_data(rows), split="mmrec_random", seed=5)
+    assert inter.equals(again)

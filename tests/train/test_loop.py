@@ -12,8 +12,8 @@ import torch
 
 from rmm.config import ModelConfig, TrainConfig
 from rmm.data.graph import TrainGraph
-from rmm.data.schema import Dataset, load_dataset
-from rmm.train.loop import BPRSampler, fit
+from rmm.data.schema import TEST, VALID, Dataset, load_dataset
+from rmm.train.loop import BPRSampler, EvalSplit, epoch_learning_rate, fit
 from tests.train.planted import write_planted_dataset
 
 TRAIN = TrainConfig(epochs=8, batch_size=64, learning_rate=0.01, topk=(5, 10), metric="recall@10",
@@ -98,3 +98,28 @@ def test_bf16_precision_trains_with_float32_weights(planted: Dataset) -> None:
     result = fit(ModelConfig("freedom", features=("image",)), bf16, planted, features)
     assert all(math.isfinite(h["loss"]) for h in result.history)
     assert all(v.dtype == torch.float32 for v in result.best_state.values() if v.is_floating_point())
+
+
+def test_train_items_negatives_never_draw_an_item_without_train_interactions() -> None:
+    # item 5 has no train interaction (only valid/test ones elsewhere): MMRec's sampler never offers it
+    graph = TrainGraph(3, 6, users=torch.tensor([0, 0, 1, 2, 2]), items=torch.tensor([0, 1, 4, 1, 3]))
+    for negatives, allowed in (("train_items", {0, 1, 3, 4}), ("all_items", {0, 1, 2, 3, 4, 5})):
+        drawn = {j for epoch in range(1, 40)
+                 for batch in BPRSampler(graph, negatives).epoch(seed=0, epoch=epoch, batch_size=8)
+                 for j in batch.neg_items.tolist()}
+        assert drawn <= allowed and len(drawn) >= len(allowed) - 1, (negatives, drawn)
+
+
+def test_test_masking_of_valid_items_is_a_switch(planted: Dataset) -> None:
+    strict, mmrec = (EvalSplit.from_dataset(planted, TEST, mask_valid=m) for m in (True, False))
+    valid = EvalSplit.from_dataset(planted, VALID)
+    user = strict.users[:1]
+    masked_strict, masked_mmrec = (set(s.exclude.entries(user)[1].tolist()) for s in (strict, mmrec))
+    assert masked_strict - masked_mmrec == set(valid.truth.entries(user)[1].tolist()) != set()  # only valid's
+
+
+def test_lr_decay_follows_mmrecs_lambda_schedule() -> None:
+    train = dataclasses.replace(TRAIN, learning_rate=0.01, lr_decay=(0.96, 50))
+    assert epoch_learning_rate(train, 1) == pytest.approx(0.01)
+    assert epoch_learning_rate(train, 51) == pytest.approx(0.01 * 0.96)
+    assert epoch_learning_rate(TRAIN, 500) == TRAIN.learning_rate  # [1.0, 50]: constant
