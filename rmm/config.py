@@ -90,6 +90,11 @@ class DatasetConfig:
     source id; ``text_path`` is MovieLens's optional overview CSV. ``split: predefined`` keeps a split the
     source ships (MMRec's ``x_label``). ``on_unknown_item``: ``error`` stops on an interaction whose item is not
     in the item file; ``skip`` drops such rows and counts them in ``dataset.json``.
+
+    ``cold_items``: the share of items (after k-core filtering, drawn with ``seed``) held out of training
+    entirely: every interaction of such a cold item goes to valid or test, split per user in the valid:test
+    proportion of ``split_ratios``; the other items are split by ``split``. 0 (the default) holds out none. Not
+    with ``split: predefined``, whose split is the source's.
     """
 
     name: str = "synthetic"
@@ -104,6 +109,7 @@ class DatasetConfig:
     on_unknown_item: str = "error"
     split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 2024
+    cold_items: float = 0.0
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     #: ``protocol: mmrec`` splits raw data as MMRec's published datasets were split (random per user).
     protocol_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {"mmrec": {"split": "mmrec_random"}}
@@ -127,6 +133,11 @@ class DatasetConfig:
             raise ValueError(f"on_unknown_item must be error or skip, got {self.on_unknown_item!r}")
         if self.user_core < 0 or self.item_core < 0:
             raise ValueError("user_core and item_core must be >= 0")
+        if not 0 <= self.cold_items < 1:  # NaN fails too
+            raise ValueError(f"cold_items must be a share of items in [0, 1), got {self.cold_items}")
+        if self.cold_items and self.split == "predefined":
+            raise ValueError("cold_items needs a split rmm makes, got split: predefined (the source's own split); "
+                             "choose another split or set cold_items: 0")
 
 
 @dataclass(frozen=True)
@@ -233,8 +244,14 @@ class ModelConfig:
     params: Any = None
     #: This model's own train settings over the ``train`` section's (e.g. MMRec's LATTICE ``lr_decay``).
     train: Mapping[str, Any] = field(default_factory=dict)
+    #: This model's own sweep grid over ``tune.search``'s (MMRec's per-model yaml grids): ``{grid: [...]}`` only.
+    search: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        sampled = sorted(k for k, spec in self.search.items() if not isinstance(spec, Mapping) or "grid" not in spec)
+        if sampled:
+            raise ValueError(f"a model entry's search takes grids only ({{grid: [...]}}), got {sampled}; put sampled "
+                             f"distributions in tune.search")
         for feature in self.features:
             require_store_name("feature", feature)
         if len(set(self.features)) != len(self.features):
@@ -425,6 +442,10 @@ class Config:
         if self.ray.address is None and self.ray.num_cpus is not None:
             check_fits(self, self.ray.num_cpus, self.ray.num_gpus)
 
+    def search_for(self, model: ModelConfig) -> Mapping[str, Any]:
+        """What a sweep searches for ``model``: ``tune.search`` with the model entry's own grid keys over it."""
+        return {**self.tune.search, **model.search}
+
     def train_for(self, model: ModelConfig) -> TrainConfig:
         """The train settings of ``model``: the ``train`` section with the model entry's own ``train:`` keys."""
         if not model.train:
@@ -484,8 +505,8 @@ def check_fits(cfg: Config, num_cpus: float, num_gpus: float | None) -> None:
 
 def model_to_dict(model: ModelConfig) -> dict[str, Any]:
     params = _to_plain(dataclasses.asdict(model.params)) if model.params is not None else {}
-    train = {"train": _to_plain(dict(model.train))} if model.train else {}
-    return {"name": model.name, "features": list(model.features), "fusion": model.fusion, **params, **train}
+    extra = {key: _to_plain(dict(value)) for key, value in (("train", model.train), ("search", model.search)) if value}
+    return {"name": model.name, "features": list(model.features), "fusion": model.fusion, **params, **extra}
 
 
 def protocol_defaults(cls: type, protocol: str) -> dict[str, Any]:
@@ -612,10 +633,13 @@ def config_from_dict(raw: Mapping[str, Any]) -> Config:
         cfg = Config(**kwargs)
     except ValueError as err:
         raise ConfigError(str(err)) from err
-    if cfg.tune.search:
+    if cfg.tune.search or any(m.search for m in cfg.model):
         from rmm.tune.space import check_search_space
 
-        check_search_space(cfg.tune.search, tuned_models(cfg))
+        check_search_space(cfg.tune.search, tuned_models(cfg))  # each key applies to some tuned model
+        for model in tuned_models(cfg):
+            if model.search:
+                check_search_space(model.search, (model,))  # an entry's own grid applies to it
     return cfg
 
 
@@ -642,7 +666,7 @@ def build_model_config(entry: Any, section: str, protocol: str = "strict") -> Mo
         model_cls = get_model_class(str(entry["name"]))
     except KeyError as err:
         raise ConfigError(f"section {section!r}: {err.args[0]}") from err
-    entry_keys = ("name", "features", "fusion", "train")
+    entry_keys = ("name", "features", "fusion", "train", "search")
     params_raw = {**protocol_defaults(model_cls.config_class, protocol),
                   **{k: v for k, v in entry.items() if k not in entry_keys}}
     params = build_dataclass(model_cls.config_class, params_raw, f"{section} ({entry['name']})",
@@ -657,8 +681,9 @@ def build_model_config(entry: Any, section: str, protocol: str = "strict") -> Mo
     except ValueError as err:
         raise ConfigError(f"section {section!r}: {err}") from err
     try:
+        search = _coerce(entry.get("search") or {}, Mapping, f"{section}.search")
         return ModelConfig(name=str(entry["name"]), features=features, fusion=fusion, params=params,
-                           train=dict(train))
+                           train=dict(train), search=dict(search))
     except ValueError as err:
         raise ConfigError(f"section {section!r}: {err}") from err
 

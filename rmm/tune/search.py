@@ -93,9 +93,10 @@ def plan_sweeps(cfg: Config) -> list[Sweep]:
     sampled_keys: dict[str, dict[str, Any]] = {}
     per_point: list[Sweep] = []
     for index, model in enumerate(tuned_models(cfg)):
-        space = model_space(tune_cfg.search, model)
+        search = cfg.search_for(model)
+        space = model_space(search, model)
         points = [{ENTRY_KEY: index, **point} for point in space.points]
-        if not space.sampled and any("grid" not in spec for spec in tune_cfg.search.values()):
+        if not space.sampled and any("grid" not in spec for spec in search.values()):
             unsampled += points
         elif tune_cfg.search_alg in OPTIONAL_SEARCH_ALGS and space.sampled:
             per_point += [Sweep(f"{cell_name(index, apply_params(cfg, model, plain)[1])}-p{j:02d}", (point,),
@@ -167,7 +168,8 @@ def make_scheduler(cfg: Config) -> Any:
     last iteration is its final summary, so ``max_t`` is one past the most evaluations a trial can make)."""
     if cfg.tune.scheduler == "asha":
         return tune.schedulers.ASHAScheduler(
-            time_attr="training_iteration", max_t=max_evaluations(cfg.train, cfg.tune.search) + 1,
+            time_attr="training_iteration",
+            max_t=max(max_evaluations(cfg.train_for(m), cfg.search_for(m)) for m in tuned_models(cfg)) + 1,
             grace_period=cfg.tune.asha_grace_period, reduction_factor=cfg.tune.asha_reduction_factor)
     return tune.schedulers.FIFOScheduler()
 

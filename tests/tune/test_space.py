@@ -184,3 +184,18 @@ def test_a_sweep_resumes_only_with_the_plan_it_started_with(tmp_path: Path) -> N
     write_planted_dataset(tmp_path / "data" / "synthetic", seed=1)
     with pytest.raises(ConfigError, match="started with other dataset_files than"):
         _check_same_plan(plan_file, _plan_fingerprint(same, same.model, plan_sweeps(same)[0]), tmp_path)
+
+
+def test_a_model_entry_brings_its_own_grid(tmp_path: Path) -> None:
+    raw = sweep_config(tmp_path, model=[{"name": "lightgcn", "search": {"model.num_layers": {"grid": [1, 2]}}},
+                                        {"name": "bprmf", "search": {"model.reg_weight": {"grid": [1.0, 0.1]}}}],
+                       search={"train.learning_rate": {"grid": [1e-3]}})
+    [sweep] = plan_sweeps(config_from_dict(raw))
+    assert [(p[ENTRY_KEY], p.get("model.num_layers"), p.get("model.reg_weight")) for p in sweep.points] == [
+        (0, 1, None), (0, 2, None), (1, None, 1.0), (1, None, 0.1)]
+    raw["model"][1]["search"] = {"model.num_layers": {"grid": [1]}}  # BPR-MF has no layers
+    with pytest.raises(ConfigError, match="num_layers"):
+        config_from_dict(raw)
+    raw["model"][1]["search"] = {"model.reg_weight": {"choice": [1.0]}}
+    with pytest.raises(ConfigError, match="takes grids only"):
+        config_from_dict(raw)
