@@ -275,6 +275,11 @@ class ModelConfig:
         return len(self.features) > 1 and bool(get_model_class(self.name).fusions)
 
 
+#: What to do instead of combining ``train.seeds`` with ``rmm tune``.
+SEEDS_WITHOUT_TUNE = ("sweep with one seed (no train.seeds), then train the chosen configurations with train.seeds "
+                      "in a config whose stages leave out tune and that has no tune.search")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation, evaluation, scaling and failure handling of a training run.
@@ -311,7 +316,7 @@ class TrainConfig:
     negatives: str = "all_items"
     lr_decay: tuple[float, int] = (1.0, 50)
     #: When given, every model trains once per seed (``seed`` is then unused): one run each, reported as mean ±
-    #: std over the seeds.
+    #: std over the seeds. Not with ``rmm tune``: sweep with one seed, then train the chosen configurations with seeds.
     seeds: tuple[int, ...] = ()
     protocol_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {"mmrec": MMREC_TRAIN}
 
@@ -323,8 +328,8 @@ class TrainConfig:
         if not 0 < self.lr_decay[0] <= 1 or self.lr_decay[1] < 1:
             raise ValueError(f"lr_decay must be [gamma, step] with 0 < gamma <= 1 and step >= 1, "
                              f"got {list(self.lr_decay)}")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must not repeat, got {list(self.seeds)}")
+        if len(set(self.seeds)) != len(self.seeds) or any(seed < 0 for seed in self.seeds):
+            raise ValueError(f"seeds must be distinct integers >= 0, got {list(self.seeds)}")
         require_at_least(self, 0, "weight_decay")
         require_at_least(self, -1, "max_failures")
         if self.precision not in ("fp32", "bf16"):
@@ -439,6 +444,10 @@ class Config:
             raise ValueError(f"protocol must be one of {list(PROTOCOLS)}, got {self.protocol!r}")
         for model in self.model:
             self.train_for(model)  # a model's train overrides must make a valid train section
+        seeds = next((t.seeds for t in (self.train, *map(self.train_for, self.model)) if t.seeds), ())
+        if "train.seeds" in self.tune.search or (seeds and (self.tune.search or "tune" in self.stages)):
+            raise ValueError(f"train.seeds {list(seeds) or '(searched)'} cannot go with rmm tune (a tune stage or "
+                             f"tune.search; a sweep trains each point with one seed): {SEEDS_WITHOUT_TUNE}")
         if self.ray.address is None and self.ray.num_cpus is not None:
             check_fits(self, self.ray.num_cpus, self.ray.num_gpus)
 

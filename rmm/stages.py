@@ -7,6 +7,7 @@ submitted as its own Ray job. Ray-using modules are imported inside the stage th
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -34,18 +35,32 @@ def run_extract(cfg: Config, fresh: bool = False) -> dict[str, Path]:
 
 
 def run_train(cfg: Config, fresh: bool = False) -> list[dict[str, Any]]:
-    """Train every configured model once (Ray Train) and record the runs in results.json; a model whose run
-    with the same inputs already finished is not trained again unless ``fresh``."""
+    """Train every configured model (Ray Train) and record the runs in results.json, each as soon as it
+    finishes; a run whose inputs match one that already finished is not trained again unless ``fresh``.
+
+    A model trains once, or once per seed of ``train.seeds`` (its entry's own ``train:`` may set them too). Each
+    seed's run has that ``seed`` and no ``seeds`` in its train section, so it is the same run (identity), trained
+    once, whether its seed came alone or in a list. Every record carries ``seed_group``
+    (:func:`rmm.train.identity.seed_group`), shared by the runs whose inputs differ in the seed alone, which the
+    report shows as one configuration, mean ± std over the seeds. The runs go one after another: each is already
+    a Ray Train job of ``train.num_workers`` workers, and the local Ray is checked to fit one such job, so seeds
+    started side by side would wait for the same CPUs or GPUs rather than finish sooner.
+    """
     from rmm.report.results import record_runs
+    from rmm.train.identity import seed_group
     from rmm.train.ray_trainer import train_model
 
     if not cfg.model:
         raise ConfigError("no model to train: add a `model:` section to the config")
     records = []
     for model in cfg.model:
-        record = {**train_model(cfg, model, train_cfg=cfg.train_for(model), fresh=fresh), "stage": "train"}
-        record_runs(cfg.out_dir, [record])
-        records.append(record)
+        train_cfg = cfg.train_for(model)
+        for seed in train_cfg.seeds or (train_cfg.seed,):
+            record = train_model(cfg, model, train_cfg=dataclasses.replace(train_cfg, seed=seed, seeds=()),
+                                 fresh=fresh)
+            record = {**record, "stage": "train", "seed_group": seed_group(model, record["inputs"])}
+            record_runs(cfg.out_dir, [record])
+            records.append(record)
     return records
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from rmm.config import Config, DatasetConfig
 from rmm.data import synthetic
 from rmm.data.importers import IMAGES_DIR, amazon, mmrec, movielens, place_images
-from rmm.data.preprocess import RawData, Skips, preprocess
+from rmm.data.preprocess import COLD_INFO, RawData, Skips, preprocess
 from rmm.data.schema import ITEMS_FILE, TEST, TRAIN, VALID, dataset_fingerprint, load_dataset, write_dataset
 from rmm.features.store import write_feature
 
@@ -81,7 +81,8 @@ def prepare_dataset(cfg: Config) -> Path:
 def dataset_stats(path: str | Path) -> dict[str, Any]:
     """Size, sparsity and content coverage of a prepared dataset (what ``rmm data stats`` prints).
 
-    ``items_with_image`` counts image files that exist; ``items_with_text`` non-blank texts (both shares).
+    ``items_with_image`` counts image files that exist; ``items_with_text`` non-blank texts (both shares);
+    ``cold_items`` the items held out of training (``dataset.cold_items``).
     """
     dataset = load_dataset(path)
     inter = dataset.interactions
@@ -104,6 +105,7 @@ def dataset_stats(path: str | Path) -> dict[str, Any]:
         "interactions_per_item": _spread(per_item),
         "items_with_image": with_image / max(dataset.num_items, 1),
         "items_with_text": with_text / max(dataset.num_items, 1),
+        "cold_items": int((dataset.info.get(COLD_INFO) or {}).get("count", 0)),
     }
 
 

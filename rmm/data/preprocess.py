@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from rmm.config import ConfigError, DatasetConfig
-from rmm.data.schema import TEST, TRAIN, VALID, DataError
+from rmm.data.schema import INFO_FILE, TEST, TRAIN, VALID, DataError
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,12 @@ log = logging.getLogger(__name__)
 RATIO_SPLITS = ("temporal_ratio", "random_ratio", "mmrec_random", "global_temporal")
 #: ``mmrec_random``: users with fewer interactions get n-2 / 1 / 1, as in MMRec's splitting notebook.
 MMREC_SMALL_USER = 10
+#: Splits whose per-user order is time: a user's cold-item interactions go to valid first, then test, by time.
+TEMPORAL_SPLITS = ("temporal_ratio", "leave_last_out", "global_temporal")
+#: ``dataset.json``'s section on the items ``dataset.cold_items`` held out of training.
+COLD_INFO = "cold_items"
+#: Second seed word of the cold-item draws, so they are a random stream of their own beside the split's.
+_COLD_STREAM = 1
 
 
 class Skips:
@@ -91,7 +97,7 @@ class Prepared:
         interactions: ``user_id``, ``item_id``, ``timestamp``, ``split``.
         users: ``user_id``, ``source_id``.
         item_rows: for each new ``item_id``, its row in ``RawData.items`` (to reorder imported features).
-        info: k-core and split facts for ``dataset.json``.
+        info: k-core and split facts (and the cold items, see :func:`cold_item_info`) for ``dataset.json``.
     """
 
     items: pd.DataFrame
@@ -139,8 +145,9 @@ def preprocess(raw: RawData, cfg: DatasetConfig, skips: Skips) -> Prepared:
     if cfg.split == "predefined":
         frame["split"] = inter["split"].to_numpy(np.int8)
     frame = frame.sort_values(["user_id", "timestamp", "item_id"], kind="mergesort").reset_index(drop=True)
+    cold = pick_cold_items(len(items), cfg)
     if cfg.split != "predefined":
-        frame["split"] = assign_splits(frame, cfg)
+        frame["split"] = split_with_cold_items(frame, cfg, cold)
     frame, users = _drop_users_without_train(frame, user_index, skips)
 
     split_info: dict[str, Any] = {"strategy": cfg.split, "seed": cfg.seed}
@@ -149,6 +156,8 @@ def preprocess(raw: RawData, cfg: DatasetConfig, skips: Skips) -> Prepared:
     info = {"kcore": {"user_core": cfg.user_core, "item_core": cfg.item_core, "rounds": rounds,
                       "before": before, "after": _counts(inter)},
             "split": split_info}
+    if cfg.cold_items:
+        info[COLD_INFO] = cold_item_info(frame, cold, cfg.cold_items)
     return Prepared(items=items, interactions=frame, users=users, item_rows=item_rows, info=info)
 
 
@@ -220,6 +229,79 @@ def assign_splits(frame: pd.DataFrame, cfg: DatasetConfig) -> np.ndarray:
     split = np.empty(n_rows, dtype=np.int8)
     split[shuffled] = labels
     return split
+
+
+def pick_cold_items(num_items: int, cfg: DatasetConfig) -> np.ndarray:
+    """The sorted dense ids of the ``cfg.cold_items`` share of ``num_items`` items held out of training, drawn
+    with ``cfg.seed``: the share rounded half up, at least one item when the share is positive and at most all
+    but one (empty for a share of 0)."""
+    if not cfg.cold_items:
+        return np.empty(0, dtype=np.int64)
+    count = min(max(int(_round(cfg.cold_items * num_items)), 1), num_items - 1)
+    return np.sort(_cold_rng(cfg, 0).choice(num_items, size=count, replace=False)).astype(np.int64)
+
+
+def split_with_cold_items(frame: pd.DataFrame, cfg: DatasetConfig, cold: np.ndarray) -> np.ndarray:
+    """Split label per row of ``frame`` (sorted by user_id, timestamp, item_id): the rows of ``cold`` items go to
+    valid or test (:func:`_cold_splits`), never train; the others are split by :func:`assign_splits` as if the
+    cold rows were not there."""
+    is_cold = np.isin(frame["item_id"].to_numpy(), cold)
+    if not is_cold.any():
+        return assign_splits(frame, cfg)
+    split = np.empty(len(frame), dtype=np.int8)
+    split[~is_cold] = assign_splits(frame[~is_cold].reset_index(drop=True), cfg)
+    split[is_cold] = _cold_splits(frame.loc[is_cold, "user_id"].to_numpy(), cfg)
+    return split
+
+
+def _cold_splits(users: np.ndarray, cfg: DatasetConfig) -> np.ndarray:
+    """VALID or TEST per cold-item row (``users``: their user ids, sorted), per user in the valid:test proportion
+    ``p`` of ``split_ratios``: of a user's ``n`` cold rows, ``floor(n p + u)`` go to valid (``u`` uniform in
+    [0, 1) per user, so the expected share is exactly ``p`` and a user with one cold row is not always sent the
+    same way), the rest to test. Valid takes the earliest rows under the time-ordered splits
+    (:data:`TEMPORAL_SPLITS`), a random draw of them under the random ones."""
+    rng = _cold_rng(cfg, 1)
+    n_rows = len(users)
+    order = (np.arange(n_rows) if cfg.split in TEMPORAL_SPLITS
+             else np.lexsort((rng.random(n_rows), users)))  # rows within each user in the order valid takes them
+    counts = np.bincount(users)
+    valid_share = cfg.split_ratios[1] / (cfg.split_ratios[1] + cfg.split_ratios[2])
+    n_valid = np.floor(counts * valid_share + rng.random(len(counts))).astype(np.int64)  # (U,), <= counts
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    position = np.arange(n_rows) - starts[users[order]]
+    split = np.empty(n_rows, dtype=np.int8)
+    split[order] = np.where(position < n_valid[users[order]], VALID, TEST)
+    return split
+
+
+def _cold_rng(cfg: DatasetConfig, purpose: int) -> np.random.Generator:
+    """The generator of the cold items' draws: ``purpose`` 0 picks the items, 1 splits their interactions."""
+    return np.random.default_rng([cfg.seed, _COLD_STREAM, purpose])
+
+
+def cold_item_info(frame: pd.DataFrame, cold: np.ndarray, share: float) -> dict[str, Any]:
+    """``dataset.json``'s :data:`COLD_INFO` section of the final ``frame`` (users renumbered): the share asked
+    for, the count and ids of the cold items (dense ids, comma-separated: :func:`cold_item_ids` reads them back),
+    and the valid and test interactions and users on them."""
+    on_cold = frame[np.isin(frame["item_id"].to_numpy(), cold)]
+    parts = {"valid": on_cold[on_cold["split"] == VALID], "test": on_cold[on_cold["split"] == TEST]}
+    return {"share": share, "count": len(cold), "item_ids": ",".join(map(str, cold.tolist())),
+            "interactions": {name: len(part) for name, part in parts.items()},
+            "users": {name: int(part["user_id"].nunique()) for name, part in parts.items()}}
+
+
+def cold_item_ids(info: Mapping[str, Any]) -> np.ndarray:
+    """The sorted dense ids of the cold items a dataset's ``dataset.json`` (``info``) records; empty without any.
+
+    Raises:
+        DataError: the recorded ids are not comma-separated integers.
+    """
+    text = (info.get(COLD_INFO) or {}).get("item_ids", "")
+    try:
+        return np.array(sorted(int(part) for part in text.split(",") if part), dtype=np.int64)
+    except ValueError as err:
+        raise DataError(f"{INFO_FILE}: {COLD_INFO}.item_ids must be comma-separated item ids, got {text[:80]!r}; "
+                        f"re-run `rmm data prepare CONFIG`") from err
 
 
 def _eval_sizes(n: np.ndarray, valid_ratio: float, test_ratio: float) -> tuple[np.ndarray, np.ndarray]:

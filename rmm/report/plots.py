@@ -33,10 +33,12 @@ def _save(fig: Figure, path: Path) -> Path:
 def metric_by_representation(cells: Mapping[tuple[str, str], Mapping[str, Any]], models: Sequence[str],
                              columns: Sequence[str], metrics: Sequence[str], path: Path) -> Path:
     """Grouped bars: one panel per metric, one group per model, one bar per representation (test metric of
-    the (model, representation) cell's run); each group centres the bars it has.
+    the (model, representation) cell's run; of a seed group, the mean over its seeds with the standard deviation
+    as an error bar); each group centres the bars it has.
 
     Args:
-        cells: ``(model, representation) -> run record``, the runs of the paper-style table.
+        cells: ``(model, representation) -> run record``, the runs (or seed groups, with ``test_std``) of the
+            paper-style table.
         models: the groups, in order.
         columns: the representations, in order (one colour each).
         metrics: test metrics, one panel each.
@@ -49,13 +51,16 @@ def metric_by_representation(cells: Mapping[tuple[str, str], Mapping[str, Any]],
         ax = fig.add_subplot(len(metrics), 1, row + 1)
         xs: dict[str, list[float]] = {c: [] for c in columns}
         heights: dict[str, list[float]] = {c: [] for c in columns}
+        errors: dict[str, list[float]] = {c: [] for c in columns}
         for i, model in enumerate(models):
             present = [c for c in columns if metric in cells.get((model, c), {}).get("test", {})]
             for j, column in enumerate(present):
                 xs[column].append(i + width * (j + 0.5 - len(present) / 2))
                 heights[column].append(cells[(model, column)]["test"][metric])
+                errors[column].append((cells[(model, column)].get("test_std") or {}).get(metric, 0.0))
         for column in columns:
-            bars = ax.bar(xs[column], heights[column], width, label=column)
+            bars = ax.bar(xs[column], heights[column], width, label=column,
+                          yerr=errors[column] if any(errors[column]) else None, capsize=2)
             ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=1)
         ax.set_xticks(range(len(models)), models)
         ax.set_ylabel(f"test {metric}")

@@ -5,13 +5,15 @@ file is strict JSON: a non-finite number (NaN, Infinity) is refused on write and
 
 Every choice among runs (a cell of the report's table, the ID-only baseline, ``rmm recommend``'s default run, a
 sweep cell's best trial) is made on the validation metric by :func:`best_by_validation` / :func:`first_best`;
-test metrics are only reported, never used to choose.
+test metrics are only reported, never used to choose. The report chooses among seed groups (:func:`by_seed_group`):
+a configuration trained with several seeds competes with the mean of its validation metric over the seeds.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from numbers import Real
 from pathlib import Path
@@ -125,6 +127,49 @@ def best_by_validation(runs: Iterable[Mapping[str, Any]], metric: str) -> Mappin
     that did not validate ``metric`` is chosen only when none did); None when there is no run. Resolve
     ``metric`` with :func:`validation_metric` over every run being compared first."""
     return first_best(runs, lambda run: selection_key(run, metric))
+
+
+def seed_group_name(run: Mapping[str, Any]) -> str:
+    """A record's seed group: its ``seed_group`` (written by ``rmm train``, shared by the runs whose inputs differ
+    in the seed alone); a record without one (a sweep's, or one written before seeds) is a group of its own,
+    named by its ``run_name``."""
+    return str(run.get("seed_group") or run["run_name"])
+
+
+def by_seed_group(runs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One record per seed group of ``runs``, in order of first appearance: what the report chooses among (with
+    :func:`best_by_validation`, so a configuration trained with several seeds is chosen by its mean validation
+    metric), shows and tests.
+
+    A group of one run is that run's record. A group of several is a record of the configuration: the first
+    run's model, label, features, fusion, stage, dataset and config, ``run_name`` and ``seed_group`` the group's
+    name, ``valid`` and ``test`` (and ``test_cold`` where every run has it) the mean over its runs of each metric
+    all of them have, ``valid_std`` and ``test_std`` (``test_cold_std``) the sample standard deviation (n - 1)
+    over the runs, ``seeds`` and ``seed_runs`` (their run names) in order of seed.
+    """
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault(seed_group_name(run), []).append(run)
+    units = []
+    for name, group in groups.items():
+        if len(group) == 1:
+            units.append(dict(group[0]))
+            continue
+        group = sorted(group, key=lambda run: (run.get("seed") is None, run.get("seed") or 0))
+        unit = {key: group[0][key] for key in _GROUP_FIELDS if key in group[0]}
+        unit.update(run_name=name, seed_group=name, seeds=[run.get("seed") for run in group],
+                    seed_runs=[run["run_name"] for run in group])
+        for split in ("valid", "test", *(["test_cold"] if all(run.get("test_cold") for run in group) else [])):
+            values = [run.get(split) or {} for run in group]
+            common = [metric for metric in values[0] if all(metric in value for value in values)]
+            unit[split] = {metric: statistics.fmean(value[metric] for value in values) for metric in common}
+            unit[f"{split}_std"] = {metric: statistics.stdev(value[metric] for value in values) for metric in common}
+        units.append(unit)
+    return units
+
+
+#: The fields a seed group's record takes from its first run: what the runs share (the seed aside).
+_GROUP_FIELDS = ("model", "label", "features", "fusion", "stage", "dataset", "config", "test_cold_id_only")
 
 
 def run_dir(out_dir: str | Path, run_name: str) -> Path:

@@ -5,6 +5,10 @@ Two runs on the same dataset are compared user by user: the rows are aligned on 
 differences tested with a two-sided paired t-test and a two-sided Wilcoxon signed-rank test (zero differences
 dropped, scipy's default). A difference counts as significant only when *both* tests reject at ``alpha``.
 No correction for multiple comparisons is applied; the report's footnote says so.
+
+A configuration trained with several seeds (a seed group, :func:`rmm.report.results.by_seed_group`) is tested
+as one: each user's metrics are averaged over its seeds first (:func:`seed_mean_per_user`), the baseline's too
+when it has several, so seed noise does not pass for a per-user difference and no seed is picked.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rmm.report.results import PER_USER_FILE, best_by_validation, run_dir, trained_run_name, validation_metric
+from rmm.report.results import PER_USER_FILE, best_by_validation, by_seed_group, run_dir, trained_run_name, \
+    validation_metric
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +99,25 @@ def _pvalues(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 
 def load_per_user(out_dir: str | Path, run: Mapping[str, Any]) -> pd.DataFrame | None:
-    """The run's per-user test metrics, or None (logged) when the run directory has none."""
-    path = run_dir(out_dir, trained_run_name(run)) / PER_USER_FILE
-    if not path.exists():
-        log.warning("no per-user metrics at %s: run %s gets no significance test", path, run["run_name"])
-        return None
-    return pd.read_parquet(path)
+    """The run's per-user test metrics (a seed group's averaged over its seeds, :func:`seed_mean_per_user`), or
+    None (logged) when a run directory has none."""
+    tables = []
+    for name in run.get("seed_runs") or [trained_run_name(run)]:  # a seed group's runs are train runs
+        path = run_dir(out_dir, name) / PER_USER_FILE
+        if not path.exists():
+            log.warning("no per-user metrics at %s: %s gets no significance test", path, run["run_name"])
+            return None
+        tables.append(pd.read_parquet(path))
+    return tables[0] if len(tables) == 1 else seed_mean_per_user(tables)
+
+
+def seed_mean_per_user(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Per-user metrics averaged over the runs of a seed group: ``user_id`` plus each metric column every table
+    has, for the users every table holds (they were all tested on one dataset, so normally all of them)."""
+    columns = [c for c in tables[0].columns if c != "user_id" and all(c in t.columns for t in tables)]
+    grouped = pd.concat([t[["user_id", *columns]] for t in tables], ignore_index=True).groupby("user_id")
+    mean = grouped[columns].mean()
+    return mean[grouped.size() == len(tables)].reset_index()
 
 
 def is_id_only(run: Mapping[str, Any]) -> bool:
@@ -107,21 +125,24 @@ def is_id_only(run: Mapping[str, Any]) -> bool:
 
 
 def best_id_only(runs: Sequence[Mapping[str, Any]], metric: str) -> Mapping[str, Any] | None:
-    """The ID-only run (no content features) with the best *validation* ``metric`` (resolved over all ``runs``
-    by :func:`~rmm.report.results.validation_metric`; the earlier run wins a tie); None when there is none."""
+    """The ID-only run or seed group (no content features) with the best *validation* ``metric`` (resolved over
+    all ``runs`` by :func:`~rmm.report.results.validation_metric`; a seed group by its mean over its seeds; the
+    earlier one wins a tie); None when there is none."""
     metric = validation_metric(runs, metric)
-    return best_by_validation([r for r in runs if is_id_only(r)], metric)
+    return best_by_validation([r for r in by_seed_group(runs) if is_id_only(r)], metric)
 
 
 def against_baseline(out_dir: str | Path, runs: Sequence[Mapping[str, Any]], baseline: Mapping[str, Any],
                      metrics: Sequence[str]) -> dict[str, dict[str, PairedTest]]:
-    """``run_name -> metric -> PairedTest`` of every run except the baseline; runs without per-user metrics
-    (or sharing no user with the baseline) are left out."""
+    """``name -> metric -> PairedTest`` of every seed group of ``runs`` (:func:`~rmm.report.results.by_seed_group`,
+    named by its ``run_name``: a lone run's own) except the baseline, itself one of them (:func:`best_id_only`);
+    a seed group is tested on its per-user metrics averaged over its seeds, against the baseline's likewise.
+    Those without per-user metrics (or sharing no user with the baseline) are left out."""
     base = load_per_user(out_dir, baseline)
     if base is None:
         return {}
     results = {}
-    for run in runs:
+    for run in by_seed_group(runs):
         if run["run_name"] == baseline["run_name"]:
             continue
         table = load_per_user(out_dir, run)

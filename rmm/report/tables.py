@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from rmm.config import DATA_DIR
+from rmm.data.preprocess import COLD_INFO
 from rmm.data.schema import INFO_FILE
 from rmm.errors import DataError, NotFoundError
-from rmm.report.results import best_by_validation, load_results, results_path, validation_metric
+from rmm.report.results import best_by_validation, by_seed_group, load_results, results_path, validation_metric
 from rmm.report.significance import ALPHA, BETTER_MARK, WORSE_MARK, PairedTest, against_baseline, best_id_only
 from rmm.train.identity import changed_inputs
 
@@ -22,6 +23,8 @@ CSV_FILE = "results.csv"
 HEADLINE = ("recall@20", "ndcg@20")
 DETAIL = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 ID_ONLY = "ID only"
+#: A cold-start cell of an ID-only model, which cannot score an item it never trained.
+NOT_SCORED = "n/a (ID only)"
 
 
 def report_metrics(runs: Sequence[dict[str, Any]]) -> tuple[tuple[str, str], tuple[str, ...]]:
@@ -76,10 +79,11 @@ def representation_columns(runs: Sequence[dict[str, Any]]) -> list[str]:
 def best_cells(runs: Sequence[dict[str, Any]], metric: str = HEADLINE[0]) -> dict[tuple[str, str], dict[str, Any]]:
     """``(model, representation) -> run`` with the best *validation* ``metric`` of that pair (the earlier run wins
     a tie; :func:`rmm.report.results.validation_metric` falls back when a run did not validate ``metric``); the
-    report shows that run's test metrics."""
+    report shows that run's test metrics. The candidates are seed groups (:func:`~rmm.report.results.by_seed_group`):
+    a configuration trained with several seeds competes, and is shown, as one record of its means over them."""
     metric = validation_metric(runs, metric)
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for run in runs:
+    for run in by_seed_group(runs):
         groups.setdefault((run["model"], representation_label(run)), []).append(run)
     return {key: best_by_validation(group, metric) for key, group in groups.items()}
 
@@ -112,10 +116,86 @@ def model_by_features_table(runs: Sequence[dict[str, Any]], metrics: Sequence[st
                 texts.append("–")
                 continue
             run_marks = marks.get(run["run_name"], {})
-            text = " / ".join(f"{run['test'].get(m, 0):.4f}{run_marks.get(m, '')}" for m in metrics)
+            text = " / ".join(f"{_mean_std(run, m)}{run_marks.get(m, '')}" for m in metrics)
             text = f"**{text}**" if run["test"].get(metrics[0], 0) == top else text
             texts.append(f"{text} (baseline)" if run["run_name"] == baseline else text)
         lines.append(f"| {model} | " + " | ".join(texts) + " |")
+    return lines
+
+
+def cold_start_table(runs: Sequence[dict[str, Any]], metrics: Sequence[str] = HEADLINE) -> list[str]:
+    """The paper-style table on the cold items: the same cells as :func:`model_by_features_table` (the run of each
+    (model, representation) :func:`best_cells` chooses by validation ``metrics[0]``), showing its ``test_cold``
+    metrics (a seed group's mean ± std); an ID-only run's cell reads ``n/a (ID only)`` (it never trained a cold
+    item's embedding), a run without cold metrics ``–``. The best cold cell of each row is bold."""
+    columns = representation_columns(runs)
+    cell = best_cells(runs, metrics[0])
+    lines = ["| model | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    for model in sorted({r["model"] for r in runs}):
+        row = [cell.get((model, c)) for c in columns]
+        scored = [r is not None and not _id_only(r) and metrics[0] in (r.get("test_cold") or {}) for r in row]
+        top = max((r["test_cold"][metrics[0]] for r, ok in zip(row, scored) if ok), default=None)
+        texts = []
+        for run, ok in zip(row, scored):
+            if ok:
+                text = " / ".join(_mean_std(run, m, "test_cold") for m in metrics)
+                texts.append(f"**{text}**" if run["test_cold"][metrics[0]] == top else text)
+            else:
+                texts.append(NOT_SCORED if run is not None and _id_only(run) else "–")
+        lines.append(f"| {model} | " + " | ".join(texts) + " |")
+    return lines
+
+
+def _id_only(run: Mapping[str, Any]) -> bool:
+    """Whether ``run``'s model is ID-only: its record's flag, else (older records) whether it read no feature."""
+    return bool(run.get("test_cold_id_only", not run.get("features")))
+
+
+def cold_start_section(out: Path, runs: Sequence[dict[str, Any]], metrics: Sequence[str],
+                       selected_by: str) -> list[str]:
+    """The report's "Cold-start items" section (no lines when no run has cold-item metrics): how many cold items
+    and cold test users the dataset has, and :func:`cold_start_table`."""
+    if not any(run.get("test_cold") for run in runs):
+        return []
+    recall, ndcg = (m.replace("recall", "Recall").replace("ndcg", "NDCG") for m in metrics)
+    cold = _dataset_info(out).get(COLD_INFO) or {}
+    items = f"{cold['count']} cold items ({cold.get('share', 0):.0%} of the items)" if "count" in cold else "cold items"
+    users = cold.get("users", {}).get("test")
+    return ["## Cold-start items", "",
+            f"Test {recall} / {ndcg} on the dataset's {items}, held out of training: they occur only in valid and "
+            f"test. Each user's truth is their cold test items ({users if users is not None else 'the'} test users "
+            f"with one), ranked among all items with the same masking as above; each cell is the run the main "
+            f"table shows (best validation {selected_by}). ID-only models never trained a cold item's embedding: "
+            f"their cells read {NOT_SCORED}.", "",
+            *cold_start_table(runs, metrics), ""]
+
+
+def _mean_std(run: Mapping[str, Any], metric: str, split: str = "test") -> str:
+    """``0.1234``, or for a seed group ``0.1234 ± 0.0021``: the mean and sample standard deviation over its seeds."""
+    std = (run.get(f"{split}_std") or {}).get(metric)
+    text = f"{(run.get(split) or {}).get(metric, 0):.4f}"
+    return text if std is None else f"{text} ± {std:.4f}"
+
+
+def seeds_table(runs: Sequence[dict[str, Any]], metrics: Sequence[str] = DETAIL,
+                valid_metric: str = HEADLINE[0]) -> list[str]:
+    """For every seed group of several runs (:func:`~rmm.report.results.by_seed_group`): one row per seed (its
+    run's validation ``valid_metric`` and test ``metrics``), then the group's mean ± std row. No lines when no
+    configuration has several seeds."""
+    groups = [group for group in by_seed_group(runs) if group.get("seeds")]
+    if not groups:
+        return []
+    by_name = {run["run_name"]: run for run in runs}
+    lines = [f"| seed group | seed | run | valid {valid_metric} | " + " | ".join(f"test {m}" for m in metrics) + " |",
+             "|" + "---|" * (4 + len(metrics))]
+    for group in groups:
+        for seed, name in zip(group["seeds"], group["seed_runs"]):
+            run = by_name[name]
+            lines.append(f"| {group['run_name']} | {seed} | {name} | {_fmt(run['valid'].get(valid_metric))} | "
+                         + " | ".join(_fmt(run["test"].get(m)) for m in metrics) + " |")
+        lines.append(f"| {group['run_name']} | mean ± std ({len(group['seeds'])} seeds) | | "
+                     f"{_mean_std(group, valid_metric, 'valid')} | "
+                     + " | ".join(_mean_std(group, m) for m in metrics) + " |")
     return lines
 
 
@@ -145,24 +225,28 @@ def _fmt_p(p: float) -> str:
 def write_csv(runs: Sequence[dict[str, Any]], path: Path,
               tests: Mapping[str, Mapping[str, PairedTest]] | None = None, baseline: str | None = None,
               tested_metrics: Sequence[str] = HEADLINE) -> Path:
-    """One row per run: identity, valid and test metrics, and (when ``tests`` is given) the baseline's
-    run_name with each tested metric's mean per-user difference and the two p-values (empty for untested)."""
+    """One row per run: identity, seed group and seed, valid and test metrics, and (when ``tests`` is given)
+    the baseline's name with each tested metric's mean per-user difference and the two p-values (empty for
+    untested); a run of a seed group of several gets the group's test, which is on per-user metrics averaged
+    over the group's seeds."""
     tests = tests or {}
     metric_names = sorted({m for r in runs for m in r["test"]})
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["run_name", "stage", "model", "features", "fusion", "best_epoch", "train_seconds",
+        writer.writerow(["run_name", "seed_group", "seed", "stage", "model", "features", "fusion", "best_epoch",
+                         "train_seconds",
                          *(f"valid_{m}" for m in metric_names), *(f"test_{m}" for m in metric_names),
                          "baseline", *(f"{what}_{m}" for m in tested_metrics
                                        for what in ("delta", "p_ttest", "p_wilcoxon"))])
         for run in runs:
-            tested = tests.get(run["run_name"], {})
+            tested = tests.get(run["run_name"]) or tests.get(str(run.get("seed_group")), {})
             significance = []
             for metric in tested_metrics:
                 test = tested.get(metric)
                 significance += (["", "", ""] if test is None else
                                  [test.mean_diff, test.t_pvalue, test.wilcoxon_pvalue])
-            writer.writerow([run["run_name"], run.get("stage", ""), run["model"], features_label(run),
+            writer.writerow([run["run_name"], run.get("seed_group", ""), run.get("seed", ""), run.get("stage", ""),
+                             run["model"], features_label(run),
                              run.get("fusion") or "", run.get("best_epoch", ""), run.get("train_seconds", ""),
                              *(run["valid"].get(m, "") for m in metric_names),
                              *(run["test"].get(m, "") for m in metric_names),
@@ -187,7 +271,9 @@ def write_report(out_dir: str | Path) -> Path:
     dataset = _dataset_line(out)
     headline, detail = report_metrics(runs)
     recall, ndcg = (m.replace("recall", "Recall").replace("ndcg", "NDCG") for m in headline)
-    selected_by = validation_metric(runs, headline[0]).replace("recall", "Recall").replace("ndcg", "NDCG")
+    valid_metric = validation_metric(runs, headline[0])
+    selected_by = valid_metric.replace("recall", "Recall").replace("ndcg", "NDCG")
+    seeds = seeds_table(runs, detail, valid_metric)
     baseline = best_id_only(runs, headline[0])
     tests = against_baseline(out, runs, baseline, headline) if baseline else {}
     tests = {name: tested for name, tested in tests.items() if tested}
@@ -211,18 +297,27 @@ def write_report(out_dir: str | Path) -> Path:
         f"Each cell is the run of that (model, representation) with the best validation {selected_by} (the "
         f"earlier run on a tie), and the baseline the ID-only run with the best validation {selected_by}; the "
         "numbers shown are their test metrics. A representation is the feature set, with its fusion where "
-        "several features are fused. Best test cell of each row in bold.", "",
+        "several features are fused. Best test cell of each row in bold."
+        + (f" A configuration trained with several seeds (`train.seeds`) is one candidate, by its validation "
+           f"{selected_by} averaged over its seeds, and its cell shows the mean ± sample standard deviation of its "
+           "test metrics over them (see Seeds)." if seeds else ""), "",
         *model_by_features_table(runs, headline, marks=marks, baseline=baseline["run_name"] if baseline else None),
-        "", *_significance_note(baseline, tests), "",
+        "", *_significance_note(baseline, tests, bool(seeds)), "",
         f"![Test {recall} and {ndcg} by representation, per model]({bars.relative_to(out).as_posix()})", "",
         "## All runs", "",
         "Test metrics of the epoch with the best validation metric (train and valid items masked), runs sorted by "
         f"test {detail[0]}; the best test value of each column in bold.", "",
         *runs_table(runs, detail), "",
+        *(["## Seeds", "",
+           "Configurations trained once per seed (`train.seeds`): each seed's run (also in All runs), then the mean ± "
+           "sample standard deviation over the seeds, which is what the table by model and representation shows, "
+           f"what chooses its cells (validation {selected_by}) and what the significance tests compare "
+           "(per-user metrics averaged over the seeds).", "", *seeds, ""] if seeds else []),
         "## Validation curves", "",
         f"Validation {curve_metric} against the epoch for every training run and every sweep trial.", "",
         f"![Validation {curve_metric} per run and trial]({curves.relative_to(out).as_posix()})", "",
     ]
+    lines += cold_start_section(out, runs, headline, selected_by)
     if changed:
         lines += ["## Runs whose inputs changed since they trained", "",
                   "Left out of every table and test above: their dataset or features are not the current ones, so "
@@ -232,27 +327,37 @@ def write_report(out_dir: str | Path) -> Path:
                     for run in recorded if run["run_name"] in changed), ""]
     if tests:
         lines += ["## Significance against the baseline", "",
-                  f"Per-user test metrics of each run minus those of `{baseline['run_name']}` (mean over the "
-                  f"users both were tested on), with two-sided p-values.", "",
-                  *significance_table(runs, tests, headline), ""]
+                  f"Per-user test metrics of each run (of a seed group: averaged over its seeds) minus those of "
+                  f"`{baseline['run_name']}` (mean over the users both were tested on), with two-sided p-values.",
+                  "", *significance_table(by_seed_group(runs), tests, headline), ""]
     path = out / REPORT_FILE
     path.write_text("\n".join(lines))
     write_csv(runs, out / CSV_FILE, tests, baseline["run_name"] if baseline else None, headline)
     return path
 
 
-def _significance_note(baseline: Mapping[str, Any] | None, tests: Mapping[str, Mapping[str, PairedTest]]) -> list[str]:
+def _significance_note(baseline: Mapping[str, Any] | None, tests: Mapping[str, Mapping[str, PairedTest]],
+                       seeded: bool = False) -> list[str]:
     if baseline is None:
         return ["No ID-only run (a model without content features) to test against: no significance marks."]
     if not tests:
-        return [f"Baseline: {baseline['model']} (ID only, run `{baseline['run_name']}`); no other run has per-user "
+        return [f"Baseline: {baseline['model']} (ID only, {_run_or_group(baseline)}); no other run has per-user "
                 f"test metrics to compare, so no significance marks."]
     users = sorted({t.num_users for tested in tests.values() for t in tested.values()})
     n = str(users[0]) if len(users) == 1 else f"{users[0]}–{users[-1]}"
     return [f"{BETTER_MARK} / {WORSE_MARK}: significantly better / worse than the ID-only baseline, "
-            f"{baseline['model']} (run `{baseline['run_name']}`), at p < {ALPHA} in both a two-sided paired t-test "
+            f"{baseline['model']} ({_run_or_group(baseline)}), at p < {ALPHA} in both a two-sided paired t-test "
             f"and a two-sided Wilcoxon signed-rank test on per-user test metrics (users paired by user_id, "
-            f"n = {n}; no correction for multiple comparisons)."]
+            f"n = {n}; no correction for multiple comparisons)."
+            + (" A configuration trained with several seeds is tested on each user's metrics averaged over its "
+               "seeds, against the baseline's averaged over its own seeds where it has several." if seeded else "")]
+
+
+def _run_or_group(run: Mapping[str, Any]) -> str:
+    """``run `NAME``` or, for a seed group, ``seed group `NAME`, 3 seeds``."""
+    if run.get("seeds"):
+        return f"seed group `{run['run_name']}`, {len(run['seeds'])} seeds"
+    return f"run `{run['run_name']}`"
 
 
 def _curve_metric(runs: Sequence[Mapping[str, Any]]) -> str:
@@ -274,6 +379,12 @@ def stale_runs(out: Path, runs: Sequence[Mapping[str, Any]]) -> dict[str, list[s
             if what:
                 changed[run["run_name"]] = what
     return changed
+
+
+def _dataset_info(out: Path) -> dict[str, Any]:
+    """The ``dataset.json`` of the (first) dataset under ``out``; empty without one."""
+    infos = sorted((out / DATA_DIR).glob(f"*/{INFO_FILE}"))
+    return json.loads(infos[0].read_text()) if infos else {}
 
 
 def _dataset_line(out: Path) -> str:

@@ -85,6 +85,16 @@ def run_name(model: ModelConfig, identity: str) -> str:
     return f"{readable_name(model)}-{identity[:NAME_HASH_CHARS]}"
 
 
+def seed_group(model: ModelConfig, inputs: Mapping[str, Any]) -> str:
+    """The seed group of a run with these recorded ``inputs`` (:meth:`RunInputs.to_dict`): the runs whose inputs
+    differ in ``train.seed`` alone share it, so the report can show them as one configuration, mean ± std over the
+    seeds. Named like a run, the readable label plus a short hash of the inputs less the seed, e.g.
+    ``bprmf-seeds-3f9a0c2b1d``."""
+    train = {k: v for k, v in inputs["train"].items() if k not in ("seed", "seeds")}
+    digest = hashlib.sha256(json.dumps({**inputs, "train": train}, sort_keys=True).encode()).hexdigest()
+    return f"{readable_name(model)}-seeds-{digest[:NAME_HASH_CHARS]}"
+
+
 def changed_inputs(recorded: Mapping[str, Any], out_dir: str | Path, dataset_name: str) -> list[str]:
     """Which recorded inputs of a run (``run.json``'s ``inputs``) no longer match what ``out_dir`` holds: the
     dataset's files, each feature's matrix (a file that is gone counts as changed). Empty when all match."""

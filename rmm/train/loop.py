@@ -14,7 +14,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from rmm.config import ModelConfig, TrainConfig
 from rmm.data.graph import TrainGraph, UserItems
 from rmm.data.knn_cache import cached_knn_graph
+from rmm.data.preprocess import cold_item_ids
 from rmm.data.schema import TEST, TRAIN, VALID, Dataset
 from rmm.errors import ConfigError, DataError, DivergedError
 from rmm.eval.metrics import evaluate, metric_names
@@ -56,11 +57,18 @@ class EvalSplit:
     exclude: UserItems
 
     @classmethod
-    def from_dataset(cls, ds: Dataset, split: int, mask_valid: bool = True) -> EvalSplit:
+    def from_dataset(cls, ds: Dataset, split: int, mask_valid: bool = True,
+                     items: np.ndarray | None = None) -> EvalSplit:
         """Truth = ``split``'s items; excluded = every earlier split's (train for valid, train+valid for test), or
-        for test without ``mask_valid`` the train items only (MMRec: valid items stay candidates)."""
+        for test without ``mask_valid`` the train items only (MMRec: valid items stay candidates).
+
+        With ``items`` (e.g. the cold items), each user's truth is restricted to those items and users without one
+        are left out; the masking, and so the ranking over all items, stays the same."""
         frame = ds.interactions
-        truth = _user_items(frame[frame["split"] == split], ds)
+        relevant = frame[frame["split"] == split]
+        if items is not None:
+            relevant = relevant[relevant["item_id"].isin(items)]
+        truth = _user_items(relevant, ds)
         masked = frame["split"] < split if mask_valid else frame["split"] == TRAIN
         exclude = _user_items(frame[masked], ds)
         users = torch.nonzero(truth.counts(torch.arange(ds.num_users))).flatten()
@@ -75,20 +83,24 @@ def _user_items(frame: pd.DataFrame, ds: Dataset) -> UserItems:
 class BPRSampler:
     """Triples (u, i, j): every distinct train pair once per epoch, j uniform among u's non-train items: among
     all items (``negatives="all_items"``), or among the items that occur in the train split (``"train_items"``,
-    MMRec's sampler, which never draws an item only valid or test interactions name).
+    MMRec's sampler, which never draws an item only valid or test interactions name). ``cold_items`` (the items
+    ``dataset.cold_items`` held out) are never drawn in either mode, so training never sees a cold item.
 
     The epoch's order and negatives depend only on (seed, epoch), not on the rank: every rank draws the
     same global epoch and keeps its strided shard, as ``DistributedSampler`` does. Resuming at an epoch
     therefore replays exactly the batches an uninterrupted run would see.
     """
 
-    def __init__(self, graph: TrainGraph, negatives: str = "all_items") -> None:
+    def __init__(self, graph: TrainGraph, negatives: str = "all_items", cold_items: Tensor | None = None) -> None:
         if not len(graph.users):
             raise DataError("the train split is empty: nothing to train on; check the dataset's split")
         if negatives not in ("all_items", "train_items"):
             raise ConfigError(f"train.negatives must be all_items or train_items, got {negatives!r}")
-        self.candidates = (torch.unique(graph.items) if negatives == "train_items"
-                           else torch.arange(graph.num_items))  # (C,) sorted item ids negatives come from
+        candidates = (torch.unique(graph.items) if negatives == "train_items"
+                      else torch.arange(graph.num_items))
+        if cold_items is not None and len(cold_items):
+            candidates = candidates[~torch.isin(candidates, cold_items)]
+        self.candidates = candidates  # (C,) sorted item ids negatives come from
         degree = torch.bincount(graph.users, minlength=graph.num_users)
         if bool((degree >= len(self.candidates)).any()):
             user = int(torch.nonzero(degree >= len(self.candidates))[0])
@@ -133,7 +145,9 @@ class FitResult:
 
     ``history`` has one entry per evaluation: ``epoch``, ``loss``, ``epoch_seconds``, ``eval_seconds`` and
     ``valid/<metric>@K``. ``test_per_user`` has ``user_id`` plus one column per metric. ``best_state`` is the
-    tested model's ``state_dict`` (on CPU), what ``rmm recommend`` loads.
+    tested model's ``state_dict`` (on CPU), what ``rmm recommend`` loads. ``test_cold`` and
+    ``test_cold_per_user`` are the same test metrics on the dataset's cold items only (``dataset.cold_items``;
+    each user's truth is their cold test items, users without one left out); empty when there are none.
     """
 
     best_epoch: int
@@ -144,6 +158,8 @@ class FitResult:
     history: list[dict[str, float]]
     best_state: dict[str, Tensor] | None = None
     resumed_after_epoch: int | None = None
+    test_cold: dict[str, float] = field(default_factory=dict)
+    test_cold_per_user: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -221,8 +237,9 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features:
 
     Returns:
         The best validation metrics, the test metrics of that state (train + valid items masked, or train only
-        without ``train.test_masks_valid``), per-user test metrics, the evaluation history and the training wall
-        time.
+        without ``train.test_masks_valid``), per-user test metrics, the same on the cold items (those
+        ``dataset.json`` records; empty without any, or without a test user on one), the evaluation history and
+        the training wall time.
 
     Raises:
         DivergedError: the epoch loss, or a metric, is NaN or infinite.
@@ -252,7 +269,8 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features:
         resumed_after_epoch = state["epoch"]
         log.info("%s: resuming after epoch %d from %s", model_cfg.label, state["epoch"], resume_from)
     trained = prepare_model(model) if prepare_model is not None else model
-    sampler = BPRSampler(graph, train_cfg.negatives)
+    cold_items = cold_item_ids(data.info)
+    sampler = BPRSampler(graph, train_cfg.negatives, cold_items=torch.from_numpy(cold_items))
     key = f"valid/{train_cfg.metric}"
 
     # A training-free model (fitted when built) has nothing to learn: its one evaluation is the result.
@@ -302,13 +320,30 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features:
         raise DataError(f"dataset {data.root} has no test interactions: no test metric can be computed; "
                         f"re-prepare it with a split that keeps a test part")
     per_user_test = evaluate_split(model, test, ks, rank=rank, world_size=world_size, device=device)
+    test_cold, per_user_cold = _test_cold(model, data, cold_items, train_cfg, model_cfg.label, rank=rank,
+                                          world_size=world_size, device=device)
     best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
     return FitResult(best_epoch=state["best_epoch"],
                      valid={k.removeprefix("valid/"): v for k, v in best.items() if k.startswith("valid/")},
                      test=summarize(per_user_test, f"{model_cfg.label} test"), test_per_user=per_user_test,
                      train_seconds=train_seconds,
                      history=state["history"], best_state=state["best_model"],
-                     resumed_after_epoch=resumed_after_epoch)
+                     resumed_after_epoch=resumed_after_epoch, test_cold=test_cold, test_cold_per_user=per_user_cold)
+
+
+def _test_cold(model: Recommender, data: Dataset, cold_items: np.ndarray, train_cfg: TrainConfig, label: str, *,
+               rank: int, world_size: int, device: torch.device | str) -> tuple[dict[str, float], pd.DataFrame]:
+    """Test metrics (means and per user) with each user's truth restricted to their cold test items, ranked and
+    masked as the full test; empty when there is no cold item or no test user on one (never a NaN mean)."""
+    if not len(cold_items):
+        return {}, pd.DataFrame()
+    split = EvalSplit.from_dataset(data, TEST, mask_valid=train_cfg.test_masks_valid, items=cold_items)
+    if not len(split.users):
+        log.warning("%s: none of the %d cold items has a test interaction: no cold-item test metrics", label,
+                    len(cold_items))
+        return {}, pd.DataFrame()
+    per_user = evaluate_split(model, split, tuple(train_cfg.topk), rank=rank, world_size=world_size, device=device)
+    return summarize(per_user, f"{label} cold-item test"), per_user
 
 
 def epoch_learning_rate(train_cfg: TrainConfig, epoch: int) -> float:

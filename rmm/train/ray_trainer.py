@@ -52,6 +52,8 @@ KNN_CACHE_DIR = "cache/knn"
 FAIL_AT_EPOCH_ENV = "RMM_TEST_FAIL_AT_EPOCH"
 #: Marker, in the run directory, that the injected failure has happened (so the restarted run goes on).
 _FAILED_MARKER = ".injected-failure"
+#: Per-user test metrics on the cold items only, beside ``per_user_test.parquet`` when the dataset has any.
+PER_USER_COLD_FILE = "per_user_test_cold.parquet"
 
 
 class InjectedFailure(RuntimeError):
@@ -74,10 +76,12 @@ def train_model(cfg: Config, model_cfg: ModelConfig, *, train_cfg: TrainConfig |
 
     Returns:
         ``{"model", "label", "features", "fusion", "config": {"model", "train"}, "identity", "inputs",
-        "dataset", "best_epoch", "valid", "test", "train_seconds", "history", "resumed_after_epoch", "run_name",
-        "run_dir", "seed", "library_versions"}``; ``valid`` and ``test`` map ``<metric>@K`` to the mean over
-        users, ``fusion`` is None unless several features were fused, ``resumed_after_epoch`` is the checkpoint
-        epoch the final attempt resumed from (after a worker failure or a re-run of the same inputs), None when
+        "dataset", "best_epoch", "valid", "test", "test_cold", "test_cold_id_only", "train_seconds", "history",
+        "resumed_after_epoch", "run_name", "run_dir", "seed", "library_versions"}``; ``valid`` and ``test`` map
+        ``<metric>@K`` to the mean over users (``test_cold`` too, on the cold items only: empty without any;
+        ``test_cold_id_only`` flags an ID-only model, whose cold numbers score untrained embeddings), ``fusion``
+        is None unless several features were fused, ``resumed_after_epoch`` is the checkpoint epoch the final
+        attempt resumed from (after a worker failure or a re-run of the same inputs), None when
         it trained from scratch. ``run_name`` (``<label>-<identity prefix>``) names ``<out>/runs/<run_name>/``
         and Ray's ``<out>/ray_results/<run_name>/``.
 
@@ -133,6 +137,10 @@ def train_model(cfg: Config, model_cfg: ModelConfig, *, train_cfg: TrainConfig |
         "best_epoch": fitted.best_epoch,
         "valid": fitted.valid,
         "test": fitted.test,
+        # Test metrics on the cold items only ({} without any). An ID-only model never trained a cold item's
+        # embedding, so its numbers are recorded but flagged, and the report shows them as n/a.
+        "test_cold": fitted.test_cold,
+        "test_cold_id_only": not get_model_class(model_cfg.name).uses_features,
         "train_seconds": fitted.train_seconds,
         "history": fitted.history,
         "resumed_after_epoch": fitted.resumed_after_epoch,
@@ -247,6 +255,8 @@ def last_checkpoint_epoch(ray_dir: str) -> int | None:
 def _write_run(run_dir: Path, record: dict[str, Any], fitted: FitResult, cfg: Config, ray_path: str) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     fitted.test_per_user.to_parquet(run_dir / PER_USER_FILE, index=False)
+    if len(fitted.test_cold_per_user):
+        fitted.test_cold_per_user.to_parquet(run_dir / PER_USER_COLD_FILE, index=False)
     (run_dir / RUN_FILE).write_text(json.dumps({**record, "ray_path": ray_path}, indent=2, allow_nan=False))
     save_snapshot(cfg, run_dir)
     log.info("%s: test %s; record in %s", record["label"], record["test"], run_dir)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from rmm.config import ConfigError, DatasetConfig
-from rmm.data.preprocess import RawData, Skips, kcore, preprocess, sorted_ids
+from rmm.data.preprocess import RawData, Skips, cold_item_ids, kcore, preprocess, sorted_ids
 from rmm.data.schema import TEST, TRAIN, VALID, DataError
 
 
@@ -164,3 +164,70 @@ def test_mmrec_random_follows_mmrecs_split_rule():
     assert (first_eval < last_train).any()
     again, _ = run(raw_data(rows), split="mmrec_random", seed=5)
     assert inter.equals(again)
+
+
+@pytest.mark.parametrize("split", ["temporal_ratio", "random_ratio", "mmrec_random", "leave_last_out",
+                                   "global_temporal"])
+def test_cold_items_occur_only_in_valid_and_test(split):
+    raw = random_raw(per_user=30)
+    frame, info = run(raw, split=split, cold_items=0.25, seed=3)
+    cold = cold_item_ids(info)
+    num_items = len(info["prepared"].items)
+    assert len(cold) == info["cold_items"]["count"] == round(0.25 * num_items)
+    on_cold = frame[frame["item_id"].isin(cold)]
+    assert len(on_cold) and not (on_cold["split"] == TRAIN).any()
+    # every interaction of a cold item is kept (as valid or test) unless its user had no train item left
+    dropped = info["skipped"]["interactions_of_users_without_train_item"]["count"]
+    raw_on_cold = raw.interactions["item"].isin(info["prepared"].items.loc[cold, "source_id"]).sum()
+    assert raw_on_cold - dropped <= len(on_cold) <= raw_on_cold
+    # the warm items still get train interactions, and the valid:test proportion (1:1) holds on the cold items
+    assert (frame.loc[~frame["item_id"].isin(cold), "split"] == TRAIN).mean() > 0.6
+    valid, test = (int((on_cold["split"] == part).sum()) for part in (VALID, TEST))
+    assert abs(valid - test) <= 0.15 * len(on_cold)
+    assert info["cold_items"]["interactions"] == {"valid": valid, "test": test}
+    assert info["cold_items"]["users"]["test"] == on_cold.loc[on_cold["split"] == TEST, "user_id"].nunique()
+
+
+def test_cold_items_are_seeded():
+    raw = random_raw(per_user=30)
+    first, info = run(raw, split="random_ratio", cold_items=0.3, seed=3)
+    again, info_again = run(raw, split="random_ratio", cold_items=0.3, seed=3)
+    _, other = run(raw, split="random_ratio", cold_items=0.3, seed=4)
+    assert first.equals(again) and info["cold_items"] == info_again["cold_items"]
+    assert not np.array_equal(cold_item_ids(info), cold_item_ids(other))
+    plain, plain_info = run(raw, split="random_ratio", seed=3)
+    assert "cold_items" not in plain_info and len(cold_item_ids(plain_info)) == 0
+    assert (plain["split"] == TRAIN).sum() > (first["split"] == TRAIN).sum()
+
+
+def test_cold_items_go_to_valid_before_test_in_time_under_temporal_splits():
+    frame, info = run(random_raw(per_user=30), split="temporal_ratio", cold_items=0.25)
+    on_cold = frame[frame["item_id"].isin(cold_item_ids(info))]
+    for _, group in on_cold.groupby("user_id"):
+        valid, test = group[group.split == VALID], group[group.split == TEST]
+        if len(valid) and len(test):
+            assert valid["timestamp"].max() <= test["timestamp"].min()
+
+
+def test_users_left_without_a_train_item_by_cold_items_are_dropped():
+    raw = random_raw(per_user=30)
+    _, before = run(raw, split="random_ratio", cold_items=0.25)
+    cold_sources = before["prepared"].items.loc[cold_item_ids(before), "source_id"].tolist()
+    only_cold = pd.concat([raw.interactions, pd.DataFrame([("zz", cold_sources[0], 1), ("zz", cold_sources[1], 2)],
+                                                           columns=["user", "item", "timestamp"])])
+    _, info = run(RawData(items=raw.items, interactions=only_cold), split="random_ratio", cold_items=0.25)
+    assert cold_item_ids(info).tolist() == cold_item_ids(before).tolist()  # same items, same draw
+    assert info["skipped"]["users_without_train_item"] == {"count": 1, "examples": ["zz"]}
+    assert info["skipped"]["interactions_of_users_without_train_item"]["count"] == 2
+    assert "zz" not in info["prepared"].users["source_id"].tolist()
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"cold_items": 1.0}, r"cold_items must be a share of items in \[0, 1\), got 1.0"),
+    ({"cold_items": -0.1}, r"cold_items must be a share"),
+    ({"cold_items": float("nan")}, r"cold_items must be a share"),
+    ({"cold_items": 0.2, "split": "predefined"}, r"cold_items needs a split rmm makes, got split: predefined"),
+])
+def test_cold_items_config_is_checked(changes, message):
+    with pytest.raises(ValueError, match=message):
+        DatasetConfig(**changes)

@@ -185,3 +185,41 @@ def test_runs_on_changed_inputs_are_listed_and_left_out_of_the_tables(tmp_path: 
     assert "lightgcn-new" in tables and "lightgcn-old" not in tables and "0.9000" not in tables
     assert "| lightgcn-old | lightgcn | dataset interactions.parquet |" in changed
     assert "1 runs on the current inputs, 1 on changed ones" in report
+
+
+def test_cold_start_section_uses_the_main_tables_cells_and_shows_id_only_as_na(tmp_path: Path) -> None:
+    import json
+
+    from rmm.report.tables import NOT_SCORED, cold_start_table
+
+    dataset = tmp_path / "data" / "planted"
+    dataset.mkdir(parents=True)
+    (dataset / "dataset.json").write_text(json.dumps({
+        "name": "planted", "counts": {"users": 120, "items": 80, "interactions": 1200},
+        "cold_items": {"share": 0.25, "count": 20, "item_ids": "1,5", "users": {"valid": 99, "test": 97}}}))
+    table = per_user(np.linspace(0.1, 0.5, 40), np.linspace(0.05, 0.25, 40))
+    cold = {"recall@20": 0.1234, "ndcg@20": 0.0617}
+    write_run(tmp_path, "train-00-lightgcn", "lightgcn", [], table, test_cold=cold, test_cold_id_only=True)
+    # vbpr-image-a validates best (the cell of both tables) but is worse on the cold items than vbpr-image-b.
+    write_run(tmp_path, "train-01-vbpr-image-a", "vbpr", ["image"], table, curve=(0.2, 0.6),
+              test_cold={"recall@20": 0.5, "ndcg@20": 0.25}, test_cold_id_only=False)
+    write_run(tmp_path, "train-02-vbpr-image-b", "vbpr", ["image"], table, curve=(0.2, 0.4),
+              test_cold={"recall@20": 0.9, "ndcg@20": 0.45}, test_cold_id_only=False)
+    write_run(tmp_path, "train-03-vbpr-text", "vbpr", ["text"], table, curve=(0.2, 0.3), test_cold={},
+              test_cold_id_only=False)  # no cold test user: no number, and no NaN either
+
+    report = write_report(tmp_path).read_text()
+    section = report.split("## Cold-start items")[1]
+    assert "20 cold items (25% of the items)" in section and "97 test users" in section
+    assert cell(section, "lightgcn", 0) == NOT_SCORED
+    assert cell(section, "vbpr", 1) == "**0.5000 / 0.2500**"  # image-a, as in the main table; not image-b's 0.9
+    assert cell(section, "vbpr", 2) == "–"
+    assert cell(report, "vbpr", 1).startswith(f"**{table['recall@20'].mean():.4f}")
+    # A record without the flag (older runs) counts as ID-only when it read no feature.
+    runs = [record("bprmf-old", "bprmf", valid=0.3, test=0.2, test_cold=cold),
+            record("vbpr-new", "vbpr", ["image"], valid=0.3, test=0.2, test_cold=cold)]
+    assert cold_start_table(runs)[2:] == [f"| bprmf | {NOT_SCORED} | – |", "| vbpr | – | **0.1234 / 0.0617** |"]
+
+
+def test_no_cold_metrics_no_cold_start_section(out: Path) -> None:
+    assert "Cold-start" not in (out / "report.md").read_text()

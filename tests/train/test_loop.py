@@ -123,3 +123,15 @@ def test_lr_decay_follows_mmrecs_lambda_schedule() -> None:
     assert epoch_learning_rate(train, 1) == pytest.approx(0.01)
     assert epoch_learning_rate(train, 51) == pytest.approx(0.01 * 0.96)
     assert epoch_learning_rate(TRAIN, 500) == TRAIN.learning_rate  # [1.0, 50]: constant
+
+
+def test_sampler_never_draws_a_cold_item_in_either_mode() -> None:
+    # items 2 and 5 are cold (held out of training): neither mode may offer them as negatives
+    graph = TrainGraph(3, 6, users=torch.tensor([0, 0, 1, 2, 2]), items=torch.tensor([0, 1, 4, 1, 3]))
+    cold = torch.tensor([2, 5])
+    for negatives in ("train_items", "all_items"):
+        sampler = BPRSampler(graph, negatives, cold_items=cold)
+        drawn = {j for epoch in range(1, 40) for batch in sampler.epoch(seed=0, epoch=epoch, batch_size=8)
+                 for j in batch.neg_items.tolist()}
+        assert drawn == {0, 1, 3, 4}, (negatives, drawn)
+    assert set(BPRSampler(graph, "all_items").candidates.tolist()) == set(range(6))  # without cold items: all
