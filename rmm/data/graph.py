@@ -21,6 +21,8 @@ from rmm.data.schema import TRAIN, Dataset
 
 SIMILARITIES = ("cosine", "dot")
 NORMALIZATIONS = ("none", "sym", "row")
+#: Normalisations of the user-item adjacency (:meth:`TrainGraph.adjacency`); the last is not symmetric.
+ADJACENCY_NORMALIZATIONS = ("sym", "none", "row_self_loops")
 #: Default bound on one similarity block (row chunk x column tile), in float32 elements (2**24: 64 MiB).
 CHUNK_ELEMENTS = 1 << 24
 #: Default rows per kNN chunk: enough that each block is a compute-bound matrix product. (Bounding rows by
@@ -135,26 +137,36 @@ class TrainGraph:
         """
         return self.adjacency("sym")
 
-    def adjacency(self, normalization: str = "sym") -> Tensor:
-        """The symmetric bipartite adjacency over users then items, cached per normalisation.
+    def adjacency(self, normalization: str = "sym", *, transpose: bool = False) -> Tensor:
+        """The bipartite adjacency over users then items, cached per normalisation.
 
         Args:
-            normalization: ``sym`` (:math:`D^{-1/2} A D^{-1/2}`, :meth:`norm_adj`) or ``none`` (binary A; divide
-                ``A @ x`` by :meth:`degrees` for a mean over neighbours while keeping A symmetric).
+            normalization: ``sym`` (:math:`D^{-1/2} A D^{-1/2}`, :meth:`norm_adj`), ``none`` (binary A; divide
+                ``A @ x`` by :meth:`degrees` for a mean over neighbours while keeping A symmetric) or
+                ``row_self_loops`` (:math:`(D + I)^{-1} (A + I)`: each node's mean over its neighbours and itself,
+                MMRec's LATTICE; not symmetric).
+            transpose: the transposed matrix (the same one for the symmetric normalisations), e.g. for the
+                backward pass of :func:`rmm.models.layers.propagate`.
 
         Shapes:
             (U+I, U+I) float32 sparse CSR.
         """
-        if normalization not in ("sym", "none"):
-            raise ValueError(f"adjacency normalization must be 'sym' or 'none', got {normalization!r}")
-        key = f"adjacency_{normalization}"
+        if normalization not in ADJACENCY_NORMALIZATIONS:
+            raise ValueError(f"adjacency normalization must be one of {list(ADJACENCY_NORMALIZATIONS)}, got "
+                             f"{normalization!r}")
+        transpose = transpose and normalization == "row_self_loops"
+        key = f"adjacency_{normalization}" + ("_t" if transpose else "")
         if key not in self._cache:
             n = self.num_users + self.num_items
             item_nodes = self.items + self.num_users
             index = torch.stack([torch.cat([self.users, item_nodes]), torch.cat([item_nodes, self.users])])
+            if normalization == "row_self_loops":
+                index = torch.cat([index, torch.arange(n).expand(2, n)], dim=1)  # A + I
             values = torch.ones(index.shape[1])
-            if normalization == "sym":
-                values = normalize_edges(index, values, n, "sym")
+            if normalization != "none":
+                values = normalize_edges(index, values, n, "sym" if normalization == "sym" else "row")
+            if transpose:
+                index = index.flip(0)
             adj = torch.sparse_coo_tensor(index, values, (n, n), check_invariants=True)
             self._cache[key] = to_csr(adj)
         return self._cache[key]
@@ -252,18 +264,23 @@ def unit_rows(x: Tensor) -> Tensor:
 
 def knn_edges(features: Tensor, k: int, *, chunk_size: int | None = None, similarity: str = "cosine",
               shrink: float = 0.0, valid: Tensor | None = None, column_tile: int | None = None,
-              name: str | None = None) -> tuple[Tensor, Tensor]:
-    r"""The ``k`` most similar other items of every item, from blocks of rows x columns merged into a running
-    top-k per item, each similarity computed once for both of its items.
+              name: str | None = None, include_self: bool = False) -> tuple[Tensor, Tensor]:
+    r"""The ``k`` most similar other items of every item (itself a candidate with ``include_self``), from blocks
+    of rows x columns merged into a running top-k per item, each similarity computed once for both of its items.
 
     Similarity is ``cosine`` (:math:`\frac{x_i^\top x_j}{\lVert x_i\rVert \lVert x_j\rVert + s}` with
     shrink :math:`s`, MMRec's ItemKNNCBF form; plain cosine for :math:`s = 0`) or ``dot``
     (:math:`x_i^\top x_j`). Both are symmetric, so only the blocks on and above the diagonal are computed
     (half the brute-force work): a block's row-wise top-k feeds its rows' lists and its column-wise top-k its
-    columns' lists. An item is never its own neighbour. Invalid items (``valid`` False; by default those with
-    an all-zero row, see :func:`valid_rows`) have their similarity row and column masked: they get no
-    neighbours and are nobody's neighbour, so a missing feature never yields NaN. An item with fewer than
-    ``k`` valid others keeps all of them.
+    columns' lists. An item is its own neighbour only with ``include_self`` (below). Invalid items (``valid``
+    False; by default those with an all-zero row, see :func:`valid_rows`) have their similarity row and column
+    masked: they get no neighbours and are nobody's neighbour, so a missing feature never yields NaN. An item
+    with fewer than ``k`` valid others keeps all of them.
+
+    With ``include_self`` the item itself is a candidate like any other, with its self-similarity (cosine 1,
+    or :math:`\frac{\lVert x_i\rVert^2}{\lVert x_i\rVert^2 + s}` with shrink; dot :math:`\lVert x_i\rVert^2`):
+    the top k of the whole similarity row, diagonal included, as MMRec's dense ``topk`` (LATTICE, FREEDOM). For
+    cosine without shrink the item is then nearly always its own first neighbour, leaving ``k - 1`` others.
 
     Norms are summed in float64 (:func:`row_norms`), so the cosine of large or tiny but finite rows is exact
     (it does not depend on a row's scale); a valid row with a NaN or an infinity raises instead of dropping out,
@@ -271,7 +288,7 @@ def knn_edges(features: Tensor, k: int, *, chunk_size: int | None = None, simila
 
     Args:
         features: one row per item.
-        k: neighbours per item (at most ``I - 1`` are kept).
+        k: neighbours per item (at most ``I - 1`` are kept; ``I`` with ``include_self``).
         chunk_size: rows per block; default :data:`KNN_ROWS`.
         column_tile: columns per block; default ``CHUNK_ELEMENTS // chunk_size``. The result depends on neither
             (up to float ties).
@@ -279,6 +296,7 @@ def knn_edges(features: Tensor, k: int, *, chunk_size: int | None = None, simila
         shrink: added to the cosine denominator; damps the similarity of low-norm rows.
         valid: which items take part; ``valid_rows(features)`` when None.
         name: the feature's name, for error messages.
+        include_self: let every valid item be a candidate neighbour of itself (see above).
 
     Raises:
         ValueError: bad arguments; a taking-part row that is not finite; ``dot`` norms that overflow.
@@ -300,7 +318,7 @@ def knn_edges(features: Tensor, k: int, *, chunk_size: int | None = None, simila
         valid = norms > 0
     else:
         valid = valid.to(device=device, dtype=torch.bool)
-    k = min(k, num_items - 1)
+    k = min(k, num_items if include_self else num_items - 1)
     if k < 1 or not bool(valid.any()):
         return torch.empty(2, 0, dtype=torch.long, device=device), torch.empty(0, device=device)
     chunk_size = min(num_items, chunk_size or KNN_ROWS)
@@ -310,6 +328,10 @@ def knn_edges(features: Tensor, k: int, *, chunk_size: int | None = None, simila
         top = _RunningTopK(num_items, k, device)
         for start in range(0, num_items, chunk_size):
             _merge_row_chunk(blocks, top, start, min(start + chunk_size, num_items), column_tile)
+            if include_self:
+                ids = torch.arange(start, min(start + chunk_size, num_items), device=device)
+                top.merge(slice(start, start + len(ids)), blocks.self_similarity(start, start + len(ids)).unsqueeze(1),
+                          ids.unsqueeze(1))
         return top.edges()
 
 
@@ -345,6 +367,7 @@ class _SimilarityBlocks:
             x = x.index_copy(0, extreme, (x[extreme].double() * scale.unsqueeze(1)).float())  # a copy
             unit_norms = norms.index_copy(0, extreme, row_norms(x[extreme]))
         self.x, self.similarity, self.shrink = x, similarity, shrink
+        self.valid = valid  # (I,) bool
         self.invalid = (~valid).nonzero().squeeze(1)  # (n_invalid,)
         self.inverse_norms = torch.where(present, 1.0 / unit_norms, 0.0).float()  # (I,)
         # a_i = sqrt(s) / |x_i|, capped where a tiny norm makes it overflow (then a_i a_j = inf: similarity 0).
@@ -367,6 +390,17 @@ class _SimilarityBlocks:
             return rows
         scale = self.inverse_norms[start:stop].unsqueeze(1)
         return torch.mul(rows, scale, out=self._buffer("operand", rows.shape)) if reuse else rows * scale
+
+    def self_similarity(self, start: int, stop: int) -> Tensor:
+        """The similarity of each of items ``start:stop`` with itself, as :meth:`block` would give it on the
+        diagonal (``-inf`` for an invalid item). Shapes: (stop - start,)."""
+        rows = self.operand(start, stop)  # (R, d)
+        sim = (rows * rows).sum(1)  # (R,)
+        if self.similarity == "cosine" and self.shrink > 0:
+            sim = sim / (1.0 + self.shrink_ratios[start:stop] ** 2)
+        if len(self.invalid):
+            sim = sim.masked_fill(~self.valid[start:stop], -torch.inf)
+        return sim
 
     def block(self, rows: Tensor, row_start: int, col_start: int, col_stop: int) -> Tensor:
         """Similarities of ``rows`` (an :meth:`operand` from ``row_start``) against items
@@ -457,7 +491,8 @@ def _offer_columns(top: _RunningTopK, sim: Tensor, row_start: int, col_start: in
 
 
 def knn_graph(features: Tensor, k: int, *, chunk_size: int | None = None, similarity: str = "cosine",
-              shrink: float = 0.0, valid: Tensor | None = None, name: str | None = None) -> Tensor:
+              shrink: float = 0.0, valid: Tensor | None = None, name: str | None = None,
+              include_self: bool = False) -> Tensor:
     """Sparse top-``k`` item-item similarity graph (see :func:`knn_edges`), never a dense I x I matrix.
 
     Row ``i`` holds item ``i``'s neighbours weighted by their similarity; the graph is directed (``j`` in
@@ -467,7 +502,7 @@ def knn_graph(features: Tensor, k: int, *, chunk_size: int | None = None, simila
         features (I, d) -> (I, I) float32 sparse COO, coalesced, at most k entries per row.
     """
     index, values = knn_edges(features, k, chunk_size=chunk_size, similarity=similarity, shrink=shrink,
-                              valid=valid, name=name)
+                              valid=valid, name=name, include_self=include_self)
     num_items = features.shape[0]
     return torch.sparse_coo_tensor(index, values, (num_items, num_items), check_invariants=True).coalesce()
 
@@ -537,6 +572,8 @@ class KNNSpec:
         shrink: cosine denominator shrinkage.
         binary: drop the similarity weights (every kept edge weighs 1) before normalising.
         normalization: ``none``, ``sym`` or ``row`` (see :func:`normalize_edges`).
+        include_self: each item is a candidate neighbour of itself (MMRec's top k of the whole similarity row,
+            diagonal included; see :func:`knn_edges`). False: the ``k`` nearest *other* items.
     """
 
     k: int
@@ -544,6 +581,7 @@ class KNNSpec:
     shrink: float = 0.0
     binary: bool = False
     normalization: str = "none"
+    include_self: bool = False
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -561,5 +599,5 @@ class KNNSpec:
         Shapes: (I, d) -> (I, I) sparse COO.
         """
         adj = knn_graph(features, self.k, chunk_size=chunk_size, similarity=self.similarity, shrink=self.shrink,
-                        name=name)
+                        name=name, include_self=self.include_self)
         return normalize_graph(adj, self.normalization, binary=self.binary)

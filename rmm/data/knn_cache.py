@@ -1,10 +1,10 @@
 """A disk cache of item-item kNN graphs, for the trainer (models never touch files).
 
 A graph is a pure function of the feature matrix and a :class:`~rmm.data.graph.KNNSpec`, so its file is named
-by the sha256 of both: the feature bytes (with dtype and shape), k, similarity, shrink, binary and
-normalisation. Re-extracting a feature changes its bytes and therefore misses the cache; nothing needs
-invalidating by hand. Writes go to a temporary file renamed into place, so concurrent Ray Train workers building
-the same graph never read a half-written file.
+by the sha256 of both: the feature bytes (with dtype and shape) and every spec field (k, similarity, shrink,
+binary, normalisation, include_self). Re-extracting a feature changes its bytes and therefore misses the cache;
+nothing needs invalidating by hand. Writes go to a temporary file renamed into place, so concurrent Ray Train
+workers building the same graph never read a half-written file.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def feature_digest(features: Tensor) -> str:
 
 
 def cache_key(features: Tensor, spec: KNNSpec) -> str:
-    """The cache key of ``spec``'s graph of ``features``: a sha256 hex string."""
+    """The cache key of ``spec``'s graph of ``features``: a sha256 hex string over all of ``spec``'s fields, so a
+    graph with self-loops (``include_self``) never answers for one without."""
     payload = {"version": FORMAT_VERSION, "features": feature_digest(features), **dataclasses.asdict(spec)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -73,8 +74,8 @@ def cached_knn_graph(features: Tensor, spec: KNNSpec, *, cache_dir: str | Path |
         else:
             log.info("kNN graph cache hit: %s", path)
             return graph
-    log.info("kNN graph cache miss: building %s (k=%d, %s) for %d items", path.name, spec.k, spec.similarity,
-             features.shape[0])
+    log.info("kNN graph cache miss: building %s (k=%d, %s%s) for %d items", path.name, spec.k, spec.similarity,
+             ", self included" if spec.include_self else "", features.shape[0])
     graph = spec.build(features.cpu(), chunk_size=chunk_size, name=name)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -18,12 +18,33 @@ from torch import Tensor, nn
 from rmm.config import ModelConfig
 from rmm.data.graph import KNNSpec, TrainGraph
 from rmm.errors import ConfigError, DataError, UnknownNameError
-from rmm.models.layers import bpr_loss, l2_reg
+from rmm.models.layers import REG_NORMS, bpr_loss, l2_reg
 
 MODELS: dict[str, type[Recommender]] = {}
 
 #: ``ModelConfig.fusion``'s default: what a model that fuses nothing (``fusions = ()``) is given.
 DEFAULT_FUSION = "concat"
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    """What the config of every :class:`EmbeddingRecommender` shares; a model's config derives from it (and its
+    ``__post_init__`` calls this one's).
+
+    Attributes:
+        reg_norm: how the batch's embeddings are regularised, ``squared`` (rmm, LightGCN's reference code) or
+            ``frobenius`` (MMRec's ``EmbLoss``); see :func:`rmm.models.layers.l2_reg`.
+        protocol_defaults: ``protocol name -> {field: value}``, the defaults a config-level ``protocol:`` gives
+            this model's fields (explicit values in the config win); merged along the class hierarchy, so a
+            model's own table adds to and overrides this one's. Not a config key.
+    """
+
+    reg_norm: str = "squared"
+    protocol_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+
+    def __post_init__(self) -> None:
+        if self.reg_norm not in REG_NORMS:
+            raise ValueError(f"reg_norm must be one of {list(REG_NORMS)}, got {self.reg_norm!r}")
 
 
 @dataclass(frozen=True)
@@ -169,7 +190,7 @@ class EmbeddingRecommender(Recommender):
         users = user_emb[batch.users]  # (B, D)
         pos, neg = item_emb[batch.pos_items], item_emb[batch.neg_items]
         ranking = bpr_loss((users * pos).sum(-1), (users * neg).sum(-1))
-        return ranking + self.cfg.reg_weight * l2_reg(*self.reg_terms(batch, users, pos, neg))
+        return ranking + self.cfg.reg_weight * l2_reg(*self.reg_terms(batch, users, pos, neg), norm=self.cfg.reg_norm)
 
     def score_users(self, users: Tensor) -> Tensor:
         return self.scorer()(users)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -11,23 +12,47 @@ from torch import Tensor, nn
 
 from rmm.config import require_at_least
 from rmm.data.graph import TrainGraph
-from rmm.models.base import DEFAULT_FUSION, BPRBatch, EmbeddingRecommender, register
-from rmm.models.layers import FeatureBank, emb_norm_loss, projections, propagate
+from rmm.models.base import DEFAULT_FUSION, BPRBatch, EmbeddingConfig, EmbeddingRecommender, register
+from rmm.models.layers import FeatureBank, l2_reg, projections, propagate
 
 
 @dataclass(frozen=True)
-class BM3Config:
-    """MMRec's ``BM3.yaml``: d 64 (the modalities are projected to it, MMRec's ``feat_embed_dim``),
-    ``cl_weight`` 2.0; ``num_layers`` 1, ``dropout`` 0.5 and ``reg_weight`` 0.1 from its grids. ``reg_weight``
-    multiplies MMRec's ``EmbLoss`` (see :func:`~rmm.models.layers.emb_norm_loss`)."""
+class BM3Config(EmbeddingConfig):
+    """BM3's hyperparameters, after MMRec's ``BM3.yaml``.
 
+    Attributes:
+        embedding_dim: d of the ID embeddings; every modality is projected to it too (MMRec's
+            ``embedding_size`` = ``feat_embed_dim`` = 64).
+        num_layers: LightGCN layers over the user-item graph (MMRec searches ``n_layers`` in [1, 2]).
+        dropout: the fraction of a target view's entries zeroed (MMRec searches [0.3, 0.5]).
+        reg_weight: weight of the embedding regulariser (MMRec searches [0.1, 0.01]).
+        cl_weight: weight of the modality alignment and reconstruction terms (MMRec: 2.0).
+
+    Protocol switches (``protocol: strict`` value first, then ``mmrec``'s):
+        reg_norm: ``frobenius`` in both protocols (the BM3 authors' and MMRec's ``EmbLoss``, for which
+            ``reg_weight``'s default and MMRec's grid were tuned): the regulariser of the *whole* online user and
+            item tables, divided by the number of items, ``(||H_U|| + ||H_I||) / I`` (non-squared norms); ``squared``
+            gives the usual L2 penalty ``(||H_U||^2 + ||H_I||^2) / 2I``, whose gradient shrinks with the
+            embeddings.
+        train_features: ``False`` / ``True``: MMRec fine-tunes the content features as embedding tables
+            (``from_pretrained(..., freeze=False)``); rmm keeps them frozen inputs, so that comparing features
+            compares the extracted features (and no trainable copy of every feature matrix, with its Adam
+            moments, is held).
+    """
+
+    reg_norm: str = "frobenius"
     embedding_dim: int = 64
     num_layers: int = 1
     dropout: float = 0.5
     reg_weight: float = 0.1
     cl_weight: float = 2.0
+    train_features: bool = False
+    #: The defaults ``protocol: mmrec`` gives these fields (MMRec's code and ``BM3.yaml``); explicit values win.
+    protocol_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "mmrec": {"embedding_dim": 64, "cl_weight": 2.0, "reg_norm": "frobenius", "train_features": True}}
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         require_at_least(self, 1, "embedding_dim", "num_layers")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
@@ -44,23 +69,43 @@ class BM3(EmbeddingRecommender):
     r"""BM3 (Zhou et al., `Bootstrap Latent Representations for Multi-modal Recommendation
     <https://arxiv.org/abs/2207.05969>`_, WWW 2023).
 
-    The online embeddings are LightGCN's over the user-item graph plus the item ID embedding; a target view is
-    a dropout copy under stop-gradient, and a shared predictor :math:`f_p` maps online views onto target
-    views. Every modality's projection :math:`h^m_i = W_m x^m_i + b_m` is aligned both with the item's target
-    embedding (inter-modality) and with its own dropout view (intra-modality):
+    The online embeddings are LightGCN's over the user-item graph, the item ID embedding added back
+    residually; every modality m is projected, :math:`\mathbf{h}^m_i = W_m \mathbf{x}^m_i + \mathbf{b}_m`:
 
-    .. math:: \mathcal{L} = \underbrace{(1 - \cos(f_p(\mathbf{e}_u), \mathrm{sg}(\dot{\mathbf{e}}_i)))
-                  + (1 - \cos(f_p(\mathbf{e}_i), \mathrm{sg}(\dot{\mathbf{e}}_u)))}_{\mathcal{L}_{rec}}
-              + \lambda_{cl} \sum_m \big[(1 - \cos(f_p(h^m_i), \mathrm{sg}(\dot{\mathbf{e}}_i)))
-                  + (1 - \cos(f_p(h^m_i), \mathrm{sg}(\dot{h}^m_i)))\big]
-              + \lambda \, \mathrm{EmbLoss}(\mathbf{E}_U, \mathbf{E}_I)
+    .. math:: [\mathbf{H}_U; \mathbf{H}_I'] = \frac{1}{L+1} \sum_{l=0}^{L} \tilde{A}^l [\mathbf{E}_U; \mathbf{E}_I],
+              \quad \mathbf{H}_I = \mathbf{H}_I' + \mathbf{E}_I
 
-    with :math:`\dot{x} = \mathrm{dropout}(x)`. Only the positive pairs of a batch are used (the sampled
-    negatives are ignored). Scores are :math:`f_p(\mathbf{e}_u)^\top f_p(\mathbf{e}_i)`. The features are
-    frozen inputs (MMRec fine-tunes them).
+    A target view is a dropout copy under stop-gradient, :math:`\dot{\mathbf{h}} = \mathrm{sg}(\mathrm{dropout}_p
+    (\mathbf{h}))`, and one predictor :math:`f_p(\mathbf{h}) = W_p \mathbf{h} + \mathbf{b}_p`, shared by the ID
+    and the modality views, maps online views onto target views. With :math:`C(a, b) = 1 - \cos(a, b)` averaged
+    over a batch of observed pairs (u, i) (the sampled negatives are not used):
+
+    .. math:: \mathcal{L} = \underbrace{C(f_p(\mathbf{h}_u), \dot{\mathbf{h}}_i)
+                  + C(f_p(\mathbf{h}_i), \dot{\mathbf{h}}_u)}_{\text{graph reconstruction}}
+              + \lambda_{cl} \sum_m \big[\underbrace{C(f_p(\mathbf{h}^m_i), \dot{\mathbf{h}}_i)}_{\text{inter-modality}}
+                  + \underbrace{C(f_p(\mathbf{h}^m_i), \dot{\mathbf{h}}^m_i)}_{\text{intra-modality}}\big]
+              + \lambda \, \mathcal{R}(\mathbf{H}_U, \mathbf{H}_I)
+
+    where :math:`\mathcal{R}` regularises the whole online tables: :math:`(\lVert \mathbf{H}_U \rVert_F^2 +
+    \lVert \mathbf{H}_I \rVert_F^2) / 2I`, or with ``reg_norm: frobenius`` MMRec's ``EmbLoss``
+    :math:`(\lVert \mathbf{H}_U \rVert_F + \lVert \mathbf{H}_I \rVert_F) / I`. Scores are
+    :math:`f_p(\mathbf{h}_u)^\top f_p(\mathbf{h}_i)`. Initialisation as MMRec's: ID embeddings Xavier-uniform,
+    predictor and projection weights Xavier-normal, biases PyTorch's default.
+
+    Differences from MMRec's code, each with its switch (``strict`` / ``mmrec``):
+
+    - ``train_features`` (False / True): MMRec fine-tunes the content features; rmm keeps them frozen.
+    - ``reg_norm`` (``squared`` / ``frobenius``): squared norms of the online tables, or MMRec's ``EmbLoss``.
+
+    And without a switch, as they change no expected value: the targets drop out entries of the batch's rows
+    (MMRec drops out the whole tables and then gathers the batch's rows, so a user or item repeated within a
+    batch shares one mask there, and gets independent masks here), and only the batch's items are projected
+    (MMRec projects the whole catalogue, then gathers). MMRec's ``use_neg_sampling: False`` only saves the
+    sampling: the loss never reads ``batch.neg_items``.
 
     Shapes:
-        adj: sparse (U+I, U+I); user/item embeddings: (U, d), (I, d); predictor: d -> d.
+        adj: sparse (U+I, U+I); user/item embeddings: (U, d), (I, d); predictor: d -> d; projections:
+        d_m -> d per modality.
     """
 
     config_class = BM3Config
@@ -71,6 +116,8 @@ class BM3(EmbeddingRecommender):
                  fusion: str = DEFAULT_FUSION) -> None:
         super().__init__(graph, features, cfg, fusion=fusion)
         self.features = FeatureBank(features)
+        if cfg.train_features:  # MMRec's fine-tuned feature tables, starting from the extracted features
+            self.feature_tables = nn.ParameterList(nn.Parameter(x.clone()) for x in self.features.matrices())
         self.register_buffer("adj", graph.norm_adj(), persistent=False)
         self.user_embedding = nn.Embedding(self.num_users, cfg.embedding_dim)
         self.item_embedding = nn.Embedding(self.num_items, cfg.embedding_dim)
@@ -82,6 +129,15 @@ class BM3(EmbeddingRecommender):
         nn.init.xavier_uniform_(self.user_embedding.weight)
         nn.init.xavier_uniform_(self.item_embedding.weight)
         nn.init.xavier_normal_(self.predictor.weight)
+        if self.cfg.train_features:
+            with torch.no_grad():
+                for table, x in zip(self.feature_tables, self.features.matrices()):
+                    table.copy_(x)
+
+    def content(self) -> list[Tensor]:
+        """Every modality's feature matrix: the trainable tables with ``train_features``, else the frozen
+        inputs. Shapes: M x (I, d_m)."""
+        return list(self.feature_tables) if self.cfg.train_features else self.features.matrices()
 
     def online(self) -> tuple[Tensor, Tensor]:
         """Online user and item embeddings (before the predictor). Shapes: (U, d), (I, d)."""
@@ -101,9 +157,11 @@ class BM3(EmbeddingRecommender):
             item_target = F.dropout(items, self.cfg.dropout, training=True)
         rec = bootstrap_loss(self.predictor(users), item_target) + bootstrap_loss(self.predictor(items), user_target)
         modal = torch.zeros((), device=users.device)
-        for proj, x in zip(self.projections, self.features.matrices()):
+        for proj, x in zip(self.projections, self.content()):
             content = proj(x[batch.pos_items])  # (B, d)
             content_target = F.dropout(content.detach(), self.cfg.dropout, training=True)
             online = self.predictor(content)
             modal = modal + bootstrap_loss(online, item_target) + bootstrap_loss(online, content_target)
-        return rec + self.cfg.reg_weight * emb_norm_loss(user_emb, item_emb) + self.cfg.cl_weight * modal
+        # Items first: l2_reg divides by its first tensor's rows, and MMRec's EmbLoss by the number of items.
+        reg = l2_reg(item_emb, user_emb, norm=self.cfg.reg_norm)
+        return rec + self.cfg.reg_weight * reg + self.cfg.cl_weight * modal

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -11,23 +12,56 @@ from torch import Tensor, nn
 
 from rmm.config import require_at_least
 from rmm.data.graph import TrainGraph
-from rmm.models.base import DEFAULT_FUSION, BPRBatch, EmbeddingRecommender, register
-from rmm.models.layers import FeatureBank, aggregate, segment_softmax
+from rmm.models.base import DEFAULT_FUSION, BPRBatch, EmbeddingConfig, EmbeddingRecommender, register
+from rmm.models.layers import FeatureBank, aggregate, bpr_loss, segment_softmax
+from rmm.models.mmgcn import REGULARISERS, mmrec_id_reg, require_choice
 
 
 @dataclass(frozen=True)
-class GRCNConfig:
-    """MMRec's ``GRCN.yaml``: d 64, ``latent_dim`` 64 (its ``latent_embedding``), 3 routing iterations (its
-    ``n_layers``), ``reg_weight`` 1e-4 from its grid."""
+class GRCNConfig(EmbeddingConfig):
+    r"""Hyperparameters of :class:`GRCN`.
+
+    Attributes:
+        embedding_dim: width d of the ID embeddings (MMRec ``embedding_size`` 64).
+        latent_dim: width of every modality's preferences and content representations (MMRec
+            ``latent_embedding`` 64).
+        num_routing: routing iterations of the user preferences (MMRec ``n_layers`` 3).
+        reg_weight: weight of the regulariser; MMRec searches ``[0.1, 1e-2, 1e-3, 1e-4, 1e-5]`` (and the learning
+            rate over ``[1, 0.1, 1e-2, 1e-3, 1e-4]``).
+
+    Protocol switches (``strict`` value first, then ``mmrec``'s):
+        route_preferences: ``True`` / ``False``: whether the user preferences are routed over their items'
+            content before the edges are scored (the paper's neighbour routing). MMRec (like the authors' code)
+            passes the routing messages along the user -> item edges only, so they reach the item rows, and then
+            keeps the user rows, which received nothing: its preferences are just normalised, ``num_routing``
+            being without effect.
+        regulariser: ``batch`` / ``mmrec``. ``batch``: ``reg_weight`` times
+            :func:`~rmm.models.layers.l2_reg` (``reg_norm``) of the batch's ID rows and user preferences.
+            ``mmrec``: MMRec's :func:`~rmm.models.mmgcn.mmrec_id_reg` of the batch's ID rows, plus the element
+            mean of squares of the first branch's *whole* preference table (its ``v_gcn.preference``), plus per
+            modality that of the batch's preference rows; ``reg_norm`` is then unused.
+        reg_norm: as :class:`~rmm.models.base.EmbeddingConfig`, for ``regulariser: batch``; ``squared`` in both
+            protocols (MMRec's GRCN does not use ``EmbLoss``).
+        protocol_defaults: the defaults ``protocol: mmrec`` gives these fields (MMRec's code and
+            ``GRCN.yaml``); explicit values win. Not a config key.
+    """
 
     embedding_dim: int = 64
     latent_dim: int = 64
     num_routing: int = 3
     reg_weight: float = 1e-4
+    route_preferences: bool = True
+    regulariser: str = "batch"
+    protocol_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "mmrec": {"embedding_dim": 64, "latent_dim": 64, "num_routing": 3, "route_preferences": False,
+                  "regulariser": "mmrec", "reg_norm": "squared"},
+    }
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         require_at_least(self, 1, "embedding_dim", "latent_dim", "num_routing")
         require_at_least(self, 0, "reg_weight")
+        require_choice(self, "regulariser", REGULARISERS)
 
 
 def attention(src: Tensor, dst: Tensor, x_src: Tensor, x_dst: Tensor, num_nodes: int) -> Tensor:
@@ -40,15 +74,18 @@ def attention(src: Tensor, dst: Tensor, x_src: Tensor, x_dst: Tensor, num_nodes:
 
 
 class ContentGraph(nn.Module):
-    r"""GRCN's graph refining layer for one modality: user preferences routed over the items' content, then
-    one attention convolution whose edge weights score how well the two ends of an edge agree.
+    r"""GRCN's graph refining layer for one modality: user preferences routed over the items' content (``R``
+    times; not at all with ``num_routing`` 0), then one attention convolution whose edge weights score how well
+    the two ends of an edge agree.
 
     .. math:: \mathbf{p}_u \leftarrow \frac{\mathbf{p}_u + \sum_{i \in N(u)} \alpha_{ui} \mathbf{f}_i}
                   {\lVert \cdot \rVert}\ (\times R), \quad
               \alpha_{vj} = \mathrm{softmax}_{j \in N(v)}(\mathbf{x}_v^\top \mathbf{x}_j), \quad
               \mathbf{c}_v = \mathbf{x}_v + \sum_{j \in N(v)} \alpha_{vj} \mathbf{x}_j
 
-    with :math:`\mathbf{f}_i = \mathrm{norm}(\mathrm{lrelu}(W f^m_i + b))` and
+    with :math:`\mathbf{p}_u` starting at the normalised preference parameter,
+    :math:`\mathbf{f}_i = \mathrm{norm}(\mathrm{lrelu}(W f^m_i + b))`,
+    :math:`\alpha_{ui} = \mathrm{softmax}_{i \in N(u)}(\mathbf{p}_u^\top \mathbf{f}_i)` and
     :math:`\mathbf{x} = [\mathbf{p}; \mathbf{f}]`.
 
     Shapes:
@@ -57,7 +94,7 @@ class ContentGraph(nn.Module):
 
     def __init__(self, num_users: int, dim: int, latent_dim: int, num_routing: int) -> None:
         super().__init__()
-        self.num_routing = num_routing
+        self.num_routing = num_routing  # 0: no routing (MMRec's, see GRCNConfig.route_preferences)
         self.preference = nn.Parameter(torch.empty(num_users, latent_dim))
         self.mlp = nn.Linear(dim, latent_dim)
         nn.init.xavier_normal_(self.preference)
@@ -94,8 +131,22 @@ class GRCN(EmbeddingRecommender):
                   \mathbf{c}^M_v], \quad \hat{y}_{ui} = \mathbf{x}_u^\top \mathbf{x}_i
 
     with :math:`\mathbf{e}^{(0)}` the L2-normalised ID embeddings and :math:`\mathbf{c}^m` the content
-    representations. Trained with BPR plus an L2 penalty on the batch's ID embeddings and preferences.
-    Simplified from the paper as in MMRec: no edge dropout, no activation in the ID convolution.
+    representations (:math:`w_{jv}` is 0 off the train edges). Trained with
+    :math:`\frac{1}{B}\sum_b -\ln \sigma(\hat{y}_{ui} - \hat{y}_{uj}) + \lambda R`, :math:`R` the
+    ``regulariser`` (see :class:`GRCNConfig`). The ID embeddings, confidences, preferences and projections
+    learn; the input features are frozen (in MMRec too).
+
+    Deviations, and the switch of each (``strict`` / ``mmrec``):
+
+    - preference routing: the paper's / none, MMRec's routing messages never reaching the users
+      (``route_preferences``);
+    - regulariser: ``l2_reg`` of the batch's rows / MMRec's element mean (``regulariser``).
+
+    In both, as in MMRec's and the authors' defaults: no edge dropout (``dropout`` 0), no activation in either
+    convolution (``has_act`` False), per-edge weights from the ``confid`` mode (max over modalities of
+    attention times the source node's confidence) with pruning (ReLU), and ``concat`` fusion. MMRec computes
+    but never adds a penalty on the confidences; rmm has none. MMRec ranks with the representation of the last
+    *training* forward, one optimiser step stale; rmm recomputes it.
 
     Shapes:
         id_embedding: (U+I, embedding_dim); representation: (U+I, embedding_dim + M * latent_dim).
@@ -114,7 +165,8 @@ class GRCN(EmbeddingRecommender):
         num_nodes = self.num_users + self.num_items
         self.id_embedding = nn.Parameter(torch.empty(num_nodes, cfg.embedding_dim))
         self.confidence = nn.Parameter(torch.empty(num_nodes, len(self.features)))
-        self.branches = nn.ModuleList(ContentGraph(self.num_users, dim, cfg.latent_dim, cfg.num_routing)
+        num_routing = cfg.num_routing if cfg.route_preferences else 0
+        self.branches = nn.ModuleList(ContentGraph(self.num_users, dim, cfg.latent_dim, num_routing)
                                       for dim in self.features.dims)
         self.reset_parameters()
 
@@ -140,3 +192,13 @@ class GRCN(EmbeddingRecommender):
         ids = self.id_embedding
         return (ids[batch.users], ids[self.num_users + batch.pos_items], ids[self.num_users + batch.neg_items],
                 *(branch.preference[batch.users] for branch in self.branches))
+
+    def loss(self, batch: BPRBatch) -> Tensor:
+        if self.cfg.regulariser == "batch":
+            return super().loss(batch)
+        user_emb, item_emb = self.embeddings()
+        users = user_emb[batch.users]  # (B, D)
+        ranking = bpr_loss((users * item_emb[batch.pos_items]).sum(-1), (users * item_emb[batch.neg_items]).sum(-1))
+        reg = mmrec_id_reg(self.id_embedding, batch, self.num_users) + self.branches[0].preference.pow(2).mean()
+        reg = reg + sum(branch.preference[batch.users].pow(2).mean() for branch in self.branches)
+        return ranking + self.cfg.reg_weight * reg

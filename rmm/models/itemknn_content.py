@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -12,17 +13,44 @@ from rmm.config import require_at_least
 from rmm.data.graph import KNNSpec, TrainGraph, combine_graphs, to_csr
 from rmm.models.base import DEFAULT_FUSION, TrainingFreeRecommender, register
 
+#: ``modality_merge`` values: average one graph per modality, or build one graph of the concatenated features.
+MODALITY_MERGES = ("graph_mean", "feature_concat")
+
 
 @dataclass(frozen=True)
 class ItemKNNContentConfig:
-    """MMRec's ``ItemKNNCBF.yaml``: 10 neighbours per item, cosine shrinkage 10."""
+    r"""ItemKNN-content's hyperparameters, after MMRec's ``ItemKNNCBF.yaml``.
+
+    Attributes:
+        knn_k: neighbours kept per item (MMRec: 10).
+        shrink: added to the cosine's denominator, damping the similarity of low-norm rows (MMRec: 10).
+
+    Protocol switches (``protocol: strict`` value first, then ``mmrec``'s):
+        knn_self: ``False`` / ``True``: whether an item's own similarity
+            :math:`\lVert x_i\rVert^2 / (\lVert x_i\rVert^2 + s)` competes for its top k. MMRec takes the top k
+            of the full similarity row, diagonal included, so an item usually neighbours itself and a user's
+            history items score their own self-similarity (masked at evaluation anyway) while leaving k - 1
+            slots to other items; rmm keeps k *other* items, the ItemKNN of Ferrari Dacrema et al.
+        modality_merge: ``graph_mean`` / ``feature_concat``: rmm builds one kNN graph per modality and averages
+            them, so every modality weighs the same; MMRec concatenates the raw modalities (image, then text) and
+            builds one graph, where the modality with the larger norms dominates the cosine. A concatenated graph
+            is built in memory each run (never read from or written to the kNN cache).
+    """
 
     knn_k: int = 10
     shrink: float = 10.0
+    knn_self: bool = False
+    modality_merge: str = "graph_mean"
+    #: The defaults ``protocol: mmrec`` gives these fields (MMRec's ``itemknncbf.py`` and ``ItemKNNCBF.yaml``);
+    #: explicit values win.
+    protocol_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "mmrec": {"knn_k": 10, "shrink": 10.0, "knn_self": True, "modality_merge": "feature_concat"}}
 
     def __post_init__(self) -> None:
         require_at_least(self, 1, "knn_k")
         require_at_least(self, 0, "shrink")
+        if self.modality_merge not in MODALITY_MERGES:
+            raise ValueError(f"modality_merge must be one of {list(MODALITY_MERGES)}, got {self.modality_merge!r}")
 
 
 @register("itemknn_content")
@@ -32,11 +60,27 @@ class ItemKNNContent(TrainingFreeRecommender):
     RecSys 2019; MMRec's ``ItemKNNCBF``), training-free.
 
     .. math:: \hat{y}_{ui} = \sum_{j \in N(u)} S_{ji}, \qquad
-              S = \frac{1}{M} \sum_m \mathrm{topk}_k\Big(\frac{x^m_j \cdot x^m_i}
-                  {\lVert x^m_j\rVert \lVert x^m_i\rVert + s}\Big)
+              S = \frac{1}{M} \sum_m \mathrm{topk}_k\big(C(x^m)\big), \qquad
+              C(x)_{ji} = \frac{x_j \cdot x_i}{\lVert x_j\rVert \lVert x_i\rVert + s}
 
-    Each modality gets its own sparse top-k graph (an item is never its own neighbour) and the graphs are
-    averaged; MMRec concatenates the modalities instead, which lets the one with the larger norm dominate.
+    where :math:`N(u)` is the user's distinct train items and :math:`\mathrm{topk}_k` keeps the k largest
+    entries of every row j (its neighbours i) and zeroes the rest. With ``modality_merge: feature_concat`` there
+    is one graph, :math:`S = \mathrm{topk}_k(C([x^1; \dots; x^M]))`. Without ``knn_self`` the diagonal is left
+    out of the top k (an item is never its own neighbour); with it, :math:`C_{jj}` competes like any entry.
+    An item without a vector (an all-zero row) has no neighbours and is nobody's neighbour; an item with fewer
+    than k others keeps all of them.
+
+    Differences from MMRec's code, each with its switch (``strict`` / ``mmrec``; see
+    :class:`ItemKNNContentConfig`):
+
+    - ``knn_self`` (False / True): the item itself may be one of its k neighbours.
+    - ``modality_merge`` (``graph_mean`` / ``feature_concat``): average per-modality graphs, or one graph of
+      the concatenated features.
+
+    And without a switch, for items without a vector only: MMRec gives them similarity 0 to everyone
+    (``0 / (0 + s)``; NaN when ``s`` = 0), so they fill a row's top k ahead of negative similarities, adding 0
+    where rmm adds the negative neighbour; it only differs for an item with fewer than k non-negative
+    similarities.
 
     Shapes:
         similarity_t: sparse (I, I), the transposed average graph; scores: (B, I).
@@ -47,15 +91,28 @@ class ItemKNNContent(TrainingFreeRecommender):
     def __init__(self, graph: TrainGraph, features: Mapping[str, Tensor], cfg: ItemKNNContentConfig, *,
                  fusion: str = DEFAULT_FUSION, item_graphs: Mapping[str, Tensor] | None = None) -> None:
         super().__init__(graph, features, cfg, fusion=fusion)
-        graphs = self.build_item_graphs(features, item_graphs)
+        if cfg.modality_merge == "feature_concat":
+            if item_graphs is not None:
+                raise ValueError(f"ItemKNNContent with modality_merge 'feature_concat' builds its own graph of the "
+                                 f"concatenated features, got item_graphs for {sorted(item_graphs)}")
+            merged = torch.cat([m.float() for m in features.values()], dim=1)  # (I, sum of d_m)
+            graphs = [_knn_spec(cfg).build(merged, name="+".join(features))]
+        else:
+            graphs = self.build_item_graphs(features, item_graphs)
         similarity = combine_graphs(graphs, [1.0 / len(graphs)] * len(graphs))
         self.register_buffer("similarity_t", to_csr(similarity.t()), persistent=False)
         self.history = graph.user_items()
 
     @classmethod
-    def item_graph_spec(cls, cfg: ItemKNNContentConfig) -> KNNSpec:
-        return KNNSpec(k=cfg.knn_k, similarity="cosine", shrink=cfg.shrink, normalization="none")
+    def item_graph_spec(cls, cfg: ItemKNNContentConfig) -> KNNSpec | None:
+        """The per-modality graph (None with ``feature_concat``: the model builds its one graph itself)."""
+        return _knn_spec(cfg) if cfg.modality_merge == "graph_mean" else None
 
     def score_users(self, users: Tensor) -> Tensor:
         history = self.history.mask(users).to(device=self.similarity_t.device, dtype=torch.float32)  # (B, I)
         return torch.sparse.mm(self.similarity_t, history.T).T  # (B, I): R_B S
+
+
+def _knn_spec(cfg: ItemKNNContentConfig) -> KNNSpec:
+    return KNNSpec(k=cfg.knn_k, similarity="cosine", shrink=cfg.shrink, normalization="none",
+                   include_self=cfg.knn_self)

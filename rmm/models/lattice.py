@@ -4,28 +4,58 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rmm.config import require_at_least
-from rmm.data.graph import KNNSpec, TrainGraph, knn_edges, normalize_edges, to_csr, unit_rows
-from rmm.models.base import DEFAULT_FUSION, EmbeddingRecommender, register
-from rmm.models.layers import FeatureBank, aggregate, projections, propagate, sparse_matmul
+from rmm.data.graph import ADJACENCY_NORMALIZATIONS, KNNSpec, TrainGraph, knn_edges, normalize_edges, to_csr, unit_rows
+from rmm.models.base import DEFAULT_FUSION, EmbeddingConfig, EmbeddingRecommender, register
+from rmm.models.layers import PROJECTION_INITS, FeatureBank, aggregate, projections, propagate, sparse_matmul
 
 
 @dataclass(frozen=True)
-class LATTICEConfig:
-    """MMRec's ``LATTICE.yaml`` with ``cf_model: lightgcn``: d 64, ``feat_embed_dim`` 64, kNN k 10,
-    ``lambda_coeff`` 0.9 (weight of the frozen graph), 1 item-graph layer (``n_layers``), 2 user-item layers
-    (``len(weight_size)``), ``reg_weight`` 1e-4 from its grid.
+class LATTICEConfig(EmbeddingConfig):
+    r"""Hyperparameters of :class:`LATTICE` (LightGCN backbone, MMRec's ``cf_model: lightgcn``).
 
-    ``graph_update`` says when the learned graph's edge weights carry a gradient: ``epoch`` (the reference code's
-    ``build_item_graph``) at each epoch's first step only, the weights then being held for the epoch's other
-    steps, so the projections and modality weights learn once per epoch; ``step`` at every step (more signal
-    for the projections, but every step then projects the whole catalogue: ~2x the reference's step time at
-    Baby scale, see bench/RESULTS.md).
+    Attributes:
+        embedding_dim: ID embedding width d (MMRec ``embedding_size`` 64).
+        feat_embed_dim: width of the projected modality features the learned graph is built from (MMRec 64).
+        knn_k: neighbours per item in the frozen and the learned item graphs (MMRec 10).
+        lambda_coeff: weight :math:`\lambda` of the frozen graphs, ``1 - lambda`` that of the learned one
+            (MMRec 0.9).
+        num_layers: item-graph convolutions (MMRec ``n_layers`` 1).
+        num_ui_layers: LightGCN layers over the user-item graph (MMRec ``len(weight_size)``, 2).
+        reg_weight: weight of the L2 penalty on the batch's final embeddings; MMRec searches
+            ``[0.0, 1e-5, 1e-4, 1e-3]`` (and the learning rate over ``[1e-4, 5e-4, 1e-3, 5e-3]``).
+        graph_update: when the learned graph's edge weights carry a gradient. ``epoch`` (both protocols; the
+            reference code's ``build_item_graph``): at each epoch's first step only, the weights then being held
+            for the epoch's other steps, so the projections and modality weights learn once per epoch. ``step``:
+            at every step (more signal for the projections, but every step then projects the whole catalogue:
+            ~2x the reference's step time at Baby scale, see bench/RESULTS.md).
+        knn_self: whether an item is a candidate neighbour of itself in the frozen and learned kNN graphs.
+            ``strict`` False: the k nearest *other* items, the paper's neighbourhood (a self-loop adds the
+            item's own ID embedding to its item-graph message, which the kNN graph is not meant to carry).
+            ``mmrec`` True: MMRec's dense ``topk`` of the full similarity row keeps the item itself (cosine 1),
+            so its graphs hold a self term and ``k - 1`` others.
+        ui_normalization: normalisation of the user-item graph (:meth:`rmm.data.graph.TrainGraph.adjacency`).
+            ``strict`` ``sym``: LightGCN's :math:`D^{-1/2} A D^{-1/2}`, the backbone the paper names. ``mmrec``
+            ``row_self_loops``: :math:`(D + I)^{-1} (A + I)`, what MMRec's LATTICE builds (its NGCF-era
+            ``get_adj_mat``) even with ``cf_model: lightgcn``.
+        projection_init: initialisation of the modality projections :math:`W_m` (:func:`rmm.models.layers.projections`).
+            ``strict`` ``xavier`` (Xavier-normal, rmm's shared projection); ``mmrec`` ``torch_default``
+            (``nn.Linear``'s Kaiming-uniform).
+        train_features: whether the raw modality features are trained. ``strict`` False: frozen inputs, so a
+            model's features stay those of the feature store it names. ``mmrec`` True: MMRec fine-tunes them
+            (``nn.Embedding.from_pretrained(..., freeze=False)``); they then get a gradient through the learned
+            graph's edge weights (with ``graph_update: epoch`` at each epoch's first step only) and are saved
+            with the model. The frozen graphs stay those of the initial features, in both.
+        reg_norm: as :class:`~rmm.models.base.EmbeddingConfig`; both protocols ``squared``: MMRec's LATTICE
+            regularises with its own :math:`\frac{1}{2B}\sum \lVert e \rVert^2`, not ``EmbLoss``.
+        protocol_defaults: the defaults ``protocol: mmrec`` gives these fields (MMRec's ``LATTICE.yaml`` and
+            code); explicit values win. Not a config key.
     """
 
     embedding_dim: int = 64
@@ -36,10 +66,24 @@ class LATTICEConfig:
     num_ui_layers: int = 2
     reg_weight: float = 1e-4
     graph_update: str = "epoch"
+    knn_self: bool = False
+    ui_normalization: str = "sym"
+    projection_init: str = "xavier"
+    train_features: bool = False
+    protocol_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "mmrec": {"knn_self": True, "ui_normalization": "row_self_loops", "projection_init": "torch_default",
+                  "train_features": True, "reg_norm": "squared", "embedding_dim": 64, "feat_embed_dim": 64,
+                  "knn_k": 10, "lambda_coeff": 0.9, "num_layers": 1, "num_ui_layers": 2, "graph_update": "epoch"},
+    }
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.graph_update not in ("epoch", "step"):
             raise ValueError(f"graph_update must be 'epoch' or 'step', got {self.graph_update!r}")
+        if self.ui_normalization not in ADJACENCY_NORMALIZATIONS or self.ui_normalization == "none":
+            raise ValueError(f"ui_normalization must be 'sym' or 'row_self_loops', got {self.ui_normalization!r}")
+        if self.projection_init not in PROJECTION_INITS:
+            raise ValueError(f"projection_init must be one of {list(PROJECTION_INITS)}, got {self.projection_init!r}")
         require_at_least(self, 1, "embedding_dim", "feat_embed_dim", "knn_k", "num_layers", "num_ui_layers")
         if not 0 <= self.lambda_coeff <= 1:
             raise ValueError(f"lambda_coeff must be in [0, 1], got {self.lambda_coeff}")
@@ -52,25 +96,40 @@ class LATTICE(EmbeddingRecommender):
     <https://arxiv.org/abs/2104.09036>`_, ACM MM 2021), with the LightGCN backbone.
 
     Per modality m, the frozen graph :math:`\tilde{S}^m_0` is the sym-normalised cosine kNN graph of the raw
-    features; the learned graph :math:`\hat{S}^m` the kNN graph of the projected features
+    features :math:`f^m`; the learned graph :math:`\hat{S}^m` the kNN graph of the projected features
     :math:`\tilde{f}^m = W_m f^m + b_m`, weighted by their cosine. With :math:`\alpha = \mathrm{softmax}(w)`:
 
     .. math:: S = (1 - \lambda)\, \mathcal{N}\big(\textstyle\sum_m \alpha_m \hat{S}^m\big)
                   + \lambda \textstyle\sum_m \alpha_m \tilde{S}^m_0, \quad
               \mathbf{h} = S^{L} \mathbf{E}_{id}, \quad
-              \mathbf{e}_i = \bar{\mathbf{e}}_i + \frac{\mathbf{h}_i}{\lVert \mathbf{h}_i \rVert}
+              \mathbf{e}_i = \bar{\mathbf{e}}_i + \frac{\mathbf{h}_i}{\lVert \mathbf{h}_i \rVert}, \quad
+              \hat{y}_{ui} = \mathbf{e}_u^\top \mathbf{e}_i
 
-    where :math:`\mathcal{N}` is :math:`D^{-1/2} \cdot D^{-1/2}` and :math:`\bar{\mathbf{e}}` LightGCN over the
-    user-item graph. Which pairs are neighbours in :math:`\hat{S}^m` is refreshed every epoch (``start_epoch``,
-    as MMRec rebuilds the graph at each epoch's first batch) and when scoring. Their weights, and
-    :math:`\alpha`, are computed from the current projections with a gradient at the epoch's first step and held
-    (detached) for its other steps, as in the reference code; ``graph_update: step`` recomputes them with a
-    gradient at every step. The learned graph is built in chunks and kept sparse (MMRec's is a dense I x I
-    matrix), and propagated edge-wise (:func:`~rmm.models.layers.aggregate`).
+    where :math:`\mathcal{N}(X) = D^{-1/2} X D^{-1/2}` (:math:`D` the row sums) and
+    :math:`[\mathbf{e}_u; \bar{\mathbf{e}}_i] = \frac{1}{L_{ui}+1}\sum_{l=0}^{L_{ui}} \hat{A}^l \mathbf{E}` is
+    LightGCN over the user-item graph :math:`\hat{A}` (``ui_normalization``). Loss: BPR on
+    :math:`\hat{y}` plus ``reg_weight`` times :math:`\frac{1}{2B}\sum \lVert e \rVert^2` (``reg_norm: squared``,
+    both protocols, as MMRec's LATTICE) of the batch's final :math:`\mathbf{e}_u, \mathbf{e}_i, \mathbf{e}_j`.
 
-    Other differences from MMRec: kNN graphs exclude the item itself (MMRec's top k include it), features
-    are frozen inputs (MMRec fine-tunes them), and the user-item graph is LightGCN's
-    :math:`D^{-1/2} A D^{-1/2}` (MMRec's LATTICE row-normalises :math:`A + I`).
+    Which pairs are neighbours in :math:`\hat{S}^m` is refreshed every epoch (``start_epoch``, as MMRec rebuilds
+    the graph at each epoch's first batch) and when scoring. Their weights, and :math:`\alpha`, are computed from
+    the current projections with a gradient at the epoch's first step and held (detached) for its other steps, as
+    in the reference code; ``graph_update: step`` recomputes them with a gradient at every step. The learned
+    graph is built in chunks and kept sparse (MMRec's is a dense I x I matrix), and propagated edge-wise
+    (:func:`~rmm.models.layers.aggregate`).
+
+    Differences from MMRec, each a :class:`LATTICEConfig` switch (``strict`` value / ``mmrec`` value):
+    kNN graphs without / with the item itself (``knn_self``); user-item graph :math:`D^{-1/2} A D^{-1/2}` /
+    :math:`(D + I)^{-1}(A + I)` (``ui_normalization``); projections Xavier-normal / ``nn.Linear``'s default
+    (``projection_init``); features frozen / fine-tuned (``train_features``). Not switched: items without a
+    feature vector (zero rows) get no kNN neighbours (MMRec's cosine is NaN there); a row sum
+    :math:`\le 0` of the learned graph gives zero weights instead of NaN; the regulariser divides by the batch's
+    length (MMRec by ``train_batch_size``, which differs on an epoch's last, shorter batch).
+
+    Difference from the paper (both protocols follow the reference code, CRIPAC-DIG/LATTICE and MMRec): the
+    paper's Sec. 3.1 normalises each learned :math:`\hat{S}^m` and mixes
+    :math:`(1 - \lambda)\mathcal{N}(\hat{S}^m) + \lambda \tilde{S}^m_0` per modality before weighting by
+    :math:`\alpha`; the code normalises the :math:`\alpha`-weighted sum of the learned graphs, as above.
 
     Shapes:
         adj: sparse (U+I, U+I); frozen graphs: sparse (I, I) per modality; embeddings: (U, d), (I, d).
@@ -83,22 +142,25 @@ class LATTICE(EmbeddingRecommender):
     def __init__(self, graph: TrainGraph, features: Mapping[str, Tensor], cfg: LATTICEConfig, *,
                  fusion: str = DEFAULT_FUSION, item_graphs: Mapping[str, Tensor] | None = None) -> None:
         super().__init__(graph, features, cfg, fusion=fusion)
-        self.features = FeatureBank(features)
+        self.features = FeatureBank(features, trainable=cfg.train_features)
         for m, frozen in enumerate(self.build_item_graphs(features, item_graphs)):
             self.register_buffer(f"frozen_{m}", to_csr(frozen), persistent=False)
             self.register_buffer(f"frozen_t_{m}", to_csr(frozen.t()), persistent=False)
         self.learned_index: list[Tensor] | None = None  # per modality (2, E); rebuilt, never checkpointed
         self.held: tuple[Tensor, Tensor] | None = None  # this epoch's detached (edge weights, alpha)
-        self.register_buffer("adj", graph.norm_adj(), persistent=False)
+        self.register_buffer("adj", graph.adjacency(cfg.ui_normalization), persistent=False)
+        # The transpose, for propagate's backward; None when the normalisation is symmetric.
+        self.register_buffer("adj_t", None if cfg.ui_normalization == "sym"
+                             else graph.adjacency(cfg.ui_normalization, transpose=True), persistent=False)
         self.user_embedding = nn.Embedding(self.num_users, cfg.embedding_dim)
         self.item_embedding = nn.Embedding(self.num_items, cfg.embedding_dim)
-        self.projections = projections(self.features.dims, cfg.feat_embed_dim)
+        self.projections = projections(self.features.dims, cfg.feat_embed_dim, init=cfg.projection_init)
         self.modal_weight = nn.Parameter(torch.empty(len(self.features)))
         self.reset_parameters()
 
     @classmethod
     def item_graph_spec(cls, cfg: LATTICEConfig) -> KNNSpec:
-        return KNNSpec(k=cfg.knn_k, similarity="cosine", normalization="sym")
+        return KNNSpec(k=cfg.knn_k, similarity="cosine", normalization="sym", include_self=cfg.knn_self)
 
     def reset_parameters(self) -> None:
         nn.init.xavier_uniform_(self.user_embedding.weight)
@@ -107,7 +169,8 @@ class LATTICE(EmbeddingRecommender):
 
     @property
     def has_unused_parameters(self) -> bool:
-        # With graph_update "epoch", the projections and modality weights get no gradient after an epoch's first step.
+        # With graph_update "epoch", the projections, modality weights (and trained features) get no gradient after
+        # an epoch's first step; with "step" every parameter has one at every step.
         return self.cfg.graph_update == "epoch"
 
     def start_epoch(self, seed: int, epoch: int) -> None:
@@ -118,7 +181,8 @@ class LATTICE(EmbeddingRecommender):
     def _learned_structure(self) -> list[Tensor]:
         """The kNN pairs of each modality's projected features (no gradient). Shapes: (2, E_m) each."""
         with torch.no_grad():
-            return [knn_edges(proj(x), self.cfg.knn_k, valid=valid, name=f"{name} (projected)")[0]
+            return [knn_edges(proj(x), self.cfg.knn_k, valid=valid, name=f"{name} (projected)",
+                              include_self=self.cfg.knn_self)[0]
                     for proj, x, valid, name in zip(self.projections, self.features.matrices(),
                                                     self.features.valid(), self.features.names)]
 
@@ -168,7 +232,8 @@ class LATTICE(EmbeddingRecommender):
             weights = self._learned_weights(learned_index)
         h = self._item_graph_conv(learned_index, weights)
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
-        users, items = torch.split(propagate(self.adj, ego, self.cfg.num_ui_layers), [self.num_users, self.num_items])
+        users, items = torch.split(propagate(self.adj, ego, self.cfg.num_ui_layers, self.adj_t),
+                                   [self.num_users, self.num_items])
         return users, items + F.normalize(h, dim=1)
 
     def scorer(self) -> Callable[[Tensor], Tensor]:

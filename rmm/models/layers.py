@@ -78,23 +78,24 @@ def sparse_matmul(adj: Tensor, x: Tensor, adj_t: Tensor | None = None) -> Tensor
     return _SparseMM.apply(adj, x, adj if adj_t is None else adj_t)
 
 
-def propagate(adj: Tensor, x: Tensor, num_layers: int) -> Tensor:
+def propagate(adj: Tensor, x: Tensor, num_layers: int, adj_t: Tensor | None = None) -> Tensor:
     r"""LightGCN propagation: the mean of layers :math:`E^{(l+1)} = \tilde{A} E^{(l)}`, :math:`l < L`.
 
     .. math:: E = \frac{1}{L+1} \sum_{l=0}^{L} \tilde{A}^l E^{(0)}
 
     Args:
-        adj: symmetric normalised adjacency (see ``TrainGraph.norm_adj``); must be symmetric, because the
-            backward pass multiplies by ``adj`` instead of its transpose.
+        adj: normalised adjacency (see ``TrainGraph.norm_adj``).
         x: layer-0 embeddings.
         num_layers: L, the number of propagation steps.
+        adj_t: ``adj`` transposed, for the backward pass; None when ``adj`` is symmetric (the backward then
+            multiplies by ``adj`` itself). A non-symmetric ``adj`` (MMRec LATTICE's row-normalised one) needs it.
 
     Shapes:
         adj: (N, N) sparse; x: (N, D) -> (N, D).
     """
     layers = [x]
     for _ in range(num_layers):
-        layers.append(sparse_matmul(adj, layers[-1]))
+        layers.append(sparse_matmul(adj, layers[-1], adj_t))
     return torch.stack(layers).mean(0)
 
 
@@ -138,12 +139,6 @@ def segment_softmax(logits: Tensor, index: Tensor, num_segments: int) -> Tensor:
     return exp / total[index]
 
 
-def emb_norm_loss(*embeddings: Tensor) -> Tensor:
-    r"""MMRec's ``EmbLoss``: :math:`\frac{1}{N}\sum_t \lVert E_t \rVert_F` (norms, not squared), ``N`` the rows
-    of the last tensor. BM3 and LGMRec regularise with it, and their ``reg_weight`` defaults assume it."""
-    return sum(e.norm(p=2) for e in embeddings) / embeddings[-1].shape[0]
-
-
 def info_nce(anchor: Tensor, positive: Tensor, candidates: Tensor, temperature: float) -> Tensor:
     r"""Summed InfoNCE of each anchor against its positive among all ``candidates`` (cosine / temperature):
     :math:`-\sum_b \log \frac{\exp(s(a_b, p_b)/\tau)}{\sum_c \exp(s(a_b, c)/\tau)}`, via logsumexp.
@@ -158,19 +153,26 @@ def info_nce(anchor: Tensor, positive: Tensor, candidates: Tensor, temperature: 
 
 
 class FeatureBank(nn.Module):
-    """Frozen content features of every modality, kept as non-persistent buffers (inputs reloaded from the
-    feature store, not state to checkpoint), with the mask of items that have a vector.
+    """Content features of every modality, with the mask of items that have a vector (from the given values).
+
+    Frozen by default: non-persistent buffers (inputs reloaded from the feature store, not state to checkpoint).
+    With ``trainable`` they are parameters initialised from the given values (MMRec's
+    ``nn.Embedding.from_pretrained(..., freeze=False)``): the optimiser fine-tunes them and the checkpoint
+    carries them.
 
     Shapes:
         ``matrices()[m]``: (num_items, dims[m]) float32; ``valid()[m]``: (num_items,) bool.
     """
 
-    def __init__(self, features: Mapping[str, Tensor]) -> None:
+    def __init__(self, features: Mapping[str, Tensor], *, trainable: bool = False) -> None:
         super().__init__()
         self.names = list(features)
         self.dims = [matrix.shape[1] for matrix in features.values()]
         for i, matrix in enumerate(features.values()):
-            self.register_buffer(f"feature_{i}", matrix.detach().float(), persistent=False)
+            if trainable:
+                self.register_parameter(f"feature_{i}", nn.Parameter(matrix.detach().float().clone()))
+            else:
+                self.register_buffer(f"feature_{i}", matrix.detach().float(), persistent=False)
             self.register_buffer(f"valid_{i}", valid_rows(matrix, name=self.names[i]), persistent=False)
 
     def __len__(self) -> int:
@@ -183,12 +185,23 @@ class FeatureBank(nn.Module):
         return [getattr(self, f"valid_{i}") for i in range(len(self))]
 
 
-def projections(dims: Sequence[int], out_dim: int) -> nn.ModuleList:
-    """One linear map per modality to a shared width (MMRec's ``image_trs`` / ``text_trs``), Xavier-normal
-    initialised as in BM3."""
+#: ``init`` values of :func:`projections`.
+PROJECTION_INITS = ("xavier", "torch_default")
+
+
+def projections(dims: Sequence[int], out_dim: int, *, init: str = "xavier") -> nn.ModuleList:
+    r"""One linear map per modality to a shared width (MMRec's ``image_trs`` / ``text_trs``).
+
+    ``init``: ``xavier`` draws the weights Xavier-normal (as BM3's reference code); ``torch_default`` keeps
+    ``nn.Linear``'s own (Kaiming-uniform weights, :math:`\mathcal{U}(\pm 1/\sqrt{d})`), as MMRec's LATTICE and
+    FREEDOM. Biases keep ``nn.Linear``'s initialisation either way.
+    """
+    if init not in PROJECTION_INITS:
+        raise ValueError(f"projection init must be one of {list(PROJECTION_INITS)}, got {init!r}")
     layers = nn.ModuleList(nn.Linear(d, out_dim) for d in dims)
-    for layer in layers:
-        nn.init.xavier_normal_(layer.weight)
+    if init == "xavier":
+        for layer in layers:
+            nn.init.xavier_normal_(layer.weight)
     return layers
 
 

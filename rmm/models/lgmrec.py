@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -11,17 +12,44 @@ from torch import Tensor, nn
 
 from rmm.config import require_at_least
 from rmm.data.graph import TrainGraph
-from rmm.models.base import DEFAULT_FUSION, BPRBatch, EmbeddingRecommender, register
-from rmm.models.layers import FeatureBank, bpr_loss, emb_norm_loss, info_nce, propagate, smooth, sparse_matmul
+from rmm.models.base import DEFAULT_FUSION, BPRBatch, EmbeddingConfig, EmbeddingRecommender, register
+from rmm.models.layers import FeatureBank, bpr_loss, info_nce, l2_reg, propagate, smooth, sparse_matmul
+
+#: MMRec's ``LGMRec.yaml`` (its Baby settings; every entry there is a one-value list) and its hard-coded ``tau``.
+_MMREC = {"embedding_dim": 64, "num_ui_layers": 2, "num_mm_layers": 2, "num_hyper_layers": 1, "num_hyperedges": 4,
+          "keep_rate": 0.5, "alpha": 0.3, "cl_weight": 1e-4, "reg_weight": 1e-6, "temperature": 0.2}
 
 
 @dataclass(frozen=True)
-class LGMRecConfig:
-    """MMRec's ``LGMRec.yaml`` (its Baby settings): d 64 (the modalities are projected to it, MMRec's
-    ``feat_embed_dim``), 2 user-item layers, 2 modality layers, 1 hypergraph layer, 4 hyperedges
-    (``hyper_num``), ``keep_rate`` 0.5, ``alpha`` 0.3, ``cl_weight`` 1e-4, ``reg_weight`` 1e-6 (multiplying
-    MMRec's norm regulariser, :func:`~rmm.models.layers.emb_norm_loss`), temperature 0.2 (its ``tau``)."""
+class LGMRecConfig(EmbeddingConfig):
+    """LGMRec's hyperparameters; the defaults are MMRec's ``LGMRec.yaml`` (its Baby settings).
 
+    Attributes:
+        embedding_dim: d of the ID embeddings; the modalities are projected to it too (MMRec's ``embedding_size``
+            = ``feat_embed_dim`` = 64).
+        num_ui_layers: LightGCN layers of the collaborative graph embedding (``n_ui_layers``, 2).
+        num_mm_layers: graph convolutions of the modality graph embeddings (``n_mm_layers``, 2).
+        num_hyper_layers: hypergraph layers (``n_hyper_layer``, 1; MMRec's comments give 2 for Clothing).
+        num_hyperedges: hyperedges per modality (``hyper_num``, 4; 64 for Clothing).
+        keep_rate: the fraction of hyperedge memberships kept by dropout in training (0.5; Sports 0.4,
+            Clothing 0.2).
+        alpha: weight of the global (hypergraph) embeddings (0.3; Sports 0.6, Clothing 0.2).
+        cl_weight: weight of the hypergraph contrastive loss (1e-4).
+        reg_weight: weight of the regulariser of the batch's final embeddings (1e-6).
+        temperature: of both the Gumbel-softmax and the contrastive loss (MMRec's hard-coded ``tau`` 0.2).
+
+    Protocol switches (``protocol: strict`` value first, then ``mmrec``'s):
+        reg_norm: ``frobenius`` in both protocols (MMRec's non-squared norms, for which ``reg_weight``'s default,
+            MMRec's 1e-6, was tuned): the regulariser of the batch's final user, positive and negative embeddings
+            over the batch size; ``squared`` gives rmm's squared L2 form (:func:`~rmm.models.layers.l2_reg`).
+        eval_gumbel: ``False`` / ``True``: whether scoring samples Gumbel noise into the hyperedge memberships.
+            MMRec's ``forward`` always does (its ``full_sort_predict`` too, only the dropout being off in eval
+            mode), so its scores change from one evaluation to the next; rmm scores with the noise-free
+            ``softmax(h / tau)``, so that evaluating (and serving) the same weights gives the same
+            ranking.
+    """
+
+    reg_norm: str = "frobenius"
     embedding_dim: int = 64
     num_ui_layers: int = 2
     num_mm_layers: int = 2
@@ -32,8 +60,13 @@ class LGMRecConfig:
     cl_weight: float = 1e-4
     reg_weight: float = 1e-6
     temperature: float = 0.2
+    eval_gumbel: bool = False
+    #: The defaults ``protocol: mmrec`` gives these fields (MMRec's code and ``LGMRec.yaml``); explicit values win.
+    protocol_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "mmrec": {**_MMREC, "reg_norm": "frobenius", "eval_gumbel": True}}
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         require_at_least(self, 1, "embedding_dim", "num_ui_layers", "num_mm_layers", "num_hyper_layers",
                          "num_hyperedges")
         if not 0 < self.keep_rate <= 1:
@@ -48,21 +81,47 @@ class LGMRec(EmbeddingRecommender):
     r"""LGMRec (Guo et al., `LGMRec: Local and Global Graph Learning for Multimodal Recommendation
     <https://arxiv.org/abs/2312.16400>`_, AAAI 2024).
 
-    Local embeddings decouple a collaborative part (LightGCN on ID embeddings) from one modality part per
-    modality (projected item features, users as the mean of their items, propagated without ID embeddings).
-    Global embeddings come from a hypergraph per modality whose item memberships :math:`H^m_I` are learned from
-    the features and whose user memberships are :math:`H^m_U = R H^m_I`, both relaxed by Gumbel-softmax:
+    **Local embeddings** decouple a collaborative part, LightGCN on the ID embeddings (the mean of layers
+    0..L), from one part per modality m: items are their projected features :math:`X^m W_m` (no bias), users the
+    mean of their train items' (:math:`D_U^{-1} R X^m W_m`), and both are convolved ``num_mm_layers`` times
+    without ID embeddings (the last layer, no mean):
 
-    .. math:: \mathbf{E}_{lge} = \mathbf{E}_{cge} + \sum_m \mathrm{norm}(\mathbf{E}^m_{mge}), \quad
-              \mathbf{E}^m_{ghe} = [H^m_U; H^m_I]\, {H^m_I}^\top \mathbf{E}_{cge, I}, \quad
-              \mathbf{E} = \mathbf{E}_{lge} + \alpha\, \mathrm{norm}\big(\textstyle\sum_m \mathbf{E}^m_{ghe}\big)
+    .. math:: \mathbf{E}_{cge} = \frac{1}{L+1} \sum_{l=0}^{L} \tilde{A}^l \mathbf{E}^{(0)}, \quad
+              \mathbf{E}^m_{mge} = \tilde{A}^{L_m} [D_U^{-1} R X^m W_m; X^m W_m], \quad
+              \mathbf{E}_{lge} = \mathbf{E}_{cge} + \textstyle\sum_m \mathrm{norm}(\mathbf{E}^m_{mge})
 
-    Loss: BPR + ``cl_weight`` x InfoNCE between the hypergraph embeddings of every pair of modalities (users
-    and positive items; none with one modality) + ``reg_weight`` x the norm regulariser. Training samples
-    Gumbel noise and drops hyperedge memberships (``keep_rate``); scoring uses the noise-free softmax.
+    **Global embeddings** come from a hypergraph per modality with H learnable hyperedges: item memberships
+    :math:`H^m_I = \mathrm{relax}(X^m V_m)` and user memberships :math:`H^m_U = \mathrm{relax}(R X^m V_m)` (the
+    logits summed over the user's items), relaxed row-wise by a Gumbel-softmax at temperature :math:`\tau`
+    (then dropout, keeping ``keep_rate``) in training. Each hypergraph layer gathers the collaborative item
+    embeddings into the hyperedges and spreads them back:
+
+    .. math:: \Lambda = {H^m_I}^\top \mathbf{E}^{(k)}_I, \quad \mathbf{E}^{(k+1)}_I = H^m_I \Lambda, \quad
+              \mathbf{E}^m_{U} = H^m_U \Lambda \quad (\mathbf{E}^{(0)}_I = \mathbf{E}_{cge, I}), \qquad
+              \mathbf{E} = \mathbf{E}_{lge} + \alpha\, \mathrm{norm}\big(\textstyle\sum_m [\mathbf{E}^m_U;
+              \mathbf{E}^m_I]\big)
+
+    with :math:`\mathrm{norm}` the row-wise L2 normalisation. **Loss**: BPR on :math:`\mathbf{E}` + ``cl_weight``
+    x InfoNCE (cosine / :math:`\tau`, summed over the batch) between the hypergraph embeddings of every pair
+    of modalities a < b, the first listed the anchor, the second's whole table the candidates, for the batch's
+    users and its positive items + ``reg_weight`` x ``reg_norm``'s regulariser of the batch's final user,
+    positive and negative embeddings. All weights are Xavier-uniform; the features are frozen, as in MMRec.
+
+    Differences from MMRec's code, each with its switch (``strict`` / ``mmrec``):
+
+    - ``eval_gumbel`` (False / True): scoring uses the noise-free :math:`\mathrm{softmax}(h / \tau)`
+      memberships; MMRec samples Gumbel noise at evaluation too (no dropout).
+    - ``reg_norm`` (``squared`` / ``frobenius``): squared norms of the batch's embeddings, or MMRec's
+      non-squared ones.
+
+    Without a switch: MMRec needs exactly an image and a text modality (it degenerates to the collaborative
+    embeddings otherwise), with the image side the contrastive anchor; here any number >= 1 works, and two
+    modalities listed image first reproduce MMRec (with one there is no contrastive term). Random draws happen in
+    another order than MMRec's (independent draws, so the same distribution).
 
     Shapes:
-        adj: sparse (U+I, U+I); interactions R: sparse (U, I); hyperedge memberships: (U, H), (I, H).
+        adj: sparse (U+I, U+I); interactions R: sparse (U, I); hyperedge memberships: (U, H), (I, H);
+        projections: d_m -> d and d_m -> H per modality.
     """
 
     config_class = LGMRecConfig
@@ -89,15 +148,20 @@ class LGMRec(EmbeddingRecommender):
                        *(p.weight for p in self.projections), *(h.weight for h in self.hyperedges)):
             nn.init.xavier_uniform_(weight)
 
-    def _memberships(self, logits: Tensor, stochastic: bool) -> Tensor:
-        """Soft hyperedge memberships: Gumbel-softmax plus dropout when training, softmax when scoring."""
-        if not stochastic:
-            return torch.softmax(logits / self.cfg.temperature, dim=1)
-        soft = F.gumbel_softmax(logits, tau=self.cfg.temperature, hard=False, dim=1)
-        return F.dropout(soft, 1.0 - self.cfg.keep_rate, training=True)
+    def _memberships(self, logits: Tensor, train: bool) -> Tensor:
+        """Soft hyperedge memberships: Gumbel-softmax plus dropout in training; for scoring, the noise-free
+        softmax (or, with ``eval_gumbel``, the Gumbel-softmax without dropout). Shapes: (N, H) -> (N, H)."""
+        tau = self.cfg.temperature
+        if train:
+            soft = F.gumbel_softmax(logits, tau=tau, hard=False, dim=1)
+            return F.dropout(soft, 1.0 - self.cfg.keep_rate, training=True)
+        if self.cfg.eval_gumbel:
+            return F.gumbel_softmax(logits, tau=tau, hard=False, dim=1)
+        return torch.softmax(logits / tau, dim=1)
 
-    def forward_embeddings(self, stochastic: bool) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor]]:
-        """Final user and item embeddings, and every modality's hypergraph user and item embeddings.
+    def forward_embeddings(self, train: bool) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor]]:
+        """Final user and item embeddings, and every modality's hypergraph user and item embeddings; ``train``
+        draws the training noise (see ``_memberships``).
 
         Shapes:
             (U, d), (I, d), M x (U, d), M x (I, d).
@@ -113,7 +177,7 @@ class LGMRec(EmbeddingRecommender):
             local = local + F.normalize(mge, dim=1)
             item_logits = hyper(x)  # (I, H)
             user_logits = sparse_matmul(self.interactions, item_logits, self.interactions_t)  # (U, H)
-            item_h, user_h = self._memberships(item_logits, stochastic), self._memberships(user_logits, stochastic)
+            item_h, user_h = self._memberships(item_logits, train), self._memberships(user_logits, train)
             items = item_cge
             for _ in range(self.cfg.num_hyper_layers):
                 latent = item_h.T @ items  # (H, d)
@@ -126,11 +190,11 @@ class LGMRec(EmbeddingRecommender):
         return users, items, hyper_users, hyper_items
 
     def embeddings(self) -> tuple[Tensor, Tensor]:
-        users, items, _, _ = self.forward_embeddings(stochastic=False)
+        users, items, _, _ = self.forward_embeddings(train=False)
         return users, items
 
     def loss(self, batch: BPRBatch) -> Tensor:
-        user_emb, item_emb, hyper_users, hyper_items = self.forward_embeddings(stochastic=True)
+        user_emb, item_emb, hyper_users, hyper_items = self.forward_embeddings(train=True)
         users, pos, neg = user_emb[batch.users], item_emb[batch.pos_items], item_emb[batch.neg_items]
         ranking = bpr_loss((users * pos).sum(-1), (users * neg).sum(-1))
         tau, contrast = self.cfg.temperature, torch.zeros((), device=users.device)
@@ -140,4 +204,5 @@ class LGMRec(EmbeddingRecommender):
                                                hyper_users[b], tau)
                 contrast = contrast + info_nce(hyper_items[a][batch.pos_items], hyper_items[b][batch.pos_items],
                                                hyper_items[b], tau)
-        return ranking + self.cfg.cl_weight * contrast + self.cfg.reg_weight * emb_norm_loss(users, pos, neg)
+        reg = l2_reg(users, pos, neg, norm=self.cfg.reg_norm)
+        return ranking + self.cfg.cl_weight * contrast + self.cfg.reg_weight * reg

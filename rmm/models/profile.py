@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from torch import Tensor
 
@@ -14,10 +15,18 @@ from rmm.models.layers import FeatureBank
 
 @dataclass(frozen=True)
 class ProfileConfig:
-    """``normalize_items``: average unit-length item vectors (every history item counts equally) instead of
-    the raw ones (an item with a large norm dominates the profile)."""
+    """Profile matching's one choice.
+
+    Attributes:
+        normalize_items: average unit-length item vectors (every history item counts equally) instead of the raw
+            ones (an item with a large norm dominates the profile).
+
+    MMRec has no such model, so ``protocol: mmrec`` changes nothing here (``protocol_defaults`` is empty).
+    """
 
     normalize_items: bool = True
+    #: No MMRec counterpart: both protocols use the defaults above.
+    protocol_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
 
 
 @register("profile")
@@ -26,13 +35,19 @@ class ProfileMatching(TrainingFreeRecommender):
     Recommender Systems: State of the Art and Trends <https://doi.org/10.1007/978-0-387-85820-3_3>`_,
     Recommender Systems Handbook 2011), training-free.
 
-    .. math:: \mathbf{p}^m_u = \frac{1}{|N(u)|} \sum_{j \in N(u)} x^m_j, \qquad
+    .. math:: \mathbf{p}^m_u = \frac{1}{|N(u)|} \sum_{j \in N(u)} \tilde{x}^m_j, \qquad
               \hat{y}_{ui} = \frac{1}{M} \sum_m \cos(\mathbf{p}^m_u, x^m_i)
 
-    An item without a vector (a zero row) scores 0 and adds nothing to a profile but its count.
+    where :math:`N(u)` is the user's distinct train items, :math:`\tilde{x} = x / \lVert x\rVert` with
+    ``normalize_items`` (the default) and :math:`\tilde{x} = x` without, and :math:`\cos(a, b) = 0` when
+    :math:`a` or :math:`b` is zero. So an item without a vector (a zero row) scores 0 and adds nothing to a
+    profile but its count, and a user without train items scores 0 everywhere.
+
+    Not in MMRec: ``protocol: mmrec`` is ``strict`` here. Cosines are computed on rows rescaled first (see
+    :func:`rmm.data.graph.unit_rows`), so features of any finite scale give the same scores.
 
     Shapes:
-        features: (I, d_m) per modality; scores: (B, I).
+        features: (I, d_m) per modality; profiles: (B, d_m); scores: (B, I).
     """
 
     config_class = ProfileConfig

@@ -4,26 +4,55 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from rmm.config import require_at_least
 from rmm.data.graph import TrainGraph
-from rmm.models.base import BPRBatch, EmbeddingRecommender, register
+from rmm.models.base import BPRBatch, EmbeddingConfig, EmbeddingRecommender, register
 from rmm.models.layers import FUSIONS, bpr_loss, build_fusion, l2_reg
+
+#: ``projection_init`` values: how the content projection (every linear layer of the fusion) starts.
+PROJECTION_INITS = ("pytorch", "xavier_normal")
 
 
 @dataclass(frozen=True)
-class VBPRConfig:
-    """MMRec's ``VBPR.yaml``: ``embedding_dim`` for each half (gamma and theta), ``reg_weight`` from its grid."""
+class VBPRConfig(EmbeddingConfig):
+    r"""VBPR's hyperparameters, after MMRec's ``VBPR.yaml``.
+
+    Attributes:
+        embedding_dim: d of each half of the factors, :math:`\gamma` and :math:`\theta` (MMRec's
+            ``embedding_size``: 64; users have 2d).
+        reg_weight: weight of the regulariser of the batch's final embeddings (MMRec searches ``reg_weight`` in
+            [2.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5]).
+
+    Protocol switches (``protocol: strict`` value first, then ``mmrec``'s):
+        reg_norm: ``squared`` / ``frobenius``: rmm regularises :math:`\frac{1}{2B}\sum\lVert e\rVert^2` (the
+            paper's squared L2); MMRec's ``EmbLoss`` uses the non-squared norms :math:`\frac{1}{B}\sum\lVert
+            e\rVert_F`.
+        projection_init: ``pytorch`` / ``xavier_normal``: the content projection's (every ``nn.Linear`` of the
+            fusion) initial weights and biases. rmm keeps PyTorch's default (Kaiming-uniform weights, uniform
+            biases), which its results so far were trained from; MMRec applies ``xavier_normal_initialization``
+            (Xavier-normal weights, zero biases).
+    """
 
     embedding_dim: int = 64
     reg_weight: float = 1e-4
+    projection_init: str = "pytorch"
+    #: The defaults ``protocol: mmrec`` gives these fields (MMRec's ``vbpr.py`` and ``VBPR.yaml``); explicit
+    #: values win.
+    protocol_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "mmrec": {"embedding_dim": 64, "reg_norm": "frobenius", "projection_init": "xavier_normal"}}
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         require_at_least(self, 1, "embedding_dim")
         require_at_least(self, 0, "reg_weight")
+        if self.projection_init not in PROJECTION_INITS:
+            raise ValueError(f"projection_init must be one of {list(PROJECTION_INITS)}, "
+                             f"got {self.projection_init!r}")
 
 
 @register("vbpr")
@@ -31,14 +60,31 @@ class VBPR(EmbeddingRecommender):
     r"""VBPR (He & McAuley, `VBPR: Visual Bayesian Personalized Ranking from Implicit Feedback
     <https://arxiv.org/abs/1510.01784>`_, AAAI 2016), in MMRec's form (no bias terms).
 
-    .. math:: \hat{y}_{ui} = [\gamma_u; \theta_u]^\top [\gamma_i; \mathbf{E} f_i]
+    .. math:: \hat{y}_{ui} = [\gamma_u; \theta_u]^\top [\gamma_i; \mathbf{E} f_i + \mathbf{b}]
 
     ``f_i`` is the item's content: one modality as is, or several combined by ``fusion``; the fusion module
-    includes the projection ``E`` (see ``rmm.models.layers.build_fusion``).
+    includes the projection ``E`` and its bias ``b`` (``concat``, MMRec's: :math:`f_i` is the concatenated
+    modalities and one linear map; see ``rmm.models.layers.build_fusion`` for the others). The loss is BPR over
+    a batch of B triples (u, i, j) plus :math:`\lambda \mathcal{R}` of the batch's *final* rows, users
+    :math:`[\gamma_u; \theta_u]` and items :math:`[\gamma_i; \mathbf{E} f_i + \mathbf{b}]` (as MMRec):
+    ``squared`` :math:`\mathcal{R} = \frac{1}{2B}\sum\lVert\cdot\rVert_F^2`, ``frobenius`` :math:`\frac{1}{B}
+    \sum\lVert\cdot\rVert_F` (MMRec's ``EmbLoss``) over the three (B, 2d) matrices.
+
+    Differences from MMRec's code, each with its switch (``strict`` / ``mmrec``; see :class:`VBPRConfig`):
+
+    - ``reg_norm`` (``squared`` / ``frobenius``): squared norms or MMRec's non-squared ones.
+    - ``projection_init`` (``pytorch`` / ``xavier_normal``): the projection's initialisation.
+
+    And without a switch: MMRec concatenates text before image, rmm the modalities in ``model.features``
+    order (the same model with E's columns permuted); MMRec's BPR term is :math:`-\ln(10^{-10} + \sigma)`,
+    rmm's ``softplus`` (equal unless a score gap exceeds ~20); fusions other than ``concat`` are rmm's.
+    From the paper, rmm (like MMRec) drops the item bias :math:`\beta_i` and the visual bias
+    :math:`\beta'^\top f_i`, adds the projection bias :math:`\mathbf{b}`, and regularises the projected
+    content rows with one :math:`\lambda` instead of :math:`\lambda_E \lVert\mathbf{E}\rVert^2` apart.
 
     Shapes:
         user_embedding: (num_users, 2 * embedding_dim); item_embedding (gamma_i): (num_items, embedding_dim);
-        content: (num_items, embedding_dim).
+        content: (num_items, embedding_dim); scores: (B, num_items).
     """
 
     config_class = VBPRConfig
@@ -62,9 +108,17 @@ class VBPR(EmbeddingRecommender):
     def reset_parameters(self) -> None:
         nn.init.xavier_uniform_(self.user_embedding.weight)
         nn.init.xavier_uniform_(self.item_embedding.weight)
+        if self.cfg.projection_init == "xavier_normal":  # "pytorch": as nn.Linear built them
+            for layer in self.fusion.modules():
+                if isinstance(layer, nn.Linear):
+                    nn.init.xavier_normal_(layer.weight)
+                    if layer.bias is not None:
+                        nn.init.zeros_(layer.bias)
 
     def item_rows(self, items: Tensor) -> Tensor:
-        r"""Final item embeddings :math:`[\gamma_i; \mathbf{E} f_i]` of ``items``. Shapes: (N,) -> (N, 2d)."""
+        r"""Final item embeddings :math:`[\gamma_i; \mathbf{E} f_i + \mathbf{b}]` of ``items``.
+
+        Shapes: (N,) -> (N, 2d)."""
         content = self.fusion([getattr(self, f"feature_{i}")[items] for i in range(len(self.modalities))])
         return torch.cat([self.item_embedding(items), content], dim=-1)
 
@@ -78,4 +132,4 @@ class VBPR(EmbeddingRecommender):
         pos, neg = self.item_rows(items)[inverse].split(len(batch.pos_items))  # (B, 2d) each
         users = self.user_embedding(batch.users)
         ranking = bpr_loss((users * pos).sum(-1), (users * neg).sum(-1))
-        return ranking + self.cfg.reg_weight * l2_reg(users, pos, neg)
+        return ranking + self.cfg.reg_weight * l2_reg(users, pos, neg, norm=self.cfg.reg_norm)

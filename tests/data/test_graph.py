@@ -21,15 +21,17 @@ def _features(seed: int = 0) -> torch.Tensor:
     return torch.randn(NUM_ITEMS, DIM, generator=torch.Generator().manual_seed(seed))
 
 
-def _brute_force(features: torch.Tensor, k: int, shrink: float = 0.0, similarity: str = "cosine") -> torch.Tensor:
-    """Dense reference: cosine (with shrink) or dot of every pair, self and zero rows excluded, top k per row
-    kept."""
+def _brute_force(features: torch.Tensor, k: int, shrink: float = 0.0, similarity: str = "cosine",
+                 include_self: bool = False) -> torch.Tensor:
+    """Dense reference: cosine (with shrink) or dot of every pair, zero rows (and self, unless ``include_self``)
+    excluded, top k per row kept."""
     norms = features.norm(dim=1)
     sim = features @ features.T
     if similarity == "cosine":
         sim = sim / (norms[:, None] * norms[None, :] + shrink)
     valid = norms > 0
-    sim = sim.masked_fill(~(valid[:, None] & valid[None, :]) | torch.eye(len(features), dtype=torch.bool), -torch.inf)
+    diagonal = torch.eye(len(features), dtype=torch.bool) & (not include_self)
+    sim = sim.masked_fill(~(valid[:, None] & valid[None, :]) | diagonal, -torch.inf)
     top, at = torch.topk(sim, k, dim=1)
     dense = torch.zeros_like(sim).scatter(1, at, top)
     return torch.where(torch.isfinite(dense), dense, 0.0)
@@ -85,6 +87,30 @@ def test_many_blocks_match_brute_force(similarity: str, shrink: float) -> None:
     assert torch.equal(tiled.indices(), adj.indices())
     assert torch.allclose(adj.to_dense(), expected, atol=1e-5)
     assert torch.equal(torch.bincount(adj.indices()[0], minlength=600)[[5, 100, 599]], torch.zeros(3, dtype=torch.long))
+
+
+@pytest.mark.parametrize(("similarity", "shrink"), [("cosine", 0.0), ("cosine", 2.0), ("dot", 0.0)])
+@pytest.mark.parametrize(("chunk_size", "column_tile"), [(NUM_ITEMS, NUM_ITEMS), (4, 3), (1, 5)])
+def test_include_self_is_the_top_k_of_the_whole_row(similarity: str, shrink: float, chunk_size: int,
+                                                      column_tile: int) -> None:
+    """MMRec's dense topk keeps the diagonal: with ``include_self`` the item competes with its own similarity
+    (cosine: 1, so it is its own first neighbour), missing rows still get nothing, and k may reach I."""
+    features = _features(9)
+    features[[3, 17]] = 0.0
+    index, values = knn_edges(features, K, chunk_size=chunk_size, column_tile=column_tile, similarity=similarity,
+                              shrink=shrink, include_self=True)
+    adj = torch.sparse_coo_tensor(index, values, (NUM_ITEMS, NUM_ITEMS), check_invariants=True).to_dense()
+    assert torch.allclose(adj, _brute_force(features, K, shrink, similarity, include_self=True), atol=1e-5)
+    assert not torch.isin(index, torch.tensor([3, 17])).any()
+    if similarity == "cosine" and shrink == 0:
+        present = valid_rows(features)
+        assert torch.equal(index[1].view(-1, K)[:, 0], torch.arange(NUM_ITEMS)[present])  # itself first
+        assert torch.allclose(values.view(-1, K)[:, 0], torch.ones(int(present.sum())))
+    every = knn_graph(_features(10)[:5], 10, include_self=True)  # k above I: all I items, itself included
+    assert torch.equal(torch.bincount(every.indices()[0], minlength=5), torch.full((5,), 5))
+    spec = KNNSpec(k=K, binary=True, normalization="sym", include_self=True)
+    assert torch.allclose(spec.build(features).to_dense(),
+                          normalize_graph(knn_graph(features, K, include_self=True), "sym", binary=True).to_dense())
 
 
 def test_missing_items_get_no_neighbours_and_are_nobodys_neighbour() -> None:
@@ -233,6 +259,16 @@ def test_cache_hits_on_equal_content_and_misses_on_any_change(tmp_path: Path,
     assert len(builds) == 7 and len(list(tmp_path.iterdir())) == 6
 
 
+def test_cache_keys_tell_self_loops_apart(tmp_path: Path) -> None:
+    features = _features(7)
+    plain, with_self = KNNSpec(k=K, normalization="sym"), KNNSpec(k=K, normalization="sym", include_self=True)
+    assert cache_key(features, plain) != cache_key(features, with_self)
+    first = cached_knn_graph(features, plain, cache_dir=tmp_path)
+    second = cached_knn_graph(features, with_self, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("knn-*.pt"))) == 2
+    assert (first.indices()[0] != first.indices()[1]).all() and (second.indices()[0] == second.indices()[1]).any()
+
+
 def test_unreadable_cache_file_is_rebuilt(tmp_path: Path) -> None:
     features, spec = _features(8), KNNSpec(k=K)
     path = tmp_path / f"knn-{cache_key(features, spec)}.pt"
@@ -254,3 +290,18 @@ def test_train_graph_views_agree() -> None:
     history = graph.user_items()
     assert torch.equal(history.sparse(torch.tensor([1, 0])).to_dense(), dense[[1, 0]])
     assert torch.allclose(history.sparse(torch.tensor([0]), mean=True).to_dense(), dense[[0]] / 2)
+
+
+def test_row_normalised_adjacency_with_self_loops_and_its_transpose() -> None:
+    """MMRec LATTICE's user-item graph: (D + I)^-1 (A + I), each node's mean over its neighbours and itself."""
+    graph = TrainGraph(3, 4, users=torch.tensor([0, 0, 1, 2, 2]), items=torch.tensor([1, 3, 3, 0, 3]))
+    binary = torch.zeros(7, 7)
+    binary[graph.users, graph.items + 3] = 1.0
+    binary = binary + binary.T + torch.eye(7)
+    expected = binary / binary.sum(1, keepdim=True)
+    adj = graph.adjacency("row_self_loops")
+    assert torch.allclose(adj.to_dense(), expected) and not torch.allclose(expected, expected.T)
+    assert torch.allclose(graph.adjacency("row_self_loops", transpose=True).to_dense(), expected.T)
+    assert graph.adjacency("sym", transpose=True) is graph.norm_adj()  # symmetric: the same matrix
+    with pytest.raises(ValueError, match="adjacency normalization must be one of"):
+        graph.adjacency("row")

@@ -22,6 +22,7 @@ from rmm.data.schema import load_dataset
 from rmm.features.store import write_feature
 from rmm.models import MODELS
 from rmm.train.ray_trainer import worker_config
+from tests.train.planted import write_mmrec_folder
 
 pytestmark = pytest.mark.ray
 
@@ -52,21 +53,8 @@ def _synthetic(root: Path) -> tuple[Config, tuple[str, ...]]:
 
 
 def _mmrec(root: Path) -> tuple[Config, tuple[str, ...]]:
-    """A small MMRec-format folder: 50 users with 8 items of their cluster (``item % 3``), the last two labelled
-    valid and test; 30 items with 16-d image and 8-d text features (item 5 without an image vector)."""
-    folder = root / "mmrec"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(1)
-    lines = ["userID\titemID\trating\ttimestamp\tx_label"]
-    for user in range(50):
-        items = rng.choice(np.arange(user % 3, 30, 3), 8, replace=False)
-        lines += [f"{user}\t{item}\t5\t{1000 + t}\t{0 if t < 6 else t - 5}" for t, item in enumerate(items)]
-    (folder / "baby.inter").write_text("\n".join(lines) + "\n")
-    clusters = np.eye(3, dtype=np.float32)[np.arange(30) % 3]
-    image = np.hstack([clusters, rng.standard_normal((30, 13))]).astype(np.float32)
-    image[5] = 0.0
-    np.save(folder / "image_feat.npy", image)
-    np.save(folder / "text_feat.npy", np.hstack([clusters, 0.5 * rng.standard_normal((30, 5))]).astype(np.float32))
+    """The MMRec-format fixture (:func:`tests.train.planted.write_mmrec_folder`), prepared with its x_label."""
+    folder = write_mmrec_folder(root / "mmrec")
     cfg = Config(dataset=DatasetConfig(name="baby", source="mmrec", path=str(folder), user_core=0, item_core=0,
                                        split="predefined"),
                  output=OutputConfig(dir=str(root / "out")), train=TRAIN)
