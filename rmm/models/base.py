@@ -190,7 +190,11 @@ class EmbeddingRecommender(Recommender):
         users = user_emb[batch.users]  # (B, D)
         pos, neg = item_emb[batch.pos_items], item_emb[batch.neg_items]
         ranking = bpr_loss((users * pos).sum(-1), (users * neg).sum(-1))
-        return ranking + self.cfg.reg_weight * l2_reg(*self.reg_terms(batch, users, pos, neg), norm=self.cfg.reg_norm)
+        return ranking + self.cfg.reg_weight * self.regularisation(batch, users, pos, neg)
+
+    def regularisation(self, batch: BPRBatch, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
+        """The penalty ``reg_weight`` multiplies: :func:`~rmm.models.layers.l2_reg` of ``reg_terms`` by default."""
+        return l2_reg(*self.reg_terms(batch, users, pos, neg), norm=self.cfg.reg_norm)
 
     def score_users(self, users: Tensor) -> Tensor:
         return self.scorer()(users)

@@ -13,8 +13,8 @@ from torch import Tensor, nn
 from rmm.config import require_at_least
 from rmm.data.graph import TrainGraph
 from rmm.models.base import DEFAULT_FUSION, BPRBatch, EmbeddingConfig, EmbeddingRecommender, register
-from rmm.models.layers import FeatureBank, aggregate, bpr_loss, segment_softmax
-from rmm.models.mmgcn import REGULARISERS, mmrec_id_reg, require_choice
+from rmm.models.layers import FeatureBank, aggregate, segment_softmax
+from rmm.models.mmgcn import REGULARISERS, mmrec_regulariser, require_choice
 
 
 @dataclass(frozen=True)
@@ -193,12 +193,8 @@ class GRCN(EmbeddingRecommender):
         return (ids[batch.users], ids[self.num_users + batch.pos_items], ids[self.num_users + batch.neg_items],
                 *(branch.preference[batch.users] for branch in self.branches))
 
-    def loss(self, batch: BPRBatch) -> Tensor:
+    def regularisation(self, batch: BPRBatch, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
         if self.cfg.regulariser == "batch":
-            return super().loss(batch)
-        user_emb, item_emb = self.embeddings()
-        users = user_emb[batch.users]  # (B, D)
-        ranking = bpr_loss((users * item_emb[batch.pos_items]).sum(-1), (users * item_emb[batch.neg_items]).sum(-1))
-        reg = mmrec_id_reg(self.id_embedding, batch, self.num_users) + self.branches[0].preference.pow(2).mean()
-        reg = reg + sum(branch.preference[batch.users].pow(2).mean() for branch in self.branches)
-        return ranking + self.cfg.reg_weight * reg
+            return super().regularisation(batch, users, pos, neg)
+        return (mmrec_regulariser(self.id_embedding, self.branches[0].preference, batch, self.num_users)
+                + sum(branch.preference[batch.users].pow(2).mean() for branch in self.branches))

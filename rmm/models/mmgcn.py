@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from rmm.config import require_at_least
 from rmm.data.graph import TrainGraph
 from rmm.models.base import DEFAULT_FUSION, BPRBatch, EmbeddingConfig, EmbeddingRecommender, register
-from rmm.models.layers import FeatureBank, bpr_loss, sparse_matmul
+from rmm.models.layers import FeatureBank, sparse_matmul
 
 #: ``combination`` values: the paper's element-wise combination (its Eq. 7) or the concatenation one (Eq. 6).
 COMBINATIONS = ("sum", "concat")
@@ -44,6 +44,12 @@ def mmrec_id_reg(ids: Tensor, batch: BPRBatch, num_users: int) -> Tensor:
     users = ids[batch.users]  # (B, D)
     pos, neg = ids[num_users + batch.pos_items], ids[num_users + batch.neg_items]
     return (2 * users.pow(2).sum() + pos.pow(2).sum() + neg.pow(2).sum()) / (2 * users.numel())
+
+
+def mmrec_regulariser(ids: Tensor, visual_preference: Tensor, batch: BPRBatch, num_users: int) -> Tensor:
+    """MMRec's MMGCN penalty (GRCN's adds a term to it): :func:`mmrec_id_reg` of the batch's ID rows plus the
+    element mean of squares of the first (visual) branch's whole user-preference table (U, d)."""
+    return mmrec_id_reg(ids, batch, num_users) + visual_preference.pow(2).mean()
 
 
 @dataclass(frozen=True)
@@ -237,11 +243,7 @@ class MMGCN(EmbeddingRecommender):
         return (ids[batch.users], ids[self.num_users + batch.pos_items], ids[self.num_users + batch.neg_items],
                 *(branch.preference[batch.users] for branch in self.branches))
 
-    def loss(self, batch: BPRBatch) -> Tensor:
+    def regularisation(self, batch: BPRBatch, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
         if self.cfg.regulariser == "batch":
-            return super().loss(batch)
-        user_emb, item_emb = self.embeddings()
-        users = user_emb[batch.users]  # (B, D)
-        ranking = bpr_loss((users * item_emb[batch.pos_items]).sum(-1), (users * item_emb[batch.neg_items]).sum(-1))
-        reg = mmrec_id_reg(self.id_embedding, batch, self.num_users) + self.branches[0].preference.pow(2).mean()
-        return ranking + self.cfg.reg_weight * reg
+            return super().regularisation(batch, users, pos, neg)
+        return mmrec_regulariser(self.id_embedding, self.branches[0].preference, batch, self.num_users)

@@ -17,6 +17,7 @@ from rmm.config import build_model_config
 from rmm.data.graph import TrainGraph
 from rmm.models.base import BPRBatch, build_model
 from rmm.models.bprmf import BPRMF
+from tests.models.history import history_graph
 
 NUM_USERS, NUM_ITEMS = 6, 8
 HISTORY = {0: [0, 1, 2, 5], 1: [1, 3, 4], 2: [0, 2, 6], 3: [3, 4, 5, 6], 4: [0, 1], 5: [2, 4, 5, 6]}
@@ -30,9 +31,7 @@ REG_WEIGHT = 0.5
 
 
 def _graph(num_users: int = NUM_USERS, num_items: int = NUM_ITEMS) -> TrainGraph:
-    users = torch.tensor([u for u, items in HISTORY.items() for _ in items])
-    items = torch.tensor([i for items in HISTORY.values() for i in items])
-    return TrainGraph(num_users, num_items, users=users, items=items)
+    return history_graph(HISTORY, num_users, num_items)
 
 
 def _model(protocol: str, overrides: dict[str, Any], graph: TrainGraph | None = None) -> BPRMF:

@@ -20,6 +20,7 @@ from rmm.config import build_model_config
 from rmm.data.graph import TrainGraph
 from rmm.models.base import BPRBatch, build_model, epoch_generator
 from rmm.models.freedom import FREEDOM, FREEDOMConfig
+from tests.models.history import gaussian_features, history_graph
 
 NUM_USERS, NUM_ITEMS = 6, 8
 #: 20 train interactions; item 7 has none (a cold item).
@@ -41,15 +42,11 @@ IDS = ["strict", "mmrec", "strict-self-weighted-2layers", "mmrec-no-self-frozen-
 
 
 def _graph(history: dict[int, list[int]] = HISTORY) -> TrainGraph:
-    users = torch.tensor([u for u, items in history.items() for _ in items])
-    items = torch.tensor([i for items in history.values() for i in items])
-    return TrainGraph(NUM_USERS, NUM_ITEMS, users=users, items=items)
+    return history_graph(history, NUM_USERS, NUM_ITEMS)
 
 
 def _features() -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(0)
-    return {"image": torch.randn(NUM_ITEMS, 5, generator=generator),
-            "text": torch.randn(NUM_ITEMS, 3, generator=generator)}
+    return gaussian_features(NUM_ITEMS, seed=0)
 
 
 def _model(protocol: str, overrides: dict[str, Any], history: dict[int, list[int]] = HISTORY) -> FREEDOM:

@@ -14,6 +14,7 @@ from rmm.config import build_model_config
 from rmm.data.graph import TrainGraph
 from rmm.models.base import BPRBatch, build_model
 from rmm.models.grcn import GRCN
+from tests.models.history import gaussian_features, history_graph
 
 NUM_USERS, NUM_ITEMS = 6, 8
 #: Train pairs per user; item 7 has none (an isolated node).
@@ -29,15 +30,11 @@ SPEC: dict[str, dict[str, Any]] = {
 
 
 def _graph() -> TrainGraph:
-    pairs = [(u, i) for u, items in INTERACTIONS.items() for i in items]
-    return TrainGraph(NUM_USERS, NUM_ITEMS, users=torch.tensor([u for u, _ in pairs]),
-                      items=torch.tensor([i for _, i in pairs]))
+    return history_graph(INTERACTIONS, NUM_USERS, NUM_ITEMS)
 
 
 def _features() -> dict[str, Tensor]:
-    generator = torch.Generator().manual_seed(7)
-    return {"image": torch.randn(NUM_ITEMS, 5, generator=generator),
-            "text": torch.randn(NUM_ITEMS, 3, generator=generator)}
+    return gaussian_features(NUM_ITEMS, seed=7)
 
 
 def _model(protocol: str, **params: Any) -> GRCN:

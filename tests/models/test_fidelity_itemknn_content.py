@@ -20,6 +20,7 @@ from rmm.config import build_model_config
 from rmm.data.graph import TrainGraph
 from rmm.models.base import build_model
 from rmm.models.itemknn_content import ItemKNNContent
+from tests.models.history import history_graph
 
 NUM_USERS, NUM_ITEMS, K = 6, 8, 3
 HISTORY = {0: [0, 1, 2, 5], 1: [1, 3, 4], 2: [0, 2, 6], 3: [3, 4, 5, 6], 4: [0, 1], 5: [2, 4, 5, 6]}
@@ -37,9 +38,7 @@ IDS = ["strict-image", "strict-both", "mmrec-image", "mmrec-both", "strict-self"
 
 
 def _graph() -> TrainGraph:
-    users = torch.tensor([u for u, items in HISTORY.items() for _ in items])
-    items = torch.tensor([i for items in HISTORY.values() for i in items])
-    return TrainGraph(NUM_USERS, NUM_ITEMS, users=users, items=items)
+    return history_graph(HISTORY, NUM_USERS, NUM_ITEMS)
 
 
 def _features() -> dict[str, torch.Tensor]:

@@ -19,6 +19,7 @@ from rmm.config import build_model_config
 from rmm.data.graph import TrainGraph
 from rmm.models.base import BPRBatch, build_model
 from rmm.models.lattice import LATTICE, LATTICEConfig
+from tests.models.history import history_graph
 
 NUM_USERS, NUM_ITEMS = 6, 8
 #: 20 train interactions; item 7 has none (a cold item).
@@ -41,9 +42,7 @@ IDS = ["strict", "mmrec", "strict-mmrec-graphs-2layers", "mmrec-no-self-frozen-f
 
 
 def _graph() -> TrainGraph:
-    users = torch.tensor([u for u, items in HISTORY.items() for _ in items])
-    items = torch.tensor([i for items in HISTORY.values() for i in items])
-    return TrainGraph(NUM_USERS, NUM_ITEMS, users=users, items=items)
+    return history_graph(HISTORY, NUM_USERS, NUM_ITEMS)
 
 
 def _features() -> dict[str, torch.Tensor]:

@@ -20,6 +20,7 @@ from rmm.config import build_model_config
 from rmm.data.graph import TrainGraph
 from rmm.models.base import BPRBatch, build_model
 from rmm.models.lgmrec import LGMRec, LGMRecConfig
+from tests.models.history import gaussian_features, history_graph
 
 NUM_USERS, NUM_ITEMS = 6, 8
 #: 20 train interactions; item 7 has none (a cold item: a zero row of the normalised adjacency).
@@ -37,17 +38,11 @@ IDS = ["strict", "mmrec", "strict-squared-variant", "mmrec-weighted"]
 
 
 def _graph() -> TrainGraph:
-    users = torch.tensor([u for u, items in HISTORY.items() for _ in items])
-    items = torch.tensor([i for items in HISTORY.values() for i in items])
-    return TrainGraph(NUM_USERS, NUM_ITEMS, users=users, items=items)
+    return history_graph(HISTORY, NUM_USERS, NUM_ITEMS)
 
 
 def _features() -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(0)
-    features = {"image": torch.randn(NUM_ITEMS, 5, generator=generator),
-                "text": torch.randn(NUM_ITEMS, 3, generator=generator)}
-    features["image"][3] = 0.0  # an item without an image vector
-    return features
+    return gaussian_features(NUM_ITEMS, seed=0, missing_image=3)
 
 
 def _model(protocol: str, overrides: dict[str, Any], features: tuple[str, ...] = FEATURES) -> LGMRec:

@@ -17,6 +17,7 @@ from rmm.config import build_model_config
 from rmm.data.graph import TrainGraph
 from rmm.models.base import BPRBatch, build_model
 from rmm.models.lightgcn import LightGCN
+from tests.models.history import history_graph
 
 NUM_USERS, NUM_ITEMS = 6, 8
 #: 20 train interactions; user 5 and item 7 have none (zero rows of the normalised adjacency).
@@ -35,9 +36,7 @@ IDS = ["strict", "mmrec", "strict-1layer-frobenius", "mmrec-4layers-d8"]
 
 
 def _graph(num_users: int = NUM_USERS, num_items: int = NUM_ITEMS) -> TrainGraph:
-    users = torch.tensor([u for u, items in HISTORY.items() for _ in items])
-    items = torch.tensor([i for items in HISTORY.values() for i in items])
-    return TrainGraph(num_users, num_items, users=users, items=items)
+    return history_graph(HISTORY, num_users, num_items)
 
 
 def _model(protocol: str, overrides: dict[str, Any], graph: TrainGraph | None = None) -> LightGCN:
