@@ -65,7 +65,7 @@ def recommend_all(out_dir: str | Path, k: int = 10, run_name: str | None = None,
         batch_users: users per batch (one ``score_users`` call each).
         num_actors: size of the actor pool; each actor holds one copy of the model.
         cpus_per_actor: CPUs an actor reserves; keep it fractional on small machines, or the pool starves
-            Ray Data's read tasks (NOTES.md).
+            Ray Data's read tasks (2 actors of 1 CPU each on 2 cores never let a read task run).
         ray_address: join this cluster; default: the run config's ``ray`` section (a local Ray).
 
     Returns:

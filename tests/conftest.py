@@ -24,7 +24,7 @@ os.environ.setdefault("RMM_CACHE", tempfile.mkdtemp(prefix="rmm-test-cache-"))
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """The session's local Ray (4 logical CPUs: nested Tune+Train needs more than 2 slots, see NOTES.md)."""
+    """The session's local Ray (4 logical CPUs: nested Tune+Train needs more than 2 slots: on 2 it hung)."""
     import ray
 
     from rmm.cluster import init_ray

@@ -1,4 +1,4 @@
-"""The dataset-directory contract (DESIGN.md) and its reader/writer.
+"""The dataset-directory contract and its reader/writer.
 
 ``<out>/data/<dataset>/`` holds ``items.parquet``, ``interactions.parquet``, ``users.parquet`` and
 ``dataset.json``. Every later stage reads a dataset only through :func:`load_dataset`, which checks the contract,

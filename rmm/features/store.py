@@ -1,4 +1,4 @@
-"""Feature store read/write: ``<out>/features/<dataset>/<feature_name>/`` (see DESIGN.md).
+"""Feature store read/write: ``<out>/features/<dataset>/<feature_name>/`` (the feature-store contract).
 
 A feature is complete once ``matrix.npy`` (float32 ``[num_items, dim]``, row = item_id) and ``manifest.json``
 exist; rows of items that could not be represented are zero and listed in the manifest (``missing``: the item

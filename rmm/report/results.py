@@ -1,4 +1,4 @@
-"""``<out>/results.json``: the record of every training run of an output directory (DESIGN results contract).
+"""``<out>/results.json``: the record of every training run of an output directory (the results contract: one record per run, keyed by ``run_name``).
 
 Runs are keyed by ``run_name``, so rerunning a stage replaces its records instead of piling up duplicates. The
 file is strict JSON: a non-finite number (NaN, Infinity) is refused on write and on read.

@@ -6,7 +6,7 @@ cluster across models and representations); a grid point names its model entry. 
 within one cell at a time, so they get one Tuner per (model, grid point).
 
 Ray Train 2.60 (Train V2) does not accept a trainer inside ``Tuner``; a trial is a function that launches the
-``TorchTrainer`` and forwards its per-evaluation reports with ``TuneReportCallback`` (NOTES.md), which is what
+``TorchTrainer`` and forwards its per-evaluation reports with ``TuneReportCallback``, which is what
 ASHA decides on (``time_attr=training_iteration``: one iteration per validation). The base config and the model
 entries reach trials by reference through ``tune.with_parameters``; only the searched values travel in
 ``param_space``.
