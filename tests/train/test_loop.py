@@ -91,7 +91,6 @@ def test_training_free_model_is_evaluated_once_and_knn_graphs_are_cached(planted
     assert len(list(tmp_path.glob("knn-*.pt"))) == 1
 
 
-@pytest.mark.skipif(not hasattr(TRAIN, "precision"), reason="TrainConfig.precision not added yet (issue 4 diff)")
 def test_bf16_precision_trains_with_float32_weights(planted: Dataset) -> None:
     features = {"image": torch.nn.functional.one_hot(torch.arange(planted.num_items) % 4, 4).float()}
     bf16 = dataclasses.replace(TRAIN, epochs=2, precision="bf16")
