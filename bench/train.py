@@ -17,11 +17,15 @@ text features (L2-normalised, sentence-encoder-like) are noisy random projection
 What is timed, per case (after ``--warmup`` steps): the median optimiser step (forward = loss, backward, Adam) over
 ``--steps`` steps of BPR batches of 2,048 from the real sampler, and the per-epoch work outside the steps
 (FREEDOM's edge pruning, LATTICE's learned-graph rebuild; for the reference LATTICE its first-batch dense graph
-rebuild, each with its first step's extra cost). ``epoch s`` = per-epoch work + steps/epoch x median step time,
-an extrapolation from those steps (one real epoch is 64 steps). Evaluation is not included.
+rebuild, each with its first step's extra cost), and the sampler's whole epoch (``sampler s``: drawing every
+batch's negatives, rmm's ``BPRSampler`` or the references' MMRec-style loader). ``epoch s`` = per-epoch work +
+sampler s + steps/epoch x median step time, an extrapolation from those steps (one real epoch is 64 steps).
+Evaluation is not included. ``rmm / ref`` is the epoch ratio against the model's reference in the same run.
 
 - ``rmm``, 1 worker: :func:`rmm.models.base.build_model` with kNN graphs from :mod:`rmm.data.knn_cache` (a disk
-  cache under the bench's temp dir; ``setup s`` says whether it hit), the training loop's own sampler and step.
+  cache under the bench's temp dir; ``setup s`` says whether it hit), the training loop's own sampler and step,
+  with what ``rmm.train.loop.fit`` sets: subnormal floats flushed to zero and fused Adam. MMGCN and GRCN also get
+  a ``protocol mmrec`` row: their strict defaults compute a different model from MMRec's (layers, routing).
 - ``rmm``, 2 workers: two processes (``torch.multiprocessing``, gloo, 1 thread each, DDP with
   ``broadcast_buffers=False`` as in ``rmm.train.ray_trainer``), each rank with its half of every batch; the step
   time is the slower rank's. Models whose step is per-batch work speed up; full-graph models (LightGCN, LATTICE)
@@ -32,7 +36,13 @@ an extrapolation from those steps (one real epoch is 64 steps). Evaluation is no
   LATTICE with dense I x I similarity, dense top-k scatter, dense normalisation and a dense I x I item graph
   (``torch.mm``), rebuilt at each epoch's first batch and detached after it; FREEDOM's dense I x I similarity for
   its kNN at set-up. The dense normalisation here is ``d[:, None] * A * d[None, :]``; MMRec's ``diagflat``
-  matrix products cost O(I^3) more, so the reference shown is the faster of the two.
+  matrix products cost O(I^3) more, so the reference shown is the faster of the two. MMGCN and GRCN as MMRec
+  runs them, through PyG ``MessagePassing`` (MMGCN: 3 mean convolutions per modality, concatenation layers, the
+  text branch at 384-d, ID embeddings and preferences with gradients but outside the optimiser; GRCN: 3 routing
+  attention passes whose user output is dropped, one attention pass both ways, two weighted convolutions).
+  BPR-MF: two embedding tables. As MMRec: plain ``torch.optim.Adam``, subnormals not flushed, the adjacency a COO
+  tensor not marked coalesced, and batches from :class:`MMRecLoader` (pandas shuffle and slices, a Python
+  rejection loop per negative).
 
 kNN build (``KNNSpec(k=10, cosine, sym)``, what LATTICE reads): N x 384 float32 features in 200 clusters. A full
 build is I^2 / 2 x 384 multiply-adds (1M items: 1.9e14, 75 min on 2 CPU cores), so by default only
@@ -52,6 +62,7 @@ import json
 import math
 import os
 import platform
+import random
 import resource
 import subprocess
 import sys
@@ -65,14 +76,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rmm.config import ModelConfig
+from rmm.config import ModelConfig, protocol_defaults
 from rmm.data.graph import KNNSpec, TrainGraph
-from rmm.models.base import BPRBatch, build_model, get_model_class, model_params
-from rmm.models.layers import bpr_loss, emb_norm_loss, l2_reg
+from rmm.models.base import BPRBatch, Recommender, build_model, get_model_class, model_params
+from rmm.models.layers import bpr_loss, l2_reg
 from rmm.train.loop import BPRSampler
 
 BABY = {"num_users": 19_445, "num_items": 7_050, "num_interactions": 160_792}
-MODELS = ("lightgcn", "vbpr", "lattice", "freedom", "bm3")
+MODELS = ("bprmf", "lightgcn", "vbpr", "mmgcn", "grcn", "lattice", "freedom", "bm3", "lgmrec")
+#: Models whose default (``strict``) config computes different maths from MMRec's; they get a second rmm row
+#: with ``protocol: mmrec``'s values, the same model as the reference.
+PROTOCOL_ROWS = ("mmgcn", "grcn", "lattice", "freedom", "bm3")
 FEATURES = ("image", "text")
 BATCH_SIZE = 2048
 SEED = 2024
@@ -114,7 +128,12 @@ def make_baby(out: Path, seed: int = SEED, clusters: int = 40, latent_dim: int =
                        + 0.5 * rng.standard_normal((num_items, 4096)), 0.0)
     np.save(out / "image.npy", image.astype(np.float32))
     text = item_latent @ rng.standard_normal((latent_dim, 384)) + 1.0 * rng.standard_normal((num_items, 384))
-    np.save(out / "text.npy", (text / np.linalg.norm(text, axis=1, keepdims=True)).astype(np.float32))
+    text = (text / np.linalg.norm(text, axis=1, keepdims=True)).astype(np.float32)
+    # As real sentence-encoder output: a few thousand entries of 1e-35..1e-30, whose products with small
+    # gradients are subnormal floats (slow on x86 unless flushed to zero).
+    tiny = rng.choice(text.size, 3_000, replace=False)
+    text.flat[tiny] = np.sign(text.flat[tiny]) * 10.0 ** rng.uniform(-35, -30, len(tiny))
+    np.save(out / "text.npy", text)
 
 
 def load_baby(data_dir: Path) -> tuple[TrainGraph, dict[str, Tensor]]:
@@ -129,7 +148,10 @@ def load_baby(data_dir: Path) -> tuple[TrainGraph, dict[str, Tensor]]:
 
 
 def coo(adj: Tensor) -> Tensor:
-    return adj.to_sparse_coo().coalesce()
+    """MMRec's sparse adjacency: ``torch.sparse.FloatTensor(indices, values, shape)`` of a scipy COO matrix, so
+    not marked coalesced (measured: ``torch.sparse.mm`` costs the same either way on this graph)."""
+    adj = adj.to_sparse_coo().coalesce()
+    return torch.sparse_coo_tensor(adj.indices(), adj.values(), adj.shape)
 
 
 def dense_sim(x: Tensor) -> Tensor:
@@ -207,14 +229,24 @@ class RefVBPR(nn.Module):
         """No per-epoch work."""
 
 
+def trainable_features(features: dict[str, Tensor]) -> nn.ParameterDict:
+    """MMRec's feature tables of LATTICE, FREEDOM and BM3, ``nn.Embedding.from_pretrained(x, freeze=False)``:
+    parameters, so each step's projection of the catalogue also computes their (I, F) gradient and Adam updates
+    them."""
+    return nn.ParameterDict({m: nn.Parameter(x.clone()) for m, x in features.items()})
+
+
 class RefLATTICE(RefGraphModel):
-    """MMRec ``LATTICE`` (LightGCN backbone): dense I x I graphs throughout; the learned graph is rebuilt from
-    the projections at each epoch's first batch and detached for the others (``build_item_graph``)."""
+    """MMRec ``LATTICE`` (LightGCN backbone): the row-normalised user-item graph with self-loops, dense I x I
+    graphs throughout; the catalogue projected every step; the learned graph rebuilt from the projections at each
+    epoch's first batch (with a gradient into the trained feature tables) and detached for the others
+    (``build_item_graph``)."""
 
     def __init__(self, graph: TrainGraph, features: dict[str, Tensor], k: int = 10, lambda_coeff: float = 0.9):
         super().__init__(graph, layers=2)
+        self.adj = coo(graph.adjacency("row_self_loops"))
         self.k, self.lambda_coeff = k, lambda_coeff
-        self.raw = features
+        self.raw = trainable_features(features)
         self.original = {m: dense_sym_norm(dense_knn(dense_sim(x), k)) for m, x in features.items()}
         self.user_embedding = nn.Embedding(graph.num_users, EMBEDDING_DIM)
         self.item_embedding = nn.Embedding(graph.num_items, EMBEDDING_DIM)
@@ -247,12 +279,13 @@ class RefLATTICE(RefGraphModel):
 
 
 class RefFREEDOM(RefGraphModel):
-    """MMRec ``FREEDOM``: kNN from a dense I x I similarity at set-up (then sparse COO), degree-sensitive pruning
-    each epoch, projections of every item every step."""
+    """MMRec ``FREEDOM``: kNN from a dense I x I similarity at set-up (then sparse COO, the two modalities' graphs
+    summed uncoalesced), degree-sensitive pruning each epoch into a COO graph in draw order, projections of every
+    item of the trained feature tables every step."""
 
     def __init__(self, graph: TrainGraph, features: dict[str, Tensor], k: int = 10, dropout: float = 0.8):
         super().__init__(graph, layers=2)
-        self.raw, self.dropout = features, dropout
+        self.raw, self.dropout = trainable_features(features), dropout
         adjs = []
         for x in features.values():
             _, index = torch.topk(dense_sim(x), k, dim=-1)  # dense I x I, then freed
@@ -261,7 +294,7 @@ class RefFREEDOM(RefGraphModel):
             degree = torch.bincount(indices[0], minlength=graph.num_items).float() + 1e-7
             adjs.append(torch.sparse_coo_tensor(indices, degree[indices[0]].rsqrt() * degree[indices[1]].rsqrt(),
                                                 (graph.num_items,) * 2, check_invariants=False))
-        self.mm_adj = (0.5 * adjs[0] + 0.5 * adjs[1]).coalesce()
+        self.mm_adj = 0.5 * adjs[0] + 0.5 * adjs[1]
         self.edges = torch.stack([graph.users, graph.items])
         degree = graph.degrees()
         self.edge_values = (degree[graph.users] * degree[graph.num_users + graph.items]).rsqrt()
@@ -274,9 +307,14 @@ class RefFREEDOM(RefGraphModel):
 
     def start_epoch(self, epoch: int) -> None:
         keep = torch.multinomial(self.edge_values, int(len(self.edge_values) * (1 - self.dropout)))
-        kept = self.edges[:, keep]
-        pruned = TrainGraph(self.num_users, self.num_items, kept[0], kept[1])
-        self.masked_adj = coo(pruned.norm_adj())
+        users, items = self.edges[:, keep]
+        inv_sqrt = [(torch.bincount(ids, minlength=n).float() + 1e-7).rsqrt()
+                    for ids, n in ((users, self.num_users), (items, self.num_items))]
+        values = inv_sqrt[0][users] * inv_sqrt[1][items]
+        items = items + self.num_users
+        index = torch.cat([torch.stack([users, items]), torch.stack([items, users])], 1)
+        size = (self.num_users + self.num_items,) * 2
+        self.masked_adj = torch.sparse_coo_tensor(index, torch.cat([values, values]), size, check_invariants=False)
 
     def forward(self, batch: BPRBatch) -> Tensor:
         h = torch.sparse.mm(self.mm_adj, self.item_embedding.weight)
@@ -293,11 +331,12 @@ class RefFREEDOM(RefGraphModel):
 
 
 class RefBM3(RefGraphModel):
-    """MMRec ``BM3``: COO propagation (1 layer), projections of every item every step, cosine bootstrapping."""
+    """MMRec ``BM3``: COO propagation (1 layer), projections of every item of the trained feature tables every
+    step, dropout target views and the predictor of the whole tables, cosine bootstrapping."""
 
     def __init__(self, graph: TrainGraph, features: dict[str, Tensor], dropout: float = 0.5):
         super().__init__(graph, layers=1)
-        self.raw, self.dropout = features, dropout
+        self.raw, self.dropout = trainable_features(features), dropout
         self.user_embedding = nn.Embedding(graph.num_users, EMBEDDING_DIM)
         self.item_embedding = nn.Embedding(graph.num_items, EMBEDDING_DIM)
         nn.init.xavier_uniform_(self.user_embedding.weight)
@@ -323,14 +362,274 @@ class RefBM3(RefGraphModel):
         for m, c in content.items():
             online = self.predictor(c)[i]
             loss = loss + 2.0 * (cos_loss(online, i_target[i]) + cos_loss(online, c_target[m][i]))
-        return loss + 0.1 * emb_norm_loss(users, items)
+        return loss + 0.1 * l2_reg(items, users, norm="frobenius")  # MMRec's EmbLoss: / I
 
 
-REFERENCES = {"lightgcn": RefLightGCN, "vbpr": RefVBPR, "lattice": RefLATTICE, "freedom": RefFREEDOM,
-              "bm3": RefBM3}
+class RefLGMRec(RefGraphModel):
+    """MMRec ``LGMRec``: per step and per modality the catalogue's projection and hyperedge logits (two products of
+    the frozen features), COO products by the user-item matrix (as MMRec's, from a scipy COO in interaction order)
+    and the normalised graph, Gumbel-softmax memberships with dropout, one hypergraph layer, and the contrastive
+    loss against every user's and every item's hypergraph embedding (``exp`` of the (B, U) and (B, I) cosines)."""
+
+    def __init__(self, graph: TrainGraph, features: dict[str, Tensor], hyperedges: int = 4, tau: float = 0.2,
+                 keep_rate: float = 0.5, alpha: float = 0.3):
+        super().__init__(graph, layers=2)
+        self.raw, self.tau, self.keep_rate, self.alpha = features, tau, keep_rate, alpha
+        self.interactions = torch.sparse_coo_tensor(torch.stack([graph.users, graph.items]),
+                                                    torch.ones(len(graph.users)), (graph.num_users, graph.num_items))
+        self.inv_degree = 1.0 / (graph.degrees()[:graph.num_users, None] + 1e-7)
+        self.user_embedding = nn.Embedding(graph.num_users, EMBEDDING_DIM)
+        self.item_embedding = nn.Embedding(graph.num_items, EMBEDDING_DIM)
+        self.trs = nn.ParameterDict({m: nn.Parameter(torch.empty(x.shape[1], EMBEDDING_DIM)) for m, x in
+                                     features.items()})
+        self.hyper = nn.ParameterDict({m: nn.Parameter(torch.empty(x.shape[1], hyperedges)) for m, x in
+                                       features.items()})
+        for weight in (self.user_embedding.weight, self.item_embedding.weight, *self.trs.values(),
+                       *self.hyper.values()):
+            nn.init.xavier_uniform_(weight)
+
+    def modality(self, m: str, item_cge: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Modality ``m``'s local graph embedding (U+I, d) and hypergraph user and item embeddings."""
+        x = self.raw[m]
+        item_logits = x @ self.hyper[m]  # (I, H)
+        user_logits = torch.sparse.mm(self.interactions, item_logits)
+        item_h = F.dropout(F.gumbel_softmax(item_logits, self.tau, dim=1), 1 - self.keep_rate)
+        user_h = F.dropout(F.gumbel_softmax(user_logits, self.tau, dim=1), 1 - self.keep_rate)
+        item_feats = x @ self.trs[m]  # (I, d)
+        local = torch.cat([torch.sparse.mm(self.interactions, item_feats) * self.inv_degree, item_feats])
+        for _ in range(2):
+            local = torch.sparse.mm(self.adj, local)
+        latent = item_h.T @ item_cge  # (H, d)
+        return local, user_h @ latent, item_h @ latent
+
+    def forward(self, batch: BPRBatch) -> Tensor:
+        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
+        users, items = self.propagate(self.adj, ego, self.layers)
+        (v_local, v_users, v_items), (t_local, t_users, t_items) = (self.modality(m, items) for m in FEATURES)
+        hyper = torch.cat([v_users, v_items]) + torch.cat([t_users, t_items])
+        local = torch.cat([users, items]) + F.normalize(v_local) + F.normalize(t_local)
+        final = local + self.alpha * F.normalize(hyper)
+        users, items = torch.split(final, [self.num_users, self.num_items])
+        u, i, j = users[batch.users], items[batch.pos_items], items[batch.neg_items]
+
+        def contrast(anchor: Tensor, positive: Tensor, candidates: Tensor) -> Tensor:
+            anchor, positive, candidates = F.normalize(anchor), F.normalize(positive), F.normalize(candidates)
+            total = torch.exp(anchor @ candidates.T / self.tau).sum(1)  # (B, N)
+            return -torch.log(torch.exp((anchor * positive).sum(1) / self.tau) / total).sum()
+
+        cl = contrast(v_users[batch.users], t_users[batch.users], t_users) + contrast(
+            v_items[batch.pos_items], t_items[batch.pos_items], t_items)
+        return bpr_loss((u * i).sum(-1), (u * j).sum(-1)) + 1e-4 * cl + 1e-6 * l2_reg(u, i, j, norm="frobenius")
+
+
+class RefBPRMF(nn.Module):
+    """MMRec ``BPR``: two embedding tables, BPR plus ``EmbLoss`` of the batch's rows."""
+
+    def __init__(self, graph: TrainGraph, features: dict[str, Tensor]) -> None:
+        super().__init__()
+        self.user = nn.Embedding(graph.num_users, EMBEDDING_DIM)
+        self.item = nn.Embedding(graph.num_items, EMBEDDING_DIM)
+        nn.init.xavier_normal_(self.user.weight)
+        nn.init.xavier_normal_(self.item.weight)
+
+    def forward(self, batch: BPRBatch) -> Tensor:
+        u, i, j = self.user(batch.users), self.item(batch.pos_items), self.item(batch.neg_items)
+        return bpr_loss((u * i).sum(-1), (u * j).sum(-1)) + 1e-4 * l2_reg(u, i, j, norm="frobenius")
+
+    def start_epoch(self, epoch: int) -> None:
+        """No per-epoch work."""
+
+
+def pyg_convs() -> tuple[type, type, type]:
+    """MessagePassing layers as MMRec's MMGCN and GRCN run them (PyG imported only when these references are
+    built): a mean convolution of ``x @ W``, a dot-product attention convolution (softmax over each target's
+    incoming edges, the weights kept in ``alpha``) and an edge-weighted sum."""
+    from torch_geometric.nn.conv import MessagePassing
+    from torch_geometric.utils import remove_self_loops, softmax
+
+    class MeanConv(MessagePassing):
+        def __init__(self, width: int) -> None:
+            super().__init__(aggr="mean")
+            self.weight = nn.Parameter(torch.empty(width, width))
+            nn.init.xavier_normal_(self.weight)
+
+        def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+            x = x @ self.weight
+            return self.propagate(edge_index, size=(len(x), len(x)), x=x)
+
+    class AttentionConv(MessagePassing):
+        def __init__(self) -> None:
+            super().__init__(aggr="add")
+            self.alpha: Tensor | None = None
+
+        def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+            edge_index, _ = remove_self_loops(edge_index)
+            return self.propagate(edge_index, x=x)
+
+        def message(self, x_i: Tensor, x_j: Tensor, index: Tensor, size_i: int | None) -> Tensor:
+            self.alpha = softmax((x_i * x_j).sum(-1), index, num_nodes=size_i)
+            return x_j * self.alpha.unsqueeze(1)
+
+    class WeightedConv(MessagePassing):
+        def __init__(self) -> None:
+            super().__init__(aggr="add")
+
+        def forward(self, x: Tensor, edge_index: Tensor, weight: Tensor) -> Tensor:
+            return self.propagate(edge_index, x=x, weight=weight)
+
+        def message(self, x_j: Tensor, weight: Tensor) -> Tensor:
+            return x_j * weight
+
+    return MeanConv, AttentionConv, WeightedConv
+
+
+def frozen_table(rows: int, cols: int) -> Tensor:
+    """MMRec's MMGCN ID embeddings and preferences: Xavier-normal tensors that require a gradient (so autograd
+    computes and accumulates it every step) but are not parameters, so Adam never updates them."""
+    return nn.init.xavier_normal_(torch.rand(rows, cols, requires_grad=True))
+
+
+def mmrec_pair_loss(out: Tensor, batch: BPRBatch, num_users: int) -> tuple[Tensor, Tensor, Tensor]:
+    """MMRec's MMGCN/GRCN BPR term on the (U+I, D) representation, with the interleaved user and item index
+    tensors its regularisers reuse."""
+    user_index = batch.users.repeat_interleave(2)
+    item_index = torch.stack([batch.pos_items, batch.neg_items]).t().reshape(-1) + num_users
+    score = (out[user_index] * out[item_index]).sum(1).view(-1, 2)
+    return -torch.log(torch.sigmoid(score @ torch.tensor([[1.0], [-1.0]]))).mean(), user_index, item_index
+
+
+class RefMMGCN(nn.Module):
+    """MMRec ``MMGCN``: per modality 3 PyG mean convolutions over the U+I graph, concatenation layers, the image
+    features projected to 256 every step, the text branch at its raw 384-d width; ID embeddings and preferences
+    outside the optimiser but with gradients."""
+
+    def __init__(self, graph: TrainGraph, features: dict[str, Tensor], layers: int = 3) -> None:
+        super().__init__()
+        self.num_users = graph.num_users
+        MeanConv, _, _ = pyg_convs()
+        edges = torch.stack([graph.users, graph.items + graph.num_users])
+        self.edge_index = torch.cat([edges, edges.flip(0)], 1)
+        self.raw = {"image": features["image"], "text": features["text"]}  # MMRec: v_gcn first, then t_gcn
+        self.id_embedding = frozen_table(graph.num_users + graph.num_items, EMBEDDING_DIM)
+        self.preference: dict[str, Tensor] = {}
+        self.mlp, self.conv, self.linear, self.g = nn.ModuleDict(), nn.ModuleDict(), nn.ModuleDict(), nn.ModuleDict()
+        for m, x in self.raw.items():
+            width = 256 if m == "image" else x.shape[1]
+            self.preference[m] = frozen_table(graph.num_users, width)
+            if m == "image":
+                self.mlp[m] = nn.Linear(x.shape[1], width)
+            widths = [width] + [EMBEDDING_DIM] * (layers - 1)
+            self.conv[m] = nn.ModuleList(MeanConv(w) for w in widths)
+            self.linear[m] = nn.ModuleList(nn.Linear(w, EMBEDDING_DIM) for w in widths)
+            self.g[m] = nn.ModuleList(nn.Linear(w + EMBEDDING_DIM, EMBEDDING_DIM) for w in widths)
+
+    def branch(self, m: str) -> Tensor:
+        projected = self.mlp[m](self.raw[m]) if m in self.mlp else self.raw[m]
+        x = F.normalize(torch.cat([self.preference[m], projected]))
+        for conv, linear, g in zip(self.conv[m], self.linear[m], self.g[m]):
+            h = F.leaky_relu(conv(x, self.edge_index))
+            x_hat = F.leaky_relu(linear(x)) + self.id_embedding
+            x = F.leaky_relu(g(torch.cat([h, x_hat], 1)))
+        return x
+
+    def forward(self, batch: BPRBatch) -> Tensor:
+        out = sum(self.branch(m) for m in self.raw) / len(self.raw)
+        loss, user_index, item_index = mmrec_pair_loss(out, batch, self.num_users)
+        reg = (self.id_embedding[user_index] ** 2 + self.id_embedding[item_index] ** 2).mean()
+        return loss + 1e-4 * (reg + (self.preference["image"] ** 2).mean())
+
+    def start_epoch(self, epoch: int) -> None:
+        """No per-epoch work."""
+
+
+class RefGRCN(nn.Module):
+    """MMRec ``GRCN``: per modality the projection of every item, 3 routing passes of PyG attention over the
+    user -> item edges (their output is dropped for the users, as MMRec's), one attention pass over both
+    directions; then confidence-weighted, pruned edge weights and 2 PyG weighted convolutions of the ID
+    embeddings."""
+
+    def __init__(self, graph: TrainGraph, features: dict[str, Tensor], routing: int = 3) -> None:
+        super().__init__()
+        self.num_users, self.routing = graph.num_users, routing
+        _, AttentionConv, WeightedConv = pyg_convs()
+        self.edge_index = torch.stack([graph.users, graph.items + graph.num_users])  # user -> item only
+        self.raw = {"image": features["image"], "text": features["text"]}
+        num_nodes = graph.num_users + graph.num_items
+        self.id_embedding = nn.Parameter(nn.init.xavier_normal_(torch.rand(num_nodes, EMBEDDING_DIM)))
+        self.confidence = nn.Parameter(nn.init.xavier_normal_(torch.rand(num_nodes, len(self.raw))))
+        self.preference = nn.ParameterDict({m: nn.Parameter(nn.init.xavier_normal_(
+            torch.rand(graph.num_users, EMBEDDING_DIM))) for m in self.raw})
+        self.mlp = nn.ModuleDict({m: nn.Linear(x.shape[1], EMBEDDING_DIM) for m, x in self.raw.items()})
+        for layer in self.mlp.values():
+            nn.init.xavier_normal_(layer.weight)
+        self.attention = nn.ModuleDict({m: AttentionConv() for m in self.raw})
+        self.weighted = WeightedConv()
+
+    def content(self, m: str) -> tuple[Tensor, Tensor]:
+        features = F.normalize(F.leaky_relu(self.mlp[m](self.raw[m])))
+        preference = F.normalize(self.preference[m])
+        for _ in range(self.routing):
+            routed = self.attention[m](torch.cat([preference, features]), self.edge_index)
+            preference = F.normalize(preference + routed[:self.num_users])
+        x = torch.cat([preference, features])
+        out = x + self.attention[m](x, torch.cat([self.edge_index, self.edge_index.flip(0)], 1))
+        return out, self.attention[m].alpha.view(-1, 1)
+
+    def forward(self, batch: BPRBatch) -> Tensor:
+        reps, alphas = zip(*(self.content(m) for m in self.raw))
+        edges = self.edge_index
+        confidence = torch.cat([self.confidence[edges[0]], self.confidence[edges[1]]])  # (2E, M)
+        weight = torch.relu((torch.cat(alphas, 1) * confidence).max(1).values.view(-1, 1))
+        both = torch.cat([edges, edges.flip(0)], 1)
+        x = F.normalize(self.id_embedding)
+        hop1 = self.weighted(x, both, weight)
+        out = torch.cat([x + hop1 + self.weighted(hop1, both, weight), *reps], 1)
+        loss, user_index, item_index = mmrec_pair_loss(out, batch, self.num_users)
+        reg = (self.id_embedding[user_index] ** 2 + self.id_embedding[item_index] ** 2).mean()
+        reg = reg + (self.preference["image"] ** 2).mean()
+        content_reg = sum((p[user_index] ** 2).mean() for p in self.preference.values())
+        return loss + 1e-4 * (reg + content_reg)
+
+    def start_epoch(self, epoch: int) -> None:
+        """No per-epoch work."""
+
+
+REFERENCES = {"bprmf": RefBPRMF, "lightgcn": RefLightGCN, "vbpr": RefVBPR, "mmgcn": RefMMGCN, "grcn": RefGRCN,
+              "lattice": RefLATTICE, "freedom": RefFREEDOM, "bm3": RefBM3, "lgmrec": RefLGMRec}
 
 
 # ------------------------------------------------------------------------------------------ training cases
+
+
+class MMRecLoader:
+    """The references' batches, drawn as MMRec's ``TrainDataLoader`` and trainer do: each epoch shuffles a pandas
+    frame of the train pairs (``DataFrame.sample``), each batch slices it with ``iloc``, draws every negative in
+    a Python loop (one ``random.sample`` of the train items' list per draw, redrawn while it is in the user's
+    history set) and stacks a (3, B) tensor, which the trainer clones."""
+
+    def __init__(self, graph: TrainGraph, seed: int) -> None:
+        import pandas as pd
+
+        self.frame = pd.DataFrame({"user": graph.users.numpy(), "item": graph.items.numpy()})
+        self.history = {user: set(items.values) for user, items in self.frame.groupby("user")["item"]}
+        self.items = sorted(self.frame["item"].unique().tolist())
+        self.rng = random.Random(seed)
+
+    def epoch(self, seed: int, epoch: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list[BPRBatch]:
+        """One epoch's batches (one process only: ``rank``/``world_size`` are accepted for the harness)."""
+        frame = self.frame.sample(frac=1, random_state=seed + epoch).reset_index(drop=True)
+        return [self.batch(frame.iloc[start:start + batch_size]) for start in range(0, len(frame), batch_size)]
+
+    def batch(self, rows: Any) -> BPRBatch:
+        negatives = []
+        for user in rows["user"]:
+            item = self.rng.sample(self.items, 1)[0]
+            while item in self.history[user]:
+                item = self.rng.sample(self.items, 1)[0]
+            negatives.append(item)
+        users, items = torch.tensor(rows["user"].values).long(), torch.tensor(rows["item"].values).long()
+        triples = torch.cat([users[None], items[None], torch.tensor(negatives).long()[None]]).clone()
+        return BPRBatch(*triples)
 
 
 def peak_rss_mib() -> float:
@@ -373,7 +672,7 @@ def start_epoch(model: nn.Module, epoch: int) -> None:
     """The model's per-epoch work: ``start_epoch(seed, epoch)`` of an rmm model, ``start_epoch(epoch)`` of a
     reference."""
     inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    if isinstance(inner, (RefGraphModel, RefVBPR)):
+    if not isinstance(inner, Recommender):
         inner.start_epoch(epoch)
     else:
         inner.start_epoch(SEED, epoch)
@@ -382,12 +681,15 @@ def start_epoch(model: nn.Module, epoch: int) -> None:
 def time_steps(case: dict[str, Any], rank: int = 0, world_size: int = 1) -> dict[str, Any]:
     """Build the case's model and time its optimiser steps on this rank's batches of epoch 1."""
     torch.set_num_threads(case["threads"])
+    if case["impl"] == "rmm":  # as rmm.train.loop.fit; MMRec does not, so the references keep subnormals
+        torch.set_flush_denormal(True)
     tic = time.perf_counter()
     graph, features = load_baby(Path(case["data_dir"]))
     load_s = time.perf_counter() - tic
     torch.manual_seed(SEED)
     tic = time.perf_counter()
     model, info = build(case, graph, features)
+    sampler = BPRSampler(graph) if case["impl"] == "rmm" else MMRecLoader(graph, SEED)
     setup_s = time.perf_counter() - tic
     trained = model
     if world_size > 1:
@@ -397,8 +699,11 @@ def time_steps(case: dict[str, Any], rank: int = 0, world_size: int = 1) -> dict
             warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
             trained = nn.parallel.DistributedDataParallel(
                 model, broadcast_buffers=False, find_unused_parameters=model.has_unused_parameters)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    batches = BPRSampler(graph).epoch(SEED, 1, BATCH_SIZE, rank, world_size)
+    # rmm.train.loop.fit's fused Adam for rmm; MMRec's plain torch.optim.Adam for the references
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=case["impl"] == "rmm")
+    tic = time.perf_counter()
+    batches = sampler.epoch(SEED, 1, BATCH_SIZE, rank, world_size)
+    sampler_s = time.perf_counter() - tic
 
     def barrier() -> None:
         if world_size > 1:
@@ -426,7 +731,8 @@ def time_steps(case: dict[str, Any], rank: int = 0, world_size: int = 1) -> dict
         epoch_work_s += max(0.0, times[0] - float(np.median(times[case["warmup"]:])))
     step_s = float(np.median(times[case["warmup"]:]))
     return {**info, "load_s": load_s, "setup_s": setup_s, "epoch_work_s": epoch_work_s, "step_s": step_s,
-            "steps_per_epoch": len(batches), "epoch_s": epoch_work_s + len(batches) * step_s,
+            "sampler_s": sampler_s, "steps_per_epoch": len(batches),
+            "epoch_s": epoch_work_s + sampler_s + len(batches) * step_s,
             "loss_finite": all(math.isfinite(v) for v in losses), "peak_rss_mib": peak_rss_mib()}
 
 
@@ -560,13 +866,18 @@ def train_table(args: argparse.Namespace, tmp: str) -> None:
           f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}")
     print(f"baseline peak RSS (interpreter + torch + rmm imported, dataset and features loaded): "
           f"{baseline:,.0f} MiB\n")
-    print("| model | implementation | workers | set-up s | per-epoch work s | step ms | steps/epoch | "
-          "epoch s (extrap.) | peak RSS MiB / process |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | implementation | workers | set-up s | per-epoch work s | sampler s | step ms | steps/epoch | "
+          "epoch s (extrap.) | rmm / ref | peak RSS MiB / process |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
-        impls = [("rmm", w, {}) for w in args.workers] + ([] if args.skip_reference else [("dense ref", 1, {})])
+        impls = [("rmm", w, {}) for w in args.workers]
         if name == "lattice":  # LATTICE's non-default mode: a gradient through the learned graph every step
             impls.insert(1, ("rmm", 1, {"graph_update": "step"}))
+        if name in PROTOCOL_ROWS:
+            impls.insert(1, ("rmm", 1, protocol_defaults(get_model_class(name).config_class, "mmrec")))
+        if not args.skip_reference and name in REFERENCES:
+            impls.insert(0, ("dense ref", 1, {}))
+        ref_epoch_s = None
         for impl, workers, params in impls:
             case = {"model": name, "impl": impl, "workers": workers, "steps": args.steps, "warmup": args.warmup,
                     "threads": args.threads, "data_dir": str(data_dir), "cache_dir": str(data_dir / "knn-cache"),
@@ -576,9 +887,16 @@ def train_table(args: argparse.Namespace, tmp: str) -> None:
             rss = f"{r['peak_rss_mib']:,.0f}" + (f" (x{workers} = {r['total_rss_mib']:,.0f})" if workers > 1
                                                  else "")
             assert r["loss_finite"], f"{name} {impl}: non-finite loss"
-            impl = impl + "".join(f" ({k}={v})" for k, v in params.items())
-            print(f"| {name} | {impl} | {workers} | {setup} | {r['epoch_work_s']:.2f} | {1000 * r['step_s']:.0f} | "
-                  f"{r['steps_per_epoch']} | {r['epoch_s']:.1f} | {rss} |", flush=True)
+            if impl == "dense ref":
+                ref_epoch_s = r["epoch_s"]
+            ratio = "" if ref_epoch_s is None or impl == "dense ref" else f"{r['epoch_s'] / ref_epoch_s:.2f}"
+            label = impl + ("" if name not in PROTOCOL_ROWS or impl != "rmm" else
+                            " (protocol mmrec)" if params else " (strict)")
+            if name not in PROTOCOL_ROWS:
+                label += "".join(f" ({k}={v})" for k, v in params.items())
+            print(f"| {name} | {label} | {workers} | {setup} | {r['epoch_work_s']:.2f} | {r['sampler_s']:.2f} | "
+                  f"{1000 * r['step_s']:.0f} | {r['steps_per_epoch']} | {r['epoch_s']:.1f} | {ratio} | {rss} |",
+                  flush=True)
 
 
 def main() -> None:

@@ -4,6 +4,10 @@ Every metric takes ``topk`` (the ranked item ids of each user, best first) and `
 ``(U, num_items)`` relevance mask) and returns one float64 value per user, so callers can average, compare
 per user, or test significance. A user with no relevant item has no defined Recall/NDCG/MAP; callers
 evaluate only users with at least one relevant item.
+
+``num_relevant`` (each user's number of relevant items) may be passed when the caller knows it: counting it
+from ``truth`` reads the whole ``(U, num_items)`` mask, once per metric and cut-off, which at 63k items took
+longer than scoring and ranking together. Precision and HitRate accept it and do not need it.
 """
 
 from __future__ import annotations
@@ -27,34 +31,39 @@ def _hits(topk: Tensor, truth: Tensor, k: int) -> Tensor:
     return truth.gather(1, topk[:, :k]).double()
 
 
-def recall_at_k(topk: Tensor, truth: Tensor, k: int) -> Tensor:
+def _num_relevant(truth: Tensor, num_relevant: Tensor | None) -> Tensor:
+    """Relevant items per user: ``num_relevant`` when given, else counted from ``truth``. Shapes: (U,)."""
+    return truth.sum(1) if num_relevant is None else num_relevant
+
+
+def recall_at_k(topk: Tensor, truth: Tensor, k: int, num_relevant: Tensor | None = None) -> Tensor:
     """Recall@k per user: hits in the top k / number of relevant items."""
-    return _hits(topk, truth, k).sum(1) / truth.sum(1)
+    return _hits(topk, truth, k).sum(1) / _num_relevant(truth, num_relevant)
 
 
-def precision_at_k(topk: Tensor, truth: Tensor, k: int) -> Tensor:
+def precision_at_k(topk: Tensor, truth: Tensor, k: int, num_relevant: Tensor | None = None) -> Tensor:
     """Precision@k per user: hits in the top k / k."""
     return _hits(topk, truth, k).sum(1) / k
 
 
-def hit_rate_at_k(topk: Tensor, truth: Tensor, k: int) -> Tensor:
+def hit_rate_at_k(topk: Tensor, truth: Tensor, k: int, num_relevant: Tensor | None = None) -> Tensor:
     """HitRate@k per user: 1 if any of the top k is relevant, else 0."""
     return (_hits(topk, truth, k).sum(1) > 0).double()
 
 
-def ndcg_at_k(topk: Tensor, truth: Tensor, k: int) -> Tensor:
+def ndcg_at_k(topk: Tensor, truth: Tensor, k: int, num_relevant: Tensor | None = None) -> Tensor:
     r"""NDCG@k per user with binary relevance; the ideal DCG ranks min(|relevant|, k) hits first.
 
     .. math:: \mathrm{DCG@k} = \sum_{r=1}^{k} \frac{rel_r}{\log_2(r + 1)}
     """
     discount = 1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float64, device=topk.device))  # (k,)
     dcg = (_hits(topk, truth, k) * discount).sum(1)
-    ideal_len = truth.sum(1).clamp(max=k)
+    ideal_len = _num_relevant(truth, num_relevant).clamp(max=k)
     ideal = torch.cumsum(discount, 0)[ideal_len - 1]
     return dcg / ideal
 
 
-def map_at_k(topk: Tensor, truth: Tensor, k: int) -> Tensor:
+def map_at_k(topk: Tensor, truth: Tensor, k: int, num_relevant: Tensor | None = None) -> Tensor:
     r"""MAP@k per user (average precision at cut-off k), normalised by min(|relevant|, k) as in MMRec.
 
     .. math:: \mathrm{AP@k} = \frac{1}{\min(|T_u|, k)} \sum_{r=1}^{k} \mathrm{P@r} \cdot rel_r
@@ -62,10 +71,10 @@ def map_at_k(topk: Tensor, truth: Tensor, k: int) -> Tensor:
     hits = _hits(topk, truth, k)
     ranks = torch.arange(1, k + 1, dtype=torch.float64, device=topk.device)
     precision = torch.cumsum(hits, 1) / ranks  # (U, k): P@r
-    return (precision * hits).sum(1) / truth.sum(1).clamp(max=k)
+    return (precision * hits).sum(1) / _num_relevant(truth, num_relevant).clamp(max=k)
 
 
-METRICS: dict[str, Callable[[Tensor, Tensor, int], Tensor]] = {
+METRICS: dict[str, Callable[[Tensor, Tensor, int, Tensor | None], Tensor]] = {
     "recall": recall_at_k,
     "ndcg": ndcg_at_k,
     "precision": precision_at_k,
@@ -110,8 +119,9 @@ def evaluate(model: Recommender, users: Tensor, exclude: UserItems, truth: UserI
             scores = scores.masked_fill(exclude.mask(chunk).to(device), -math.inf)
             topk = torch.topk(scores, max(ks), dim=1).indices  # (B, max k)
             relevant = truth.mask(chunk).to(device)
+            num_relevant = truth.counts(chunk.cpu()).to(device)  # from the CSR rows, not the dense mask
             for k in ks:
                 for name, fn in METRICS.items():
-                    columns[f"{name}@{k}"].append(fn(topk, relevant, k).cpu())
+                    columns[f"{name}@{k}"].append(fn(topk, relevant, k, num_relevant).cpu())
     model.train(was_training)
     return {name: torch.cat(parts) for name, parts in columns.items()}

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from rmm.config import require_at_least
 from rmm.data.graph import KNNSpec, TrainGraph, combine_graphs, to_csr
 from rmm.models.base import DEFAULT_FUSION, BPRBatch, EmbeddingConfig, EmbeddingRecommender, epoch_generator, register
-from rmm.models.layers import PROJECTION_INITS, FeatureBank, bpr_loss, projections, propagate, smooth
+from rmm.models.layers import PROJECTION_INITS, FeatureBank, bpr_loss, projected_bpr, projections, propagate, smooth
 
 
 @dataclass(frozen=True)
@@ -176,6 +176,6 @@ class FREEDOM(EmbeddingRecommender):
         user_emb, item_emb = self.embeddings(self.masked_adj)
         users = user_emb[batch.users]  # (B, d)
         ranking = bpr_loss((users * item_emb[batch.pos_items]).sum(-1), (users * item_emb[batch.neg_items]).sum(-1))
-        modal = sum(bpr_loss((users * proj(x[batch.pos_items])).sum(-1), (users * proj(x[batch.neg_items])).sum(-1))
+        modal = sum(projected_bpr(users, proj, x, batch.pos_items, batch.neg_items)
                     for proj, x in zip(self.projections, self.features.matrices()))
         return ranking + self.cfg.reg_weight * modal

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from rmm.config import require_at_least
 from rmm.data.graph import TrainGraph
 from rmm.models.base import DEFAULT_FUSION, BPRBatch, EmbeddingConfig, EmbeddingRecommender, register
-from rmm.models.layers import FeatureBank, aggregate, segment_softmax
+from rmm.models.layers import EdgeIndex, FeatureBank, segment_softmax
 from rmm.models.mmgcn import REGULARISERS, mmrec_regulariser, require_choice
 
 
@@ -64,13 +64,13 @@ class GRCNConfig(EmbeddingConfig):
         require_choice(self, "regulariser", REGULARISERS)
 
 
-def attention(src: Tensor, dst: Tensor, x_src: Tensor, x_dst: Tensor, num_nodes: int) -> Tensor:
+def attention(edges: EdgeIndex, x_src: Tensor, x_dst: Tensor) -> Tensor:
     r"""Edge weights :math:`\mathrm{softmax}_{j \in N(v)}(x_v^\top x_j)` over each target's incoming edges.
 
     Shapes:
-        src, dst: (E,); x_src, x_dst: node matrices -> (E,).
+        x_src: (num_src, D); x_dst: (num_dst, D) -> (E,).
     """
-    return segment_softmax((x_dst[dst] * x_src[src]).sum(-1), dst, num_nodes)
+    return segment_softmax(edges.dot(x_dst, x_src), edges.dst, edges.num_dst)
 
 
 class ContentGraph(nn.Module):
@@ -100,20 +100,17 @@ class ContentGraph(nn.Module):
         nn.init.xavier_normal_(self.preference)
         nn.init.xavier_normal_(self.mlp.weight)
 
-    def forward(self, features: Tensor, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
-        """``users``/``items``: the train edges (E,); returns content (U+I, latent) and the attention
-        weights of the 2E directed edges, user->item ones first."""
-        num_users = self.preference.shape[0]
+    def forward(self, features: Tensor, routing: EdgeIndex, edges: EdgeIndex) -> tuple[Tensor, Tensor]:
+        """``routing``: the train edges item -> user; ``edges``: the 2E directed edges over the U+I nodes,
+        user->item ones first. Returns content (U+I, latent) and the attention weights of ``edges``."""
         content = F.normalize(F.leaky_relu(self.mlp(features)), dim=1)  # (I, latent)
         preference = F.normalize(self.preference, dim=1)
         for _ in range(self.num_routing):  # a user attends over the content of its items
-            alpha = attention(items, users, content, preference, num_users)
-            preference = F.normalize(preference + aggregate(items, users, alpha, content, num_users), dim=1)
+            alpha = attention(routing, content, preference)
+            preference = F.normalize(preference + routing.weighted_sum(alpha, content), dim=1)
         x = torch.cat([preference, content])  # (U+I, latent)
-        item_nodes = items + num_users
-        src, dst = torch.cat([users, item_nodes]), torch.cat([item_nodes, users])
-        alpha = attention(src, dst, x, x, len(x))  # (2E,)
-        return x + aggregate(src, dst, alpha, x, len(x)), alpha
+        alpha = attention(edges, x, x)  # (2E,)
+        return x + edges.weighted_sum(alpha, x), alpha
 
 
 @register("grcn")
@@ -160,9 +157,11 @@ class GRCN(EmbeddingRecommender):
                  fusion: str = DEFAULT_FUSION) -> None:
         super().__init__(graph, features, cfg, fusion=fusion)
         self.features = FeatureBank(features)
-        self.register_buffer("edge_users", graph.users, persistent=False)
-        self.register_buffer("edge_items", graph.items, persistent=False)
         num_nodes = self.num_users + self.num_items
+        item_nodes = graph.items + self.num_users
+        self.routing = EdgeIndex(graph.items, graph.users, self.num_users, self.num_items)  # item -> user
+        self.edges = EdgeIndex(torch.cat([graph.users, item_nodes]), torch.cat([item_nodes, graph.users]),
+                               num_nodes, num_nodes)  # (2E,): user -> item, then item -> user
         self.id_embedding = nn.Parameter(torch.empty(num_nodes, cfg.embedding_dim))
         self.confidence = nn.Parameter(torch.empty(num_nodes, len(self.features)))
         num_routing = cfg.num_routing if cfg.route_preferences else 0
@@ -175,16 +174,12 @@ class GRCN(EmbeddingRecommender):
         nn.init.xavier_normal_(self.confidence)
 
     def embeddings(self) -> tuple[Tensor, Tensor]:
-        users, items = self.edge_users, self.edge_items
-        outputs = [branch(x, users, items) for branch, x in zip(self.branches, self.features.matrices())]
-        item_nodes = items + self.num_users
-        src, dst = torch.cat([users, item_nodes]), torch.cat([item_nodes, users])
+        outputs = [branch(x, self.routing, self.edges) for branch, x in zip(self.branches, self.features.matrices())]
         alpha = torch.stack([weights for _, weights in outputs], dim=1)  # (2E, M)
-        weights = torch.relu((alpha * self.confidence[src]).max(dim=1).values)  # (2E,)
-        num_nodes = self.num_users + self.num_items
+        weights = torch.relu((alpha * self.confidence[self.edges.src]).max(dim=1).values)  # (2E,)
         x = F.normalize(self.id_embedding, dim=1)
-        hop1 = aggregate(src, dst, weights, x, num_nodes)
-        hop2 = aggregate(src, dst, weights, hop1, num_nodes)
+        hop1 = self.edges.weighted_sum(weights, x)
+        hop2 = self.edges.weighted_sum(weights, hop1)
         representation = torch.cat([x + hop1 + hop2, *(content for content, _ in outputs)], dim=1)
         return torch.split(representation, [self.num_users, self.num_items])
 

@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rmm.config import require_at_least
-from rmm.data.graph import ADJACENCY_NORMALIZATIONS, KNNSpec, TrainGraph, knn_edges, normalize_edges, to_csr, unit_rows
+from rmm.data.graph import (ADJACENCY_NORMALIZATIONS, KNNSpec, TrainGraph, combine_graphs, knn_edges, normalize_edges,
+                            to_csr, unit_rows)
 from rmm.models.base import DEFAULT_FUSION, EmbeddingConfig, EmbeddingRecommender, register
-from rmm.models.layers import PROJECTION_INITS, FeatureBank, aggregate, projections, propagate, sparse_matmul
+from rmm.models.layers import PROJECTION_INITS, FeatureBank, aggregate, projections, propagate, smooth, sparse_matmul
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,9 @@ class LATTICE(EmbeddingRecommender):
             self.register_buffer(f"frozen_{m}", to_csr(frozen), persistent=False)
             self.register_buffer(f"frozen_t_{m}", to_csr(frozen.t()), persistent=False)
         self.learned_index: list[Tensor] | None = None  # per modality (2, E); rebuilt, never checkpointed
-        self.held: tuple[Tensor, Tensor] | None = None  # this epoch's detached (edge weights, alpha)
+        # This epoch's item graph once its weights are held (graph_update "epoch"): one constant sparse matrix and
+        # its transpose, so that the epoch's other steps propagate it with one CSR product per layer.
+        self.held: tuple[Tensor, Tensor] | None = None
         self.register_buffer("adj", graph.adjacency(cfg.ui_normalization), persistent=False)
         # The transpose, for propagate's backward; None when the normalisation is symmetric.
         self.register_buffer("adj_t", None if cfg.ui_normalization == "sym"
@@ -215,22 +218,35 @@ class LATTICE(EmbeddingRecommender):
             h = aggregate(index[1], index[0], values, h, self.num_items) + self.cfg.lambda_coeff * frozen
         return h
 
+    def _constant_graph(self, learned_index: list[Tensor], weights: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        r"""The item graph :math:`S` of ``_item_graph_conv`` with ``weights`` detached, as one sparse matrix: the
+        learned edges plus :math:`\lambda \alpha_m` times each frozen graph, for the steps whose weights are held.
+
+        Shapes:
+            (I, I) float32 sparse CSR, and its transpose.
+        """
+        values, alpha = (w.detach().float() for w in weights)
+        learned = torch.sparse_coo_tensor(torch.cat(learned_index, dim=1), values, (self.num_items,) * 2,
+                                          check_invariants=False)  # indices from knn_edges
+        frozen = [getattr(self, f"frozen_{m}").to_sparse_coo() for m in range(len(self.features))]
+        graph = combine_graphs([learned, *frozen], [1.0, *(self.cfg.lambda_coeff * alpha)])
+        return to_csr(graph), to_csr(graph.t())
+
     def embeddings(self, learned_index: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """Final embeddings with the learned graph on ``learned_index`` (this epoch's pairs when None)."""
         if learned_index is None:
             if self.learned_index is None or self.learned_index[0].device != self.adj.device:
                 # a loop that never calls start_epoch (or a moved model): learn the pairs now
                 self.start_epoch(0, 0)
-            learned_index = self.learned_index
             if self.held is not None:
-                weights = self.held
+                h = smooth(self.held[0], self.item_embedding.weight, self.cfg.num_layers, self.held[1])
             else:
-                weights = self._learned_weights(learned_index)
+                weights = self._learned_weights(self.learned_index)
                 if self.cfg.graph_update == "epoch":
-                    self.held = (weights[0].detach(), weights[1].detach())
+                    self.held = self._constant_graph(self.learned_index, weights)
+                h = self._item_graph_conv(self.learned_index, weights)
         else:
-            weights = self._learned_weights(learned_index)
-        h = self._item_graph_conv(learned_index, weights)
+            h = self._item_graph_conv(learned_index, self._learned_weights(learned_index))
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         users, items = torch.split(propagate(self.adj, ego, self.cfg.num_ui_layers, self.adj_t),
                                    [self.num_users, self.num_items])

@@ -3,13 +3,14 @@ banks and content fusion."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rmm.data.graph import valid_rows
+from rmm.data.graph import to_csr, valid_rows
 
 
 def bpr_loss(pos_scores: Tensor, neg_scores: Tensor) -> Tensor:
@@ -93,10 +94,11 @@ def propagate(adj: Tensor, x: Tensor, num_layers: int, adj_t: Tensor | None = No
     Shapes:
         adj: (N, N) sparse; x: (N, D) -> (N, D).
     """
-    layers = [x]
+    total = layer = x
     for _ in range(num_layers):
-        layers.append(sparse_matmul(adj, layers[-1], adj_t))
-    return torch.stack(layers).mean(0)
+        layer = sparse_matmul(adj, layer, adj_t)
+        total = total + layer  # a running sum: no (L+1, N, D) stack to copy into and reduce
+    return total / (num_layers + 1)
 
 
 def smooth(adj: Tensor, x: Tensor, num_layers: int, adj_t: Tensor | None = None) -> Tensor:
@@ -137,6 +139,126 @@ def segment_softmax(logits: Tensor, index: Tensor, num_segments: int) -> Tensor:
     exp = (logits - top[index]).exp()
     total = torch.zeros(num_segments, dtype=logits.dtype, device=logits.device).index_add(0, index, exp)
     return exp / total[index]
+
+
+class EdgeIndex(nn.Module):
+    r"""Fixed directed edges :math:`j \to v` (``src`` among ``num_src`` nodes, ``dst`` among ``num_dst``), kept with
+    their CSR layouts by target and by source, so that edge-weighted sums and per-edge dot products, and their
+    gradients, run as sparse-dense products instead of (E, D) gathers, products and scatters.
+
+    The autograd of ``w[:, None] * x[src]`` then ``index_add`` materialises three (E, D) temporaries and
+    accumulates the gradient of ``x[src]`` by a sorting ``index_put``; the CSR products read each row once. The
+    results are the same sums in another order (float rounding apart). Sorting the edges is done once here.
+
+    Shapes:
+        src, dst: (E,) int64.
+    """
+
+    def __init__(self, src: Tensor, dst: Tensor, num_dst: int, num_src: int) -> None:
+        super().__init__()
+        self.num_dst, self.num_src = num_dst, num_src
+        by_dst = torch.argsort(dst * num_src + src)  # CSR of the (num_dst, num_src) matrix
+        by_src = torch.argsort(src * num_dst + dst)  # CSR of its transpose
+        at_dst = torch.empty_like(by_dst)
+        at_dst[by_dst] = torch.arange(len(by_dst), device=by_dst.device)  # edge e's position in the CSR
+        for name, tensor in {"src": src, "dst": dst, "by_dst": by_dst, "by_src": by_src, "at_dst": at_dst,
+                             "dst_crow": _crow(dst, num_dst), "dst_col": src[by_dst],
+                             "src_crow": _crow(src, num_src), "src_col": dst[by_src]}.items():
+            self.register_buffer(name, tensor, persistent=False)  # rebuilt from the graph, never checkpointed
+
+    def matrix(self, values: Tensor, transpose: bool = False) -> Tensor:
+        """The sparse CSR (num_dst, num_src) matrix with ``values`` (E,) on the edges, or its transpose."""
+        crow, col, order, shape = ((self.src_crow, self.src_col, self.by_src, (self.num_src, self.num_dst))
+                                   if transpose else
+                                   (self.dst_crow, self.dst_col, self.by_dst, (self.num_dst, self.num_src)))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
+            return torch.sparse_csr_tensor(crow, col, values[order], shape, check_invariants=False)
+
+    def row_dots(self, x_dst: Tensor, x_src: Tensor) -> Tensor:
+        """Per-edge dot products without autograd: ``sampled_addmm`` on the CSR pattern (measured ~6x faster on
+        the CPU than gathering both (E, D) row sets), back in edge order. Shapes: as :meth:`dot`."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
+            pattern = torch.sparse_csr_tensor(self.dst_crow, self.dst_col, x_dst.new_zeros(len(self.src)),
+                                              (self.num_dst, self.num_src), check_invariants=False)
+        return torch.sparse.sampled_addmm(pattern, x_dst, x_src.T, beta=0.0).values()[self.at_dst]
+
+    def weighted_sum(self, weights: Tensor, x: Tensor) -> Tensor:
+        r""":math:`\sum_{j \to v} w_{jv} x_j` for every target v, differentiable in ``weights`` and ``x``.
+
+        Shapes: weights (E,); x (num_src, D) -> (num_dst, D)."""
+        return _WeightedSum.apply(weights, x, self)
+
+    def dot(self, x_dst: Tensor, x_src: Tensor) -> Tensor:
+        r"""Per-edge :math:`x_v^\top x_j`, differentiable in both.
+
+        Shapes: x_dst (num_dst, D); x_src (num_src, D) -> (E,)."""
+        return _EdgeDot.apply(x_dst, x_src, self)
+
+
+def _crow(rows: Tensor, num_rows: int) -> Tensor:
+    """CSR row pointers of edges with row ids ``rows``, once sorted by row."""
+    counts = torch.bincount(rows, minlength=num_rows)
+    return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
+
+class _WeightedSum(torch.autograd.Function):
+    r""":meth:`EdgeIndex.weighted_sum`: ``A(w) @ x``; backward ``A(w)^T @ g`` for ``x`` and the per-edge dots
+    :math:`g_v^\top x_j` for ``w``. Runs outside autocast in at least float32 (no bfloat16 sparse kernels on the
+    CPU); the gradients go back in the inputs' dtypes."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, weights: Tensor, x: Tensor, edges: EdgeIndex) -> Tensor:
+        ctx.edges, ctx.dtypes = edges, (weights.dtype, x.dtype)
+        weights, x = _sparse_dtype(weights, x)
+        ctx.save_for_backward(weights, x)
+        with torch.autocast(x.device.type, enabled=False):
+            return torch.sparse.mm(edges.matrix(weights), x)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        weights, x = ctx.saved_tensors
+        edges, grad_weights, grad_x = ctx.edges, None, None
+        grad = grad.to(weights.dtype).contiguous()
+        with torch.autocast(grad.device.type, enabled=False):
+            if ctx.needs_input_grad[0]:
+                grad_weights = edges.row_dots(grad, x).to(ctx.dtypes[0])
+            if ctx.needs_input_grad[1]:
+                grad_x = torch.sparse.mm(edges.matrix(weights, transpose=True), grad).to(ctx.dtypes[1])
+        return grad_weights, grad_x, None
+
+
+class _EdgeDot(torch.autograd.Function):
+    """:meth:`EdgeIndex.dot`; backward ``A(g) @ x_src`` for ``x_dst`` and ``A(g)^T @ x_dst`` for ``x_src``."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x_dst: Tensor, x_src: Tensor, edges: EdgeIndex) -> Tensor:
+        ctx.edges, ctx.dtypes = edges, (x_dst.dtype, x_src.dtype)
+        x_dst, x_src = _sparse_dtype(x_dst, x_src)
+        ctx.save_for_backward(x_dst, x_src)
+        with torch.autocast(x_dst.device.type, enabled=False):
+            return edges.row_dots(x_dst, x_src)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        x_dst, x_src = ctx.saved_tensors
+        edges, grad_dst, grad_src = ctx.edges, None, None
+        grad = grad.to(x_dst.dtype)
+        with torch.autocast(grad.device.type, enabled=False):
+            if ctx.needs_input_grad[0]:
+                grad_dst = torch.sparse.mm(edges.matrix(grad), x_src).to(ctx.dtypes[0])
+            if ctx.needs_input_grad[1]:
+                grad_src = torch.sparse.mm(edges.matrix(grad, transpose=True), x_dst).to(ctx.dtypes[1])
+        return grad_dst, grad_src, None
+
+
+def _sparse_dtype(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """``tensors`` in their common dtype, at least float32 (what the CPU's sparse kernels support)."""
+    dtype = torch.float32
+    for tensor in tensors:
+        dtype = torch.promote_types(dtype, tensor.dtype)
+    return tuple(tensor.to(dtype) for tensor in tensors)
 
 
 def info_nce(anchor: Tensor, positive: Tensor, candidates: Tensor, temperature: float) -> Tensor:
@@ -221,10 +343,18 @@ class ConcatFusion(Fusion):
 
     def __init__(self, dims: Sequence[int], out_dim: int) -> None:
         super().__init__(dims, out_dim)
+        self.dims = list(dims)
         self.proj = nn.Linear(sum(dims), out_dim)
 
     def forward(self, xs: Sequence[Tensor]) -> Tensor:
-        return self.proj(torch.cat(list(xs), dim=-1))
+        r""":math:`W [x_1; \dots; x_M] + b` as :math:`\sum_m W_m x_m + b` over W's column blocks: the same
+        product without copying the modalities into one wide matrix first (a 4,480-wide copy of every row was a
+        third of a VBPR step)."""
+        blocks = self.proj.weight.split(self.dims, dim=1)
+        out = F.linear(xs[0], blocks[0], self.proj.bias)
+        for x, block in zip(xs[1:], blocks[1:], strict=True):
+            out = out + F.linear(x, block)
+        return out
 
 
 class _ProjectedFusion(Fusion):
@@ -295,3 +425,96 @@ def build_fusion(name: str, dims: Sequence[int], out_dim: int) -> Fusion:
     if not dims:
         raise ValueError("fusion needs at least one modality, got none")
     return _FUSION_CLASSES[name](dims, out_dim)
+
+
+def projected_bpr(users: Tensor, proj: nn.Linear, x: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
+    r""":func:`bpr_loss` of the scores :math:`\mathbf{e}_u^\top (W x_i + b)` against
+    :math:`\mathbf{e}_u^\top (W x_j + b)` (FREEDOM's modality terms), through one projection of the gap
+    :math:`x_i - x_j`: the score gap is :math:`\mathbf{e}_u^\top W (x_i - x_j)`, so a batch projects B rows
+    instead of 2B (half the forward and weight-gradient work, the projection being most of such a step).
+
+    The bias cancels in the gap; subtracting it from the projection keeps it in the graph with the exactly-zero
+    gradient it gets from two projections, so DistributedDataParallel still sees every parameter used.
+
+    Shapes:
+        users: (B, d); x: (N, d_m); pos, neg: (B,) -> ().
+    """
+    gap = (users * (proj(row_difference(x, pos, neg)) - proj.bias)).sum(-1)  # (B,): score(i) - score(j)
+    return F.softplus(-gap).mean()
+
+
+def row_difference(x: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
+    """``x[pos] - x[neg]`` as one product with a sparse (B, N) matrix of +1/-1 entries, differentiable in ``x``:
+    each output row reads its two rows once, without the two gathered (B, d_m) temporaries (~20% less time
+    than gathering both on a 4,096-d Baby batch).
+
+    Shapes:
+        x: (N, d_m); pos, neg: (B,) -> (B, d_m).
+    """
+    rows = torch.arange(len(pos), device=x.device).repeat(2)
+    signs = torch.ones(2 * len(pos), dtype=x.dtype, device=x.device)
+    signs[len(pos):] = -1.0
+    select = torch.sparse_coo_tensor(torch.stack([rows, torch.cat([pos, neg])]), signs, (len(pos), x.shape[0]),
+                                     check_invariants=False).coalesce()  # pos == neg sums to an explicit 0
+    return sparse_matmul(to_csr(select), x, to_csr(select.t()))
+
+
+def low_rank_info_nce(anchor: Tensor, positive: Tensor, memberships: Tensor, latent: Tensor,
+                      temperature: float) -> Tensor:
+    r""":func:`info_nce` against the candidates ``memberships @ latent`` (rank H, e.g. LGMRec's hypergraph
+    embeddings), without forming their (N, D) table: the cosine logits are
+    :math:`\hat{a}_b^\top \hat{c}_n = (\hat{a}_b^\top L^\top)\, h_n / \lVert h_n L \rVert`, a (B, H) @ (H, N)
+    product instead of (B, D) @ (D, N) (D / H times fewer multiply-adds, both ways), and the candidate norms come
+    from the (H, H) Gram matrix :math:`L L^\top`.
+
+    Shapes:
+        anchor, positive: (B, D); memberships: (N, H); latent: (H, D) -> ().
+    """
+    anchor, positive = F.normalize(anchor, dim=-1), F.normalize(positive, dim=-1)
+    positive_logit = (anchor * positive).sum(-1) / temperature  # (B,)
+    squared_norms = ((memberships @ (latent @ latent.T)) * memberships).sum(-1)  # (N,): ||h_n L||^2
+    keys = memberships / squared_norms.clamp_min(0).sqrt().clamp_min(1e-12).unsqueeze(1)  # (N, H), F.normalize's eps
+    queries = anchor @ latent.T / temperature  # (B, H)
+    dtype = torch.promote_types(torch.promote_types(queries.dtype, keys.dtype), torch.float32)  # bf16 -> fp32
+    return (_ProductLogSumExp.apply(queries.to(dtype), keys.to(dtype)) - positive_logit).sum()
+
+
+class _ProductLogSumExp(torch.autograd.Function):
+    """Row-wise ``logsumexp(queries @ keys.T)`` by blocks of rows, for few columns (H) and many rows (N) of keys.
+
+    Autograd's version writes and re-reads the whole (B, N) logit matrix about fifteen times (product, max,
+    subtraction, exp, sum; in backward the softmax, its product with the gradient and two matrix products); here
+    each block of ``_BLOCK_ELEMENTS`` logits is made, used and dropped while it is in cache, and backward remakes it
+    (an (rows, H) @ (H, N) product: cheap for small H) instead of keeping it. Both inputs in one dtype (at least
+    float32), autocast off: the backward runs outside autocast, so both directions must agree on the dtype.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, queries: Tensor, keys: Tensor) -> Tensor:
+        rows = _block_rows(keys)
+        with torch.autocast(queries.device.type, enabled=False):
+            out = torch.cat([torch.logsumexp(queries[s:s + rows] @ keys.T, dim=1)
+                             for s in range(0, len(queries), rows)])
+        ctx.save_for_backward(queries, keys, out)
+        return out
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, Tensor]:
+        queries, keys, out = ctx.saved_tensors
+        grad_queries, grad_keys = torch.empty_like(queries), torch.zeros_like(keys)
+        rows = _block_rows(keys)
+        for s in range(0, len(queries), rows):
+            block = slice(s, s + rows)
+            # softmax of the block's logits times the rows' gradients: d out_b / d logits_bn
+            weights = (queries[block] @ keys.T).sub_(out[block, None]).exp_().mul_(grad[block, None])  # (rows, N)
+            grad_queries[block] = weights @ keys
+            grad_keys.addmm_(weights.T, queries[block])
+        return grad_queries, grad_keys
+
+
+#: Logits per block of :class:`_ProductLogSumExp` (4 MiB of float32: a block stays in a core's cache).
+_BLOCK_ELEMENTS = 2**20
+
+
+def _block_rows(keys: Tensor) -> int:
+    return max(1, _BLOCK_ELEMENTS // max(1, len(keys)))

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from rmm.config import require_at_least
 from rmm.data.graph import TrainGraph
 from rmm.models.base import DEFAULT_FUSION, BPRBatch, EmbeddingConfig, EmbeddingRecommender, register
-from rmm.models.layers import FeatureBank, bpr_loss, info_nce, l2_reg, propagate, smooth, sparse_matmul
+from rmm.models.layers import FeatureBank, bpr_loss, l2_reg, low_rank_info_nce, propagate, smooth, sparse_matmul
 
 #: MMRec's ``LGMRec.yaml`` (its Baby settings; every entry there is a one-value list) and its hard-coded ``tau``.
 _MMREC = {"embedding_dim": 64, "num_ui_layers": 2, "num_mm_layers": 2, "num_hyper_layers": 1, "num_hyperedges": 4,
@@ -119,6 +119,10 @@ class LGMRec(EmbeddingRecommender):
     modalities listed image first reproduce MMRec (with one there is no contrastive term). Random draws happen in
     another order than MMRec's (independent draws, so the same distribution).
 
+    Computed with fewer operations than written, same values: the projection and the hyperedge logits of a
+    modality in one product with the features, and the contrastive logits through the memberships (rank H, see
+    :func:`~rmm.models.layers.low_rank_info_nce`) instead of the (U, d) and (I, d) hypergraph tables.
+
     Shapes:
         adj: sparse (U+I, U+I); interactions R: sparse (U, I); hyperedge memberships: (U, H), (I, H);
         projections: d_m -> d and d_m -> H per modality.
@@ -159,50 +163,51 @@ class LGMRec(EmbeddingRecommender):
             return F.gumbel_softmax(logits, tau=tau, hard=False, dim=1)
         return torch.softmax(logits / tau, dim=1)
 
-    def forward_embeddings(self, train: bool) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor]]:
-        """Final user and item embeddings, and every modality's hypergraph user and item embeddings; ``train``
-        draws the training noise (see ``_memberships``).
+    def forward_embeddings(self, train: bool) -> tuple[Tensor, Tensor, list[tuple[Tensor, Tensor, Tensor]]]:
+        """Final user and item embeddings, and every modality's hypergraph embeddings as factors: user and item
+        memberships and the last layer's hyperedge embeddings, whose products are the hypergraph user and item
+        embeddings (rank H, which the contrastive loss exploits); ``train`` draws the training noise (see
+        ``_memberships``).
 
         Shapes:
-            (U, d), (I, d), M x (U, d), M x (I, d).
+            (U, d), (I, d), M x ((U, H), (I, H), (H, d)).
         """
         cge = propagate(self.adj, torch.cat([self.user_embedding.weight, self.item_embedding.weight]),
                         self.cfg.num_ui_layers)  # (U+I, d)
         item_cge = cge[self.num_users:]
-        local, hyper_users, hyper_items = cge, [], []
+        local, hypergraphs, ghe = cge, [], 0
+        d = self.cfg.embedding_dim
         for proj, hyper, x in zip(self.projections, self.hyperedges, self.features.matrices()):
-            item_feats = proj(x)  # (I, d)
-            user_feats = sparse_matmul(self.interactions, item_feats, self.interactions_t) * self.inv_user_degree
-            mge = smooth(self.adj, torch.cat([user_feats, item_feats]), self.cfg.num_mm_layers)
+            # Both maps of the features in one product: one pass over the (I, d_m) matrix, one sparse product.
+            item_both = F.linear(x, torch.cat([proj.weight, hyper.weight]))  # (I, d + H)
+            user_both = sparse_matmul(self.interactions, item_both, self.interactions_t)  # (U, d + H)
+            (item_feats, item_logits), (user_sums, user_logits) = item_both.split(d, 1), user_both.split(d, 1)
+            mge = smooth(self.adj, torch.cat([user_sums * self.inv_user_degree, item_feats]), self.cfg.num_mm_layers)
             local = local + F.normalize(mge, dim=1)
-            item_logits = hyper(x)  # (I, H)
-            user_logits = sparse_matmul(self.interactions, item_logits, self.interactions_t)  # (U, H)
             item_h, user_h = self._memberships(item_logits, train), self._memberships(user_logits, train)
             items = item_cge
             for _ in range(self.cfg.num_hyper_layers):
                 latent = item_h.T @ items  # (H, d)
-                items, users = item_h @ latent, user_h @ latent
-            hyper_users.append(users)
-            hyper_items.append(items)
-        ghe = torch.cat([sum(hyper_users), sum(hyper_items)])
+                items = item_h @ latent
+            hypergraphs.append((user_h, item_h, latent))
+            ghe = ghe + torch.cat([user_h @ latent, items])
         final = local + self.cfg.alpha * F.normalize(ghe, dim=1)
         users, items = torch.split(final, [self.num_users, self.num_items])
-        return users, items, hyper_users, hyper_items
+        return users, items, hypergraphs
 
     def embeddings(self) -> tuple[Tensor, Tensor]:
-        users, items, _, _ = self.forward_embeddings(train=False)
+        users, items, _ = self.forward_embeddings(train=False)
         return users, items
 
     def loss(self, batch: BPRBatch) -> Tensor:
-        user_emb, item_emb, hyper_users, hyper_items = self.forward_embeddings(train=True)
+        user_emb, item_emb, hypergraphs = self.forward_embeddings(train=True)
         users, pos, neg = user_emb[batch.users], item_emb[batch.pos_items], item_emb[batch.neg_items]
         ranking = bpr_loss((users * pos).sum(-1), (users * neg).sum(-1))
         tau, contrast = self.cfg.temperature, torch.zeros((), device=users.device)
-        for a in range(len(hyper_users)):
-            for b in range(a + 1, len(hyper_users)):
-                contrast = contrast + info_nce(hyper_users[a][batch.users], hyper_users[b][batch.users],
-                                               hyper_users[b], tau)
-                contrast = contrast + info_nce(hyper_items[a][batch.pos_items], hyper_items[b][batch.pos_items],
-                                               hyper_items[b], tau)
+        for a, (users_a, items_a, latent_a) in enumerate(hypergraphs):
+            for users_b, items_b, latent_b in hypergraphs[a + 1:]:
+                for rows, h_a, h_b in ((batch.users, users_a, users_b), (batch.pos_items, items_a, items_b)):
+                    contrast = contrast + low_rank_info_nce(h_a[rows] @ latent_a, h_b[rows] @ latent_b, h_b,
+                                                            latent_b, tau)
         reg = l2_reg(users, pos, neg, norm=self.cfg.reg_norm)
         return ranking + self.cfg.cl_weight * contrast + self.cfg.reg_weight * reg

@@ -105,5 +105,6 @@ class LightGCN(EmbeddingRecommender):
         return torch.split(final, [self.num_users, self.num_items])
 
     def reg_terms(self, batch: BPRBatch, users: Tensor, pos: Tensor, neg: Tensor) -> Sequence[Tensor]:
-        ego = self.embedding.weight
-        return ego[batch.users], ego[self.num_users + batch.pos_items], ego[self.num_users + batch.neg_items]
+        ego = self.embedding.weight  # index_select: its backward is an index_add, not a sorting index_put
+        return (ego.index_select(0, batch.users), ego.index_select(0, self.num_users + batch.pos_items),
+                ego.index_select(0, self.num_users + batch.neg_items))

@@ -119,7 +119,8 @@ class VBPR(EmbeddingRecommender):
         r"""Final item embeddings :math:`[\gamma_i; \mathbf{E} f_i + \mathbf{b}]` of ``items``.
 
         Shapes: (N,) -> (N, 2d)."""
-        content = self.fusion([getattr(self, f"feature_{i}")[items] for i in range(len(self.modalities))])
+        content = self.fusion([getattr(self, f"feature_{i}").index_select(0, items)  # faster than [items]
+                               for i in range(len(self.modalities))])
         return torch.cat([self.item_embedding(items), content], dim=-1)
 
     def embeddings(self) -> tuple[Tensor, Tensor]:
@@ -129,7 +130,8 @@ class VBPR(EmbeddingRecommender):
         """The BPR loss of :class:`EmbeddingRecommender`, projecting only the batch's distinct items (every
         fusion is row-wise), not the whole catalogue: at 7k items x 4480-d content that is most of a step."""
         items, inverse = torch.unique(torch.cat([batch.pos_items, batch.neg_items]), return_inverse=True)
-        pos, neg = self.item_rows(items)[inverse].split(len(batch.pos_items))  # (B, 2d) each
+        rows = self.item_rows(items).index_select(0, inverse)  # backward: index_add, not a sorting index_put
+        pos, neg = rows.split(len(batch.pos_items))  # (B, 2d) each
         users = self.user_embedding(batch.users)
         ranking = bpr_loss((users * pos).sum(-1), (users * neg).sum(-1))
         return ranking + self.cfg.reg_weight * l2_reg(users, pos, neg, norm=self.cfg.reg_norm)

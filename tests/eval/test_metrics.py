@@ -46,9 +46,10 @@ EXPECTED = {
 
 @pytest.mark.parametrize(("metric", "k"), list(EXPECTED), ids=lambda v: getattr(v, "__name__", str(v)))
 def test_metric_matches_hand_computed(metric, k: int) -> None:
-    values = metric(TOPK, TRUTH, k)
-    assert values.dtype == torch.float64
-    assert torch.allclose(values, torch.tensor(EXPECTED[metric, k], dtype=torch.float64))
+    """Counting the relevant items from the mask, or being given their number, gives the hand-computed values."""
+    for values in (metric(TOPK, TRUTH, k), metric(TOPK, TRUTH, k, torch.tensor([2, 1, 4]))):
+        assert values.dtype == torch.float64
+        assert torch.allclose(values, torch.tensor(EXPECTED[metric, k], dtype=torch.float64))
 
 
 class _FixedScores(nn.Module):

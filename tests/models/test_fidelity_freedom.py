@@ -20,6 +20,7 @@ from rmm.config import build_model_config
 from rmm.data.graph import TrainGraph
 from rmm.models.base import BPRBatch, build_model, epoch_generator
 from rmm.models.freedom import FREEDOM, FREEDOMConfig
+from rmm.models.layers import bpr_loss, projected_bpr
 from tests.models.history import gaussian_features, history_graph
 
 NUM_USERS, NUM_ITEMS = 6, 8
@@ -261,3 +262,17 @@ def test_freedom_protocol_switches_reach_the_model() -> None:
     with pytest.raises(ValueError, match=r"2 entries for 1 features.*protocol: mmrec defaults it"):
         build_model(build_model_config({"name": "freedom", "features": ["image"]}, "model[0]", "mmrec"), _graph(),
                     {"image": _features()["image"]})
+
+
+def test_projected_bpr_is_the_bpr_of_both_projections_with_a_zero_bias_gradient() -> None:
+    """One projection of the gap x_i - x_j gives the BPR loss and weight gradient of projecting both rows, and
+    the bias, which cancels, an exact zero gradient (so it still takes part, as DistributedDataParallel needs)."""
+    torch.manual_seed(2)
+    proj, x, users = torch.nn.Linear(5, 4).double(), torch.randn(9, 5).double(), torch.randn(6, 4).double()
+    pos, neg = torch.tensor([0, 3, 3, 8, 1, 2]), torch.tensor([4, 4, 0, 2, 7, 5])
+    loss = projected_bpr(users, proj, x, pos, neg)
+    weight_grad, bias_grad = torch.autograd.grad(loss, [proj.weight, proj.bias])
+    expected = bpr_loss((users * proj(x[pos])).sum(-1), (users * proj(x[neg])).sum(-1))
+    assert torch.allclose(loss, expected)
+    assert torch.allclose(weight_grad, torch.autograd.grad(expected, proj.weight)[0])
+    assert torch.equal(bias_grad, torch.zeros_like(bias_grad))

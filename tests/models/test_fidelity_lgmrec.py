@@ -19,6 +19,7 @@ import torch
 from rmm.config import build_model_config
 from rmm.data.graph import TrainGraph
 from rmm.models.base import BPRBatch, build_model
+from rmm.models.layers import info_nce, low_rank_info_nce
 from rmm.models.lgmrec import LGMRec, LGMRecConfig
 from tests.models.history import gaussian_features, history_graph
 
@@ -207,7 +208,9 @@ def test_fidelity_lgmrec_training_forward(protocol: str, overrides: dict[str, An
     model = _model(protocol, overrides)
     p = reference_params(model)
     torch.manual_seed(11)
-    users, items, hyper_users, hyper_items = model.forward_embeddings(train=True)
+    users, items, hypergraphs = model.forward_embeddings(train=True)
+    hyper_users = [user_h @ latent for user_h, _, latent in hypergraphs]
+    hyper_items = [item_h @ latent for _, item_h, latent in hypergraphs]
     torch.manual_seed(11)
     ref_users, ref_items, ref_hyper_users, ref_hyper_items = reference_forward(p, _features(), model.cfg, train=True)
 
@@ -305,3 +308,23 @@ def test_fidelity_lgmrec_initialisation() -> None:
         assert weight.abs().max() <= bound, name
         if weight.numel() >= 64:
             assert weight.abs().max() > 0.8 * bound, name
+
+
+@pytest.mark.parametrize("num_candidates", [11, 40_000])
+def test_low_rank_info_nce_equals_info_nce_on_the_product_and_its_gradients(num_candidates: int) -> None:
+    """The factored contrastive loss (logits through the H-dim memberships, in blocks of rows: 40,000 candidates
+    make several) is InfoNCE against the candidates ``memberships @ latent``, loss and gradients, including a zero
+    membership row (a zero candidate)."""
+    generator = torch.Generator().manual_seed(5)
+    anchor, positive = torch.randn(60, 8, generator=generator), torch.randn(60, 8, generator=generator)
+    memberships = torch.rand(num_candidates, 3, generator=generator)
+    latent = torch.randn(3, 8, generator=generator)
+    memberships[4] = 0.0
+    inputs = [t.double().requires_grad_() for t in (anchor, positive, memberships, latent)]
+    factored = low_rank_info_nce(*inputs, 0.2)
+    grads = torch.autograd.grad(factored, inputs)
+    a, p, h, lat = inputs
+    direct = info_nce(a, p, h @ lat, 0.2)
+    assert torch.allclose(factored, direct)
+    for got, expected in zip(grads, torch.autograd.grad(direct, inputs)):
+        assert torch.allclose(got, expected)
