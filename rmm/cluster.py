@@ -25,19 +25,24 @@ log = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
 
 # A local Ray (loopback only, see above) needs no auth token file, reports no usage stats, and checks Train
-# workers often. Never applied when joining a cluster.
+# workers often. It starts no idle workers ahead of use (Ray would start one per CPU for the job's environment,
+# which Ray Train's and Tune's actors, each with an environment of their own, never reuse), and Ray Train runs no
+# preemption watcher actor: a single local node is never drained. Never applied when joining a cluster.
 _LOCAL_ENV = {
     "RAY_AUTH_MODE": "disabled",
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_prestart_worker_first_driver": "0",
     "TOKENIZERS_PARALLELISM": "false",
 }
 
 
 def init_ray(cfg: RayConfig, address: str | None = None) -> None:
     """Initialise Ray once per process: ``address`` (or ``cfg.address``) joins a running cluster, otherwise a
-    local Ray starts with ``cfg.num_cpus`` logical CPUs. A no-op when Ray is already initialised (tests share one
-    session cluster this way)."""
+    local Ray of this process starts with ``cfg.num_cpus`` logical CPUs, even where other Ray instances run on
+    the machine (it never joins one of those by itself). A no-op when Ray is already initialised, so every stage
+    of ``rmm run`` uses the session the first one started (and tests share one session cluster this way)."""
     if ray.is_initialized():
         return
     address = address or cfg.address
@@ -52,9 +57,14 @@ def init_ray(cfg: RayConfig, address: str | None = None) -> None:
     env_vars = {key: os.environ[key] for key in _LOCAL_ENV}
     env_vars.update(_driver_rmm_path())
     with _single_node():
-        ray.init(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, include_dashboard=cfg.dashboard,
-                 dashboard_host=LOOPBACK, _node_ip_address=LOOPBACK,
-                 runtime_env={"env_vars": env_vars, "worker_process_setup_hook": f"{__name__}.worker_setup"})
+        # "local": start a Ray of our own; None would join the Ray that RAY_ADDRESS or the machine's latest
+        # `ray start` names, or fail among several
+        context = ray.init(address="local", num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
+                           include_dashboard=cfg.dashboard, dashboard_host=LOOPBACK, _node_ip_address=LOOPBACK,
+                           runtime_env={"env_vars": env_vars,
+                                        "worker_process_setup_hook": f"{__name__}.worker_setup"})
+    if cfg.dashboard:  # Ray takes the next free port when another Ray holds 8265
+        log.info("Ray dashboard at http://%s", context.dashboard_url)
 
 
 def worker_setup() -> None:

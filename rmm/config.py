@@ -400,12 +400,13 @@ class TuneConfig:
 @dataclass(frozen=True)
 class RayConfig:
     """``address`` None starts a local Ray; ``num_cpus`` is the logical CPU count of that local Ray.
-    ``dashboard`` starts the local dashboard (http://127.0.0.1:8265), which Ray Train's state queries need."""
+    ``dashboard`` starts the local Ray's dashboard (http://127.0.0.1:8265, or the next free port), off by
+    default: it costs seconds and memory per command and nothing in rmm needs it."""
 
     address: str | None = None
     num_cpus: int | None = None
     num_gpus: int | None = None
-    dashboard: bool = True
+    dashboard: bool = False
 
     def __post_init__(self) -> None:
         require_at_least(self, 1, "num_cpus")  # a local Ray with no CPU never schedules anything

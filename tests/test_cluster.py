@@ -1,5 +1,6 @@
 """rmm.cluster on the session's local Ray (tests/conftest.py): it listens on loopback only, its workers import
-the driver's rmm, and a driver joining it leaves token auth as it found it."""
+the driver's rmm, a driver joining it leaves token auth as it found it, another local Ray starts beside it
+(never joins it), and a training run on it starts no helper actor that rmm does not use."""
 
 from __future__ import annotations
 
@@ -78,3 +79,40 @@ def test_joining_leaves_token_auth_alone(ray_cluster) -> None:
                           text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert "joined 7 None" in done.stdout, done.stdout[-2000:]
+
+
+def test_local_ray_is_its_own_beside_another(ray_cluster) -> None:
+    """With another Ray on the machine (the session's), even named by RAY_ADDRESS, init_ray without an address
+    starts a Ray of its own and prints no traceback."""
+    session = ray_cluster.get_runtime_context().gcs_address
+    script = ("import ray; from rmm.cluster import init_ray; from rmm.config import RayConfig; "
+              "init_ray(RayConfig(num_cpus=1)); context = ray.get_runtime_context(); "
+              "print('own', context.gcs_address, ray.get(ray.remote(lambda: 7).remote()))")
+    env = {**os.environ, "RAY_ADDRESS": session}
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    words = done.stdout.split()
+    assert words[words.index("own") + 1] != session and words[words.index("own") + 2] == "7", done.stdout
+    assert "Traceback" not in done.stderr and "multiple active Ray" not in done.stderr, done.stderr[-3000:]
+
+
+def test_training_on_a_local_ray_starts_no_idle_helper_actors(ray_cluster, tmp_path: Path) -> None:
+    """A Ray Train run on a local Ray starts neither Ray Train's PlacementGroupCleaner (whose state queries
+    need a dashboard and fail among several Ray instances) nor a dataset manager (rmm passes no datasets)."""
+    from ray._private.state import actors
+
+    from rmm.config import Config, ModelConfig, OutputConfig, TrainConfig
+    from rmm.train.ray_trainer import train_model
+    from tests.train.planted import write_planted_dataset
+
+    cfg = Config(output=OutputConfig(dir=str(tmp_path / "out")),
+                 train=TrainConfig(epochs=1, batch_size=64, topk=(5,), metric="recall@5", num_workers=1,
+                                   cpus_per_worker=0.5))
+    write_planted_dataset(cfg.dataset_dir)
+    before = set(actors())
+    train_model(cfg, ModelConfig("bprmf"))
+    started = {info["ActorClassName"].rsplit(".", 1)[-1] for actor_id, info in actors().items()
+               if actor_id not in before}
+    assert "TrainController" in started, started
+    assert not started & {"PlacementGroupCleaner", "DatasetManager", "PreemptionWatcher"}, started

@@ -75,7 +75,8 @@ def test_two_worker_run_returns_and_writes_the_record(ray_cluster, run_cfg: Conf
 def test_two_workers_evaluate_a_fixed_model_exactly_like_one(ray_cluster, run_cfg: Config,
                                                              tmp_path: Path) -> None:
     import ray.train
-    from ray.train.torch import TorchTrainer
+
+    from rmm.train.ray_trainer import LeanTorchTrainer
 
     def evaluate_both_ways(config: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
         import torch
@@ -94,9 +95,10 @@ def test_two_workers_evaluate_a_fixed_model_exactly_like_one(ray_cluster, run_cf
         sharded = evaluate_split(model, split, (5, 10), rank=rank, world_size=world_size, batch_users=16)
         return sharded, evaluate_split(model, split, (5, 10), batch_users=16)
 
-    trainer = TorchTrainer(evaluate_both_ways, train_loop_config={"dataset_dir": str(run_cfg.dataset_dir.resolve())},
-                           scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
-                           run_config=ray.train.RunConfig(name="eval-equality", storage_path=str(tmp_path)))
+    trainer = LeanTorchTrainer(evaluate_both_ways, local_ray=True,
+                               train_loop_config={"dataset_dir": str(run_cfg.dataset_dir.resolve())},
+                               scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
+                               run_config=ray.train.RunConfig(name="eval-equality", storage_path=str(tmp_path)))
     sharded, single = trainer.fit().return_value
     pd.testing.assert_frame_equal(sharded, single, check_exact=True)
 
