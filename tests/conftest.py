@@ -22,14 +22,20 @@ for _key, _value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY",
 os.environ.setdefault("RMM_CACHE", tempfile.mkdtemp(prefix="rmm-test-cache-"))
 
 
-@pytest.fixture(scope="session")
-def ray_cluster():
-    """The session's local Ray (4 logical CPUs: nested Tune+Train needs more than 2 slots: on 2 it hung)."""
-    import ray
-
+def start_session_ray() -> None:
+    """Start the session's local Ray (4 logical CPUs: nested Tune+Train needs more than 2 slots: on 2 it hung);
+    again after tests/test_multinode.py, whose driver leaves it for a multi-node cluster of its own."""
     from rmm.cluster import init_ray
     from rmm.config import RayConfig
 
     init_ray(RayConfig(num_cpus=4))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """The session's local Ray, shared by every test that starts Ray."""
+    import ray
+
+    start_session_ray()
     yield ray
     ray.shutdown()

@@ -245,6 +245,10 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features:
         DivergedError: the epoch loss, or a metric, is NaN or infinite.
         DataError: a split to train, validate or test on is empty.
     """
+    # Subnormal floats (real sentence-encoder features hold values below 1e-30, and their products with small
+    # gradients underflow into that range) take x86 CPUs tens of times longer per operation; flushed to zero,
+    # FREEDOM's epoch was measured 3x faster. Returns False where unsupported; a no-op on GPUs.
+    torch.set_flush_denormal(True)
     rank, world_size = rank_and_world()
     autocast_dtype = _autocast_dtype(train_cfg)
     ks = tuple(train_cfg.topk)
@@ -258,8 +262,10 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features:
     graph = TrainGraph.from_dataset(data)
     item_graphs = _item_graphs(model_cfg, features, knn_cache_dir)
     model = build_model(model_cfg, graph, features, item_graphs=item_graphs).to(device)
+    # fused: Adam's update in one pass over each parameter (same algorithm): ~4x faster on the CPU than the
+    # per-op default, which was a fifth of a VBPR step and most of a BPR-MF one.
     optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.learning_rate,
-                                 weight_decay=train_cfg.weight_decay)
+                                 weight_decay=train_cfg.weight_decay, fused=True)
     state = _initial_state(model)
     resumed_after_epoch = None
     if resume_from is not None:
@@ -271,6 +277,8 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features:
     trained = prepare_model(model) if prepare_model is not None else model
     cold_items = cold_item_ids(data.info)
     sampler = BPRSampler(graph, train_cfg.negatives, cold_items=torch.from_numpy(cold_items))
+    if resume_from is not None:  # last, so nothing above draws from the restored streams
+        _restore_rng(state.pop("rng", None), model_cfg.label, rank=rank, world_size=world_size, device=device)
     key = f"valid/{train_cfg.metric}"
 
     # A training-free model (fitted when built) has nothing to learn: its one evaluation is the result.
@@ -309,6 +317,7 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features:
         last = epoch == epochs or state["bad_evals"] >= train_cfg.patience
         if last or epoch - state["checkpoint_epoch"] >= train_cfg.checkpoint_every:
             state["checkpoint_epoch"] = epoch
+            state["rng"] = _rng_states(world_size, device)  # a collective: every rank takes part
             _report(report, metrics, (state, model, optimizer) if rank == 0 else None)
         else:
             _report(report, metrics, None)
@@ -376,6 +385,36 @@ def _initial_state(model: nn.Module) -> dict[str, Any]:
     """Loop bookkeeping; everything in it is checkpointed so a resumed run continues identically."""
     return {"epoch": 0, "best_epoch": 0, "best_metric": -math.inf, "bad_evals": 0, "checkpoint_epoch": 0,
             "train_seconds": 0.0, "history": [], "best_model": _cpu_copy(model.state_dict())}
+
+
+def _rng_states(world_size: int, device: torch.device | str) -> list[dict[str, Tensor]]:
+    """Every rank's torch random state (CPU, and the GPU's when training on one), gathered on all ranks.
+
+    Dropout (BM3) and Gumbel noise (LGMRec) draw from torch's global generator, and a rank's draws depend on its
+    own history (it evaluates other users than its peers), so a checkpoint holds each rank's state: a resumed
+    rank continues its own stream exactly where the uninterrupted run was."""
+    mine = {"cpu": torch.get_rng_state()}
+    if torch.device(device).type == "cuda":
+        mine["cuda"] = torch.cuda.get_rng_state(device)
+    if world_size == 1:
+        return [mine]
+    states: list[Any] = [None] * world_size
+    dist.all_gather_object(states, mine)
+    return states
+
+
+def _restore_rng(states: list[dict[str, Tensor]] | None, label: str, *, rank: int, world_size: int,
+                 device: torch.device | str) -> None:
+    """Continue this rank's random stream from a checkpoint's :func:`_rng_states`. A checkpoint written by
+    another number of ranks (or by an rmm that did not save them) leaves the streams seeded: the run goes on,
+    but random draws no longer replay the uninterrupted run's."""
+    if states is None or len(states) != world_size:
+        log.warning("%s: the checkpoint holds the random state of %s ranks, this run has %d: dropout and noise "
+                    "draws will differ from an uninterrupted run", label, len(states) if states else "no", world_size)
+        return
+    torch.set_rng_state(states[rank]["cpu"])
+    if "cuda" in states[rank] and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(states[rank]["cuda"], device)
 
 
 def _cpu_copy(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:

@@ -53,14 +53,22 @@ def test_early_stopping_after_patience_evaluations_without_gain(planted: Dataset
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
 
 
-def test_resume_from_checkpoint_replays_the_uninterrupted_run(planted: Dataset, tmp_path: Path) -> None:
+@pytest.mark.parametrize("model", [ModelConfig("lightgcn"), ModelConfig("bm3", features=("image",)),
+                                   ModelConfig("lgmrec", features=("image",))], ids=lambda m: m.name)
+def test_resume_from_checkpoint_replays_the_uninterrupted_run(model: ModelConfig, planted: Dataset,
+                                                               tmp_path: Path) -> None:
+    # BM3 (dropout) and LGMRec (Gumbel noise) draw from torch's global generator: the checkpoint must hold it
+    features = {"image": torch.randn(planted.num_items, 8, generator=torch.Generator().manual_seed(0))}
+
     def keep_epoch_2(metrics: dict, checkpoint: str | None) -> None:
         if metrics["epoch"] == 2:
             shutil.copytree(checkpoint, tmp_path / "epoch2")
 
     short = dataclasses.replace(TRAIN, epochs=4)
-    full = fit(ModelConfig("lightgcn"), short, planted, {}, report=keep_epoch_2)
-    resumed = fit(ModelConfig("lightgcn"), short, planted, {}, resume_from=tmp_path / "epoch2")
+    features = {name: x for name, x in features.items() if name in model.features}
+    full = fit(model, short, planted, features, report=keep_epoch_2)
+    torch.manual_seed(12345)  # the resumed process's generator starts elsewhere
+    resumed = fit(model, short, planted, features, resume_from=tmp_path / "epoch2")
 
     assert resumed.test == full.test
     assert [h["valid/recall@10"] for h in resumed.history] == [h["valid/recall@10"] for h in full.history]
