@@ -1,39 +1,58 @@
-"""Extraction throughput: rmm's batched LVLM extractors against a plain per-item transformers loop, same model,
-same prompts, measured in one run.
+"""Extraction throughput of every model-backed extractor kind against the library's own batched loop, same model,
+same batch size, same threads, measured in one run.
 
-    .venv/bin/python bench/extract.py                      # tiny random Qwen2-VL on the CPU (offline)
+    .venv/bin/python bench/extract.py                        # MiniLM + tiny random Qwen2-VL on the CPU (offline)
+    .venv/bin/python bench/extract.py --kinds sentence --items 4000 --batch-size 128
     .venv/bin/python bench/extract.py --model Qwen/Qwen2-VL-2B-Instruct --device cuda --dtype bfloat16
 
-What is timed (after one warm-up call each, ``torch.inference_mode``, the same chat prompts):
+Per kind (``sentence``: the shipped all-MiniLM-L6-v2; ``lvlm_embed`` and ``lvlm_describe``: ``--model``), rows:
 
-- ``per-item loop``: what a one-script-per-model pipeline does: for each item, ``processor(text, image)`` then
-  ``model(...)`` (embed: mean of the last hidden layer) or ``model.generate(...)`` (describe), one item at a time.
-- ``rmm batched``: the extractor class that runs in the Ray actors (``lvlm_embed`` / ``lvlm_describe``), given the
-  whole item set as one Ray batch: items sorted by input length (bucketing), model batches of ``batch_size``.
-  ``no bucketing`` keeps the input order. ``generate + parse`` is the describe work the per-item loop also does;
-  the full extractor also embeds each description with MiniLM (its own row).
+- ``library, batched`` (the baseline): what a script using the library alone does. ``sentence``:
+  sentence-transformers ``encode(texts, batch_size)``. ``lvlm_embed``: per batch of ``batch_size`` items in input
+  order, the processor on the batch (chat template, images, padding) and one forward pass, masked mean of the last
+  hidden layer. ``lvlm_describe``: the same batches through ``generate`` (greedy, ``max_new_tokens``), decoded,
+  then sentence-transformers ``encode`` of the answers (the description feature is their MiniLM embedding).
+- ``library, per item``: the same with batches of one, on the first ``--per-item`` items (context: what a
+  one-item-at-a-time script costs).
+- ``rmm extractor, one batch``: the extractor class that runs in a Ray actor, handed every item as one batch
+  (no Ray): length bucketing, model batches of ``batch_size``, status bookkeeping.
+- ``rmm extract (Ray Data)``: the pipeline as ``rmm extract`` runs it (:func:`extract_features` on a dataset
+  folder of ``--items`` synthetic items, one actor with ``num_cpus`` = threads, Ray already started), from the
+  items file to the consolidated ``matrix.npy``. Its wall time counts the actor's start and model load; its CPU
+  time is that of Ray Data's tasks (the sum of every operator's "remote cpu time" in ``ds.stats()``, printed
+  in full above the table), i.e. the steady-state work without the start.
 
-Ray start-up and image decoding are not included (they are per job, not per item; see the quickstart timings in
-bench/RESULTS.md). Items have images of 40-112 px and texts of 0-60 words, so lengths vary as in a catalogue.
+Every row takes the best of ``--repeats`` interleaved rounds (in-process rows after a warm-up call). Items/s per
+core divides by the threads (Ray: the actor's CPUs). Ratios are against ``library, batched``; >= 1 means rmm is at
+least as fast. CPU time (of all threads of the process) is what the work costs whatever the neighbours do, so on
+a shared box the CPU ratio is the robust one; wall time is what a user waits on an idle one.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
+import re
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from rmm.config import ExtractorConfig  # noqa: E402
-from rmm.features.extractors import Extractor, get_extractor  # noqa: E402
+from rmm.config import Config, ExtractorConfig, FeaturesConfig, OutputConfig, RayConfig  # noqa: E402
+from rmm.data.schema import write_dataset  # noqa: E402
+from rmm.features.encoders import SentenceEncoder, sentence_text  # noqa: E402
+from rmm.features.extractors import get_extractor  # noqa: E402
 from rmm.features.lvlm import load_lvlm  # noqa: E402
 from rmm.features.prompts import (  # noqa: E402
     build_describe_messages,
@@ -43,169 +62,279 @@ from rmm.features.prompts import (  # noqa: E402
 )
 from rmm.features.tiny import resolve_model_id  # noqa: E402
 
-WORDS = "soft cotton baby blanket with a classic stripe pattern machine washable gift for newborns and toddlers".split()
+WORDS = ("soft cotton baby blanket with a classic stripe pattern machine washable gift for newborns and toddlers "
+         "stainless steel bottle keeps drinks cold insulated lid wooden toy train set colourful blocks").split()
+KINDS = ("sentence", "lvlm_embed", "lvlm_describe")
+BASELINE, PER_ITEM = "library, batched", "library, per item"
+CLASS, RAY = "rmm extractor, one batch", "rmm extract (Ray Data)"
+CPU_TIME = re.compile(r"Remote cpu time: .* ([\d.]+)(us|ms|s) total")
+
+Batch = dict[str, np.ndarray]
+Runner = Callable[[Batch], object]
 
 
-def make_items(num_items: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """A batch as Ray Data hands it to an extractor actor (decoded images as raw bytes + shape)."""
+def make_items(num_items: int, seed: int = 0) -> Batch:
+    """Synthetic catalogue items as Ray Data hands them to an actor: titles of 3 words, texts of 5-30 words (about
+    120 characters, like real short product texts), drawn images of 40-112 px (raw RGB bytes + shape)."""
     rng = np.random.default_rng(seed)
-    batch: dict[str, list] = {"item_id": [], "title": [], "text": [], "image": [], "image_height": [],
-                              "image_width": [], "image_reason": []}
+    columns: dict[str, list] = {key: [] for key in ("item_id", "title", "text", "image", "image_height",
+                                                    "image_width", "image_reason")}
     for i in range(num_items):
         size = int(rng.integers(40, 113))
         picture = Image.new("RGB", (size, size), (255, 255, 255))
         colour = tuple(int(c) for c in rng.integers(0, 256, 3))
         ImageDraw.Draw(picture).ellipse((size // 8, size // 8, size - size // 8, size - size // 8), fill=colour)
-        pixels = np.asarray(picture)
-        words = rng.choice(WORDS, size=int(rng.integers(0, 61)))
-        batch["item_id"].append(i)
-        batch["title"].append(" ".join(rng.choice(WORDS, size=3)))
-        batch["text"].append(" ".join(words))
-        batch["image"].append(pixels.tobytes())
-        batch["image_height"].append(size)
-        batch["image_width"].append(size)
-        batch["image_reason"].append("")
-    return {key: np.asarray(values, dtype=np.int64 if key in ("item_id", "image_height", "image_width") else object)
-            for key, values in batch.items()}
+        columns["item_id"].append(i)
+        columns["title"].append(" ".join(rng.choice(WORDS, size=3)))
+        columns["text"].append(" ".join(rng.choice(WORDS, size=int(rng.integers(5, 31)))))
+        columns["image"].append(np.asarray(picture).tobytes())
+        columns["image_height"].append(size)
+        columns["image_width"].append(size)
+        columns["image_reason"].append("")
+    ints = ("item_id", "image_height", "image_width")
+    return {key: np.asarray(values, dtype=np.int64 if key in ints else object) for key, values in columns.items()}
 
 
-def _images(batch: dict[str, np.ndarray]) -> list[np.ndarray]:
-    return [np.frombuffer(raw, np.uint8).reshape(h, w, 3)
+def head(batch: Batch, count: int) -> Batch:
+    return {key: values[:count] for key, values in batch.items()}
+
+
+def images(batch: Batch) -> list[Image.Image]:
+    return [Image.fromarray(np.frombuffer(raw, np.uint8).reshape(h, w, 3))
             for raw, h, w in zip(batch["image"], batch["image_height"], batch["image_width"])]
 
 
-class _Unbucketed:
-    """Wraps an extractor so every item gets the same sort key: model batches in input order."""
-
-    def __init__(self, extractor: Extractor) -> None:
-        extractor.sort_keys = lambda items: [0] * len(items)  # type: ignore[method-assign]
-        self.extractor = extractor
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> object:
-        return self.extractor(batch)
+def chunks(count: int, size: int) -> list[slice]:
+    return [slice(start, start + size) for start in range(0, count, size)]
 
 
-class _WithoutTextEncoder:
-    """Wraps a describe extractor so the description is not embedded: the same work as the per-item loop."""
+# ------------------------------------------------------------------------------------------ library baselines
 
-    def __init__(self, extractor: Extractor) -> None:
-        dim = extractor.encoder.dim
-        extractor.encoder = type("NoEncoder", (), {"encode": staticmethod(
-            lambda texts: np.zeros((len(texts), dim), dtype=np.float32))})()
-        self.extractor = extractor
+def library_sentence(batch_size: int, device: str) -> Runner:
+    """sentence-transformers' own batched loop (it sorts by length and pads per batch itself)."""
+    model = SentenceEncoder(None, device=device, batch_size=batch_size).model
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> object:
-        return self.extractor(batch)
+    def run(batch: Batch) -> None:
+        texts = [sentence_text(title, text) for title, text in zip(batch["title"], batch["text"])]
+        model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                     show_progress_bar=False)
+
+    return run
 
 
-def per_item_embed(model_path: str, dtype: str, device: str) -> Callable[[dict[str, np.ndarray]], None]:
+def library_embed(model_path: str, batch_size: int, dtype: str, device: str) -> Runner:
+    """Batches in input order: processor on the batch (right padding), one forward, masked mean of the last layer."""
     processor, model = load_lvlm(model_path, dtype, device=device)
     template = get_template("default")
 
     @torch.inference_mode()
-    def run(batch: dict[str, np.ndarray]) -> None:
-        for title, text, image in zip(batch["title"], batch["text"], _images(batch)):
-            prompt = processor.apply_chat_template(build_messages(template, title, text, True), tokenize=False,
-                                                   add_generation_prompt=True)
-            inputs = processor(text=[prompt], images=[Image.fromarray(image)], return_tensors="pt").to(device)
-            hidden = model(**inputs, output_hidden_states=True, use_cache=False).hidden_states[-1]
-            hidden.float().mean(dim=1).cpu().numpy()
+    def run(batch: Batch) -> None:
+        pictures = images(batch)
+        for part in chunks(len(pictures), batch_size):
+            prompts = [processor.apply_chat_template(build_messages(template, title, text, True), tokenize=False,
+                                                     add_generation_prompt=True)
+                       for title, text in zip(batch["title"][part], batch["text"][part])]
+            processor.tokenizer.padding_side = "right"
+            inputs = processor(text=prompts, images=pictures[part], padding=True, return_tensors="pt").to(device)
+            hidden = model(**inputs, output_hidden_states=True, use_cache=False).hidden_states[-1]  # (B, T, H)
+            mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            ((hidden * mask).sum(dim=1) / mask.sum(dim=1)).float().cpu().numpy()
 
     return run
 
 
-def per_item_describe(model_path: str, dtype: str, device: str, max_new_tokens: int) -> Callable[[dict], None]:
+def library_describe(model_path: str, batch_size: int, max_new_tokens: int, dtype: str, device: str) -> Runner:
+    """Batches in input order: processor on the batch (left padding), greedy ``generate``, decode; then
+    sentence-transformers ``encode`` of the answers."""
     processor, model = load_lvlm(model_path, dtype, device=device)
     template = load_describe_template("default")
+    encoder = SentenceEncoder(None, device=device, batch_size=batch_size).model
+    pad = processor.tokenizer.pad_token_id
+    generation = {"max_new_tokens": max_new_tokens, "do_sample": False, "temperature": None, "top_p": None,
+                  "top_k": None, "pad_token_id": pad if pad is not None else processor.tokenizer.eos_token_id}
 
     @torch.inference_mode()
-    def run(batch: dict[str, np.ndarray]) -> None:
-        for title, text, image in zip(batch["title"], batch["text"], _images(batch)):
-            prompt = processor.apply_chat_template(build_describe_messages(template, title, text, True),
-                                                   tokenize=False, add_generation_prompt=True)
-            inputs = processor(text=[prompt], images=[Image.fromarray(image)], return_tensors="pt").to(device)
-            output = model.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
-                                    do_sample=False)
-            processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    def run(batch: Batch) -> None:
+        pictures, answers = images(batch), []
+        for part in chunks(len(pictures), batch_size):
+            prompts = [processor.apply_chat_template(build_describe_messages(template, title, text, True),
+                                                     tokenize=False, add_generation_prompt=True)
+                       for title, text in zip(batch["title"][part], batch["text"][part])]
+            processor.tokenizer.padding_side = "left"
+            inputs = processor(text=prompts, images=pictures[part], padding=True, return_tensors="pt").to(device)
+            output = model.generate(**inputs, **generation)
+            answers += processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        encoder.encode([answer.strip() or "-" for answer in answers], batch_size=batch_size,
+                       normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
 
     return run
 
 
-def best_rates(runners: dict[str, Callable[[dict[str, np.ndarray]], object]], batch: dict[str, np.ndarray],
-               warmup: dict[str, np.ndarray], repeats: int) -> dict[str, tuple[float, float]]:
-    """(items per CPU-second, items per wall-second) of each runner: one warm-up call each, then ``repeats``
-    rounds that time every runner once, in turn; the best round counts. Interleaving spreads a busy neighbour's
-    load over all runners alike; CPU time (of this process, one torch thread) is what the work costs whatever the
-    neighbours do, and equals wall time on an idle core."""
-    for run in runners.values():
-        run(warmup)
-    cpu = dict.fromkeys(runners, float("inf"))
+def library_runner(kind: str, args: argparse.Namespace, batch_size: int) -> Runner:
+    if kind == "sentence":
+        return library_sentence(batch_size, args.device)
+    model_path = resolve_model_id(args.model)
+    if kind == "lvlm_embed":
+        return library_embed(model_path, batch_size, args.dtype, args.device)
+    return library_describe(model_path, batch_size, args.max_new_tokens, args.dtype, args.device)
+
+
+# --------------------------------------------------------------------------------------------------- rmm paths
+
+def extractor_config(kind: str, args: argparse.Namespace) -> ExtractorConfig:
+    """The extractor both rmm rows run: the bench's batch size, one actor holding ``--threads`` CPUs (and the
+    GPU with ``--device cuda``)."""
+    model = None if kind == "sentence" else args.model
+    return ExtractorConfig(name="bench", kind=kind, model=model, batch_size=args.batch_size,
+                           bucket_window=args.bucket_window, max_new_tokens=args.max_new_tokens, dtype=args.dtype,
+                           num_cpus=args.threads, num_gpus=1.0 if args.device == "cuda" else 0.0)
+
+
+def write_items(root: Path, batch: Batch) -> None:
+    """A dataset folder holding ``batch``'s items (images as PNG) and a one-interaction graph."""
+    (root / "images").mkdir(parents=True)
+    paths = []
+    for item_id, picture in zip(batch["item_id"], images(batch)):
+        paths.append(f"images/{item_id}.png")
+        picture.save(root / paths[-1])
+    items = pd.DataFrame({"item_id": batch["item_id"], "source_id": [f"s{i}" for i in batch["item_id"]],
+                          "title": batch["title"], "text": batch["text"], "image_path": paths})
+    write_dataset(root, items, pd.DataFrame({"user_id": [0], "item_id": [0], "timestamp": [1], "split": [0]}),
+                  pd.DataFrame({"user_id": [0], "source_id": ["u0"]}), {"name": "bench", "source": "synthetic"})
+
+
+class RayExtract:
+    """Runs ``rmm extract``'s pipeline for one extractor on a prepared dataset folder, in a fresh output each time
+    (a finished feature would be skipped), and keeps the Ray Data stats and task CPU seconds of the last run."""
+
+    def __init__(self, scratch: Path, batch: Batch, extractor: ExtractorConfig, ray_cfg: RayConfig) -> None:
+        self.scratch, self.extractor, self.ray_cfg = scratch, extractor, ray_cfg
+        self.data = scratch / f"items-{len(batch['item_id'])}"
+        if not self.data.exists():
+            write_items(self.data, batch)
+        self.runs = 0
+        self.stats = ""
+        self.cpu_seconds = 0.0
+
+    def __call__(self, batch: Batch) -> None:
+        from rmm.features.pipeline import extract_features
+
+        self.runs += 1
+        out = self.scratch / f"out-{self.extractor.kind}-{len(batch['item_id'])}-{self.runs}"
+        cfg = Config(features=FeaturesConfig(extractors=(self.extractor,)), output=OutputConfig(dir=str(out)),
+                     ray=self.ray_cfg)
+        shutil.copytree(self.data, cfg.dataset_dir)
+        with _captured("rmm.features.pipeline") as records:
+            extract_features(cfg)
+        self.stats = "\n".join(r.getMessage() for r in records if r.getMessage().startswith("Ray Data stats"))
+        scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+        self.cpu_seconds = sum(float(value) * scale[unit] for value, unit in CPU_TIME.findall(self.stats))
+        shutil.rmtree(out)
+
+
+class _captured:
+    """Collects a logger's DEBUG records for the duration of a ``with`` block."""
+
+    def __init__(self, name: str) -> None:
+        self.logger, self.records = logging.getLogger(name), []
+        self.handler = logging.Handler(logging.DEBUG)
+        self.handler.emit = self.records.append  # type: ignore[method-assign]
+
+    def __enter__(self) -> list[logging.LogRecord]:
+        self.level = self.logger.level
+        self.logger.setLevel(logging.DEBUG)
+        self.logger.addHandler(self.handler)
+        return self.records
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.level)
+
+
+# ------------------------------------------------------------------------------------------------------- timing
+
+def best_times(runners: dict[str, tuple[Runner, Batch]], repeats: int) -> dict[str, tuple[float, float]]:
+    """Best (wall, CPU) seconds of each runner on its batch over ``repeats`` rounds that run every runner once, in
+    turn (interleaving spreads a busy neighbour's load over all runners alike). CPU: of this process, or of Ray
+    Data's tasks for a :class:`RayExtract`."""
     wall = dict.fromkeys(runners, float("inf"))
+    cpu = dict.fromkeys(runners, float("inf"))
     for _ in range(repeats):
-        for name, run in runners.items():
-            start_cpu, start_wall = time.process_time(), time.perf_counter()
+        for name, (run, batch) in runners.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
             run(batch)
-            cpu[name] = min(cpu[name], time.process_time() - start_cpu)
-            wall[name] = min(wall[name], time.perf_counter() - start_wall)
-    size = len(batch["item_id"])
-    return {name: (size / cpu[name], size / wall[name]) for name in runners}
+            wall[name] = min(wall[name], time.perf_counter() - start)
+            used = run.cpu_seconds if isinstance(run, RayExtract) else time.process_time() - start_cpu
+            cpu[name] = min(cpu[name], used)
+    return {name: (wall[name], cpu[name]) for name in runners}
+
+
+def bench_kind(kind: str, args: argparse.Namespace, scratch: Path, ray_cfg: RayConfig) -> list[tuple]:
+    """Rows ``(kind, mode, batch size, items, wall s, items/s, per core, ratio, items per CPU-s, ratio)``."""
+    items = make_items(args.items if kind == "sentence" else args.lvlm_items)
+    few = head(items, args.per_item)
+    extractor_cfg = extractor_config(kind, args)
+    baseline = library_runner(kind, args, args.batch_size)
+    per_item = library_runner(kind, args, 1)
+    extractor = get_extractor(kind)(extractor_cfg)
+    ray_run = RayExtract(scratch, items, extractor_cfg, ray_cfg)
+    warmup = head(items, 4)
+    for run in (baseline, per_item, extractor):
+        run(warmup)
+    runners: dict[str, tuple[Runner, Batch]] = {BASELINE: (baseline, items), PER_ITEM: (per_item, few),
+                                                CLASS: (extractor, items), RAY: (ray_run, items)}
+    seconds = best_times(runners, args.repeats)
+    print(f"\n<details><summary>Ray Data stats, {kind}</summary>\n\n```\n{ray_run.stats}\n```\n</details>\n",
+          flush=True)
+    rows = []
+    for mode, (run, batch) in runners.items():
+        count, (wall, cpu) = len(batch["item_id"]), seconds[mode]
+        rows.append((kind, mode, 1 if mode == PER_ITEM else args.batch_size, count, wall, count / wall,
+                     count / wall / args.threads, count / cpu))
+    base_wall, base_cpu = rows[0][5], rows[0][7]
+    return [(*row[:7], row[5] / base_wall, row[7], row[7] / base_cpu) for row in rows]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="tiny:qwen2-vl")
-    parser.add_argument("--items", type=int, default=96)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 16, 32])
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
+    parser.add_argument("--model", default="tiny:qwen2-vl", help="the LVLM of lvlm_embed and lvlm_describe")
+    parser.add_argument("--items", type=int, default=2000, help="items of the sentence rows")
+    parser.add_argument("--lvlm-items", type=int, default=256, help="items of the LVLM rows")
+    parser.add_argument("--per-item", type=int, default=64, help="items of the per-item rows")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--bucket-window", type=int, default=4, help="model batches per Ray batch")
     parser.add_argument("--max-new-tokens", type=int, default=16)
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds; the best counts")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (1: as in a Ray actor with num_cpus < 2; robust on a shared box)")
+    parser.add_argument("--dtype", default="float32", help="LVLM weights (bfloat16 on a GPU)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="torch threads of every row (the Ray actor reserves as many CPUs)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed rounds; the best counts")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model_path = resolve_model_id(args.model)
-    batch, warmup = make_items(args.items), make_items(4, seed=1)
-    gpus = 1.0 if args.device == "cuda" else 0.0
-    rows: list[tuple[str, str, str, float, float, float, float]] = []
+    from rmm.cluster import init_ray
 
-    def config(kind: str, batch_size: int, **kw: object) -> ExtractorConfig:
-        return ExtractorConfig(name="bench", kind=kind, model=args.model, batch_size=batch_size, dtype=args.dtype,
-                               bucket_window=max(1, args.items // batch_size), num_gpus=gpus, **kw)
-
-    size = max(args.batch_sizes)
-    embed: dict[str, Callable] = {"per-item loop|1": per_item_embed(model_path, args.dtype, args.device)}
-    for batch_size in args.batch_sizes:
-        embed[f"rmm batched|{batch_size}"] = get_extractor("lvlm_embed")(config("lvlm_embed", batch_size))
-    embed[f"rmm batched, no bucketing|{size}"] = _Unbucketed(get_extractor("lvlm_embed")(config("lvlm_embed", size)))
-    four = config("lvlm_embed", size, poolings=("mean", "image_mean", "text_mean", "last"))
-    embed[f"rmm batched, 4 poolings (4 features) in one pass|{size}"] = get_extractor("lvlm_embed")(four)
-    describe: dict[str, Callable] = {
-        "per-item loop|1": per_item_describe(model_path, args.dtype, args.device, args.max_new_tokens)}
-    for batch_size in args.batch_sizes:
-        cfg = config("lvlm_describe", batch_size, max_new_tokens=args.max_new_tokens)
-        describe[f"rmm batched (generate + parse)|{batch_size}"] = _WithoutTextEncoder(
-            get_extractor("lvlm_describe")(cfg))
-    cfg = config("lvlm_describe", size, max_new_tokens=args.max_new_tokens)
-    describe[f"rmm batched (generate + parse + MiniLM embedding)|{size}"] = get_extractor("lvlm_describe")(cfg)
-    for task, runners in (("embed", embed), ("describe", describe)):
-        rates = best_rates(runners, batch, warmup, args.repeats)
-        base_cpu, base_wall = rates["per-item loop|1"]
-        for name, (per_cpu, per_wall) in rates.items():
-            mode, size_text = name.split("|")
-            rows.append((task, mode, size_text, per_cpu, per_cpu / base_cpu, per_wall, per_wall / base_wall))
-
-    print(f"\nmodel {args.model} ({model_path}), {args.items} items, dtype {args.dtype}, device {args.device}, "
-          f"describe max_new_tokens {args.max_new_tokens}")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, torch threads "
-          f"{torch.get_num_threads()}, torch {torch.__version__}, Python {platform.python_version()}\n")
-    print(f"load average at the end: {os.getloadavg()[0]:.1f} (items/s per CPU-second is robust to it)\n")
-    print("| task | mode | batch size | items/s (CPU time) | vs per-item | items/s (wall) | vs per-item |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for task, mode, size_text, per_cpu, ratio_cpu, per_wall, ratio_wall in rows:
-        print(f"| {task} | {mode} | {size_text} | {per_cpu:.1f} | {ratio_cpu:.1f}x | {per_wall:.1f} | "
-              f"{ratio_wall:.1f}x |")
+    ray_cfg = RayConfig(num_cpus=args.threads, num_gpus=1 if args.device == "cuda" else 0, dashboard=False)
+    start = time.perf_counter()
+    init_ray(ray_cfg)
+    ray_start = time.perf_counter() - start
+    rows: list[tuple] = []
+    with tempfile.TemporaryDirectory(prefix="rmm-bench-extract-") as scratch:
+        for kind in args.kinds:
+            rows += bench_kind(kind, args, Path(scratch), ray_cfg)
+    print(f"\nsentence model all-MiniLM-L6-v2 ({args.items} items), LVLM {args.model} ({args.lvlm_items} items), "
+          f"batch size {args.batch_size}, bucket window {args.bucket_window}, describe max_new_tokens "
+          f"{args.max_new_tokens}, {args.dtype} on {args.device}, {args.threads} torch threads per row (Ray: one actor "
+          f"with num_cpus {args.threads}); Ray start-up {ray_start:.1f} s, not counted")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"Python {platform.python_version()}; load average at the end {os.getloadavg()[0]:.1f}\n")
+    print("| kind | mode | batch | items | wall s | items/s | items/s per core | vs library | items per CPU-s "
+          "| vs library |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for kind, mode, batch_size, count, wall, rate, per_core, ratio, per_cpu, cpu_ratio in rows:
+        print(f"| {kind} | {mode} | {batch_size} | {count} | {wall:.2f} | {rate:.1f} | {per_core:.1f} | {ratio:.2f}x | "
+              f"{per_cpu:.1f} | {cpu_ratio:.2f}x |")
 
 
 if __name__ == "__main__":

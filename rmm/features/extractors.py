@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -345,10 +346,19 @@ class ExtractorGroup:
 
     ``__call__`` returns an Arrow table with ``item_id`` and, per output feature, ``<feature>/vector``
     (list<float32>), ``<feature>/status``, ``<feature>/reason`` and its extra columns; the feature sink splits it.
+
+    Args:
+        num_threads: torch intra-op threads of this process, the CPUs Ray reserved for the actor
+            (:func:`actor_threads`), set once the extractors are built if one of them loaded torch (a group
+            without a model never pays its import); None leaves torch's own choice (every core of the machine,
+            whatever the actor reserved, so actors sharing a node would oversubscribe it).
     """
 
-    def __init__(self, cfgs: Sequence[ExtractorConfig], cache_dir: str | None = None) -> None:
+    def __init__(self, cfgs: Sequence[ExtractorConfig], cache_dir: str | None = None,
+                 num_threads: int | None = None) -> None:
         self.extractors = [get_extractor(cfg.kind)(cfg, cache_dir) for cfg in cfgs]
+        if num_threads is not None and "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(num_threads)
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> pa.Table:
         columns: dict[str, pa.Array] = {"item_id": pa.array(np.asarray(batch["item_id"], dtype=np.int64))}
@@ -360,6 +370,12 @@ class ExtractorGroup:
                     columns[f"{feature}/{column}"] = (vector_list(values) if column == "vector"
                                                       else pa.array(values, pa.string()))
         return pa.table(columns)
+
+
+def actor_threads(num_cpus: float) -> int:
+    """torch threads of an actor that reserved ``num_cpus`` CPUs: as many as it reserved (at least one), so an
+    actor given the whole node uses every core and actors sharing a node do not compete for them."""
+    return max(1, int(num_cpus))
 
 
 def vector_list(vectors: np.ndarray) -> pa.Array:

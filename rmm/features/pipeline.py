@@ -33,7 +33,15 @@ from rmm.cluster import init_ray
 from rmm.config import Config, ExtractorConfig, save_snapshot
 from rmm.data.schema import ITEMS_FILE, Dataset, load_dataset, sha256_file
 from rmm.errors import ConfigError, DataError
-from rmm.features.extractors import SKIPPED, TODO_PREFIX, Extractor, ExtractorGroup, decode_images, get_extractor
+from rmm.features.extractors import (
+    SKIPPED,
+    TODO_PREFIX,
+    Extractor,
+    ExtractorGroup,
+    actor_threads,
+    decode_images,
+    get_extractor,
+)
 from rmm.features.store import (
     MANIFEST_FILE,
     PROGRESS_FILE,
@@ -253,7 +261,11 @@ def _extract(feature_root: str, dataset_dir: str, items: pd.DataFrame, plans: li
     """One Ray Data pass over ``items`` with every plan's extractor in one actor pool; ``feature_root`` and
     ``dataset_dir`` are absolute paths or URIs, which every node reaches.
 
-    A group runs with the largest ``batch_rows``, ``num_cpus``, ``num_gpus`` and ``concurrency`` of its members.
+    A group runs with the largest ``batch_rows``, ``num_cpus``, ``num_gpus`` and ``concurrency`` of its members;
+    each actor runs torch on as many threads as the CPUs it reserved. Image decoding and the sink reserve no CPU:
+    an actor pool holding every CPU of the node (``num_cpus`` = the node's cores, the fastest way to run one model
+    on a CPU box) would otherwise leave them waiting until the pool is done, so images would never be decoded
+    and parts would not be written batch by batch. Both are cheap next to a model (they run between its batches).
     """
     cfgs = [plan.cfg for plan in plans]
     batch_rows = max(c.batch_rows for c in cfgs)
@@ -264,12 +276,18 @@ def _extract(feature_root: str, dataset_dir: str, items: pd.DataFrame, plans: li
     # from_pandas(override_num_blocks=...) breaks on numpy 2.4, np.array_split returning arrays.)
     ds = ray.data.from_pandas([items.iloc[start:start + batch_rows] for start in range(0, len(items), batch_rows)])
     if any(plan.cls.needs_image for plan in plans):
-        ds = ds.map_batches(decode_images, batch_size=batch_rows,
+        ds = ds.map_batches(decode_images, batch_size=batch_rows, num_cpus=0,
+                            compute=ray.data.TaskPoolStrategy(size=high),
                             fn_kwargs={"dataset_dir": dataset_dir,
                                        "max_image_size": max(c.max_image_size for c in cfgs)})
-    ds = ds.map_batches(ExtractorGroup, fn_constructor_kwargs={"cfgs": tuple(cfgs), "cache_dir": cache_dir},
+    num_cpus = max(c.num_cpus for c in cfgs)
+    ds = ds.map_batches(ExtractorGroup, fn_constructor_kwargs={"cfgs": tuple(cfgs), "cache_dir": cache_dir,
+                                                               "num_threads": actor_threads(num_cpus)},
                         batch_size=batch_rows, compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high),
-                        num_cpus=max(c.num_cpus for c in cfgs), num_gpus=max(c.num_gpus for c in cfgs))
+                        num_cpus=num_cpus, num_gpus=max(c.num_gpus for c in cfgs))
     names = ", ".join(f"{p.cfg.name} ({p.cfg.kind})" for p in plans)
     log.info("extracting %s for %d items into %s", names, len(items), feature_root)
-    ds.write_datasink(FeatureSink(feature_root, {p.cfg.key: p.outputs for p in plans}))
+    ds.write_datasink(FeatureSink(feature_root, {p.cfg.key: p.outputs for p in plans}),
+                      ray_remote_args={"num_cpus": 0})
+    if log.isEnabledFor(logging.DEBUG):  # where the time went, per operator (bench/extract.py prints it)
+        log.debug("Ray Data stats of %s:\n%s", names, ds.stats())

@@ -169,6 +169,41 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_result(extracted: tuple[Conf
     assert not already & set(pd.concat([pd.read_parquet(p) for p in new_parts])["item_id"])  # only the rest ran
 
 
+@pytest.mark.ray
+def test_an_actor_holding_every_cpu_still_decodes_images_and_writes(extracted: tuple[Config, dict[str, Path]],
+                                                                     tmp_path: Path) -> None:
+    """An image extractor whose actor reserves every CPU of the cluster (the fastest way to run one model on a CPU
+    box): image decoding and the sink reserve none, so they run beside it instead of waiting forever, and the
+    result is the one of the small actors (num_cpus is a runtime field)."""
+    import ray
+
+    from rmm.features.pipeline import extract_features
+
+    full, _ = extracted
+    whole_node = dataclasses.replace(STATS, num_cpus=ray.cluster_resources()["CPU"])
+    cfg = _config(tmp_path / "out", (whole_node,))
+    shutil.copytree(full.dataset_dir, cfg.dataset_dir)
+    extract_features(cfg)
+    np.testing.assert_array_equal(load_feature(cfg.feature_root, "image_stats"),
+                                  load_feature(full.feature_root, "image_stats"))
+    assert len(list(feature_dir(cfg.feature_root, "image_stats").glob(PART_GLOB))) >= 4  # one per Ray batch
+
+
+@pytest.mark.ray
+def test_an_actor_runs_torch_on_the_cpus_it_reserved(ray_cluster) -> None:
+    """Whatever torch would pick by itself (every core of the machine), an extractor actor uses as many threads
+    as CPUs it reserved, one at least."""
+    import torch
+
+    from rmm.features.extractors import ExtractorGroup, actor_threads
+
+    assert [actor_threads(cpus) for cpus in (0.25, 1, 2.5, 4)] == [1, 1, 2, 4]
+    minilm = ExtractorConfig(name="text_minilm", kind="sentence", model="minilm")
+    actor = ray_cluster.remote(ExtractorGroup).options(num_cpus=2).remote((minilm,), None, actor_threads(2))
+    assert ray_cluster.get(actor.__ray_call__.remote(lambda group: torch.get_num_threads())) == 2
+    ray_cluster.kill(actor)
+
+
 def test_fingerprint_ignores_runtime_fields_only() -> None:
     from rmm.features.pipeline import feature_fingerprint
 
