@@ -873,8 +873,9 @@ def train_table(args: argparse.Namespace, tmp: str) -> None:
         impls = [("rmm", w, {}) for w in args.workers]
         if name == "lattice":  # LATTICE's non-default mode: a gradient through the learned graph every step
             impls.insert(1, ("rmm", 1, {"graph_update": "step"}))
-        if name in PROTOCOL_ROWS:
-            impls.insert(1, ("rmm", 1, protocol_defaults(get_model_class(name).config_class, "mmrec")))
+        mmrec = protocol_defaults(get_model_class(name).config_class, "mmrec") if name in PROTOCOL_ROWS else None
+        if mmrec is not None:
+            impls.insert(1, ("rmm", 1, mmrec))
         if not args.skip_reference and name in REFERENCES:
             impls.insert(0, ("dense ref", 1, {}))
         ref_epoch_s = None
@@ -890,9 +891,10 @@ def train_table(args: argparse.Namespace, tmp: str) -> None:
             if impl == "dense ref":
                 ref_epoch_s = r["epoch_s"]
             ratio = "" if ref_epoch_s is None or impl == "dense ref" else f"{r['epoch_s'] / ref_epoch_s:.2f}"
-            label = impl + ("" if name not in PROTOCOL_ROWS or impl != "rmm" else
-                            " (protocol mmrec)" if params else " (strict)")
-            if name not in PROTOCOL_ROWS:
+            label = impl
+            if impl == "rmm" and mmrec is not None:
+                label += " (protocol mmrec)" if params == mmrec else " (strict)"
+            if params != mmrec:
                 label += "".join(f" ({k}={v})" for k, v in params.items())
             print(f"| {name} | {label} | {workers} | {setup} | {r['epoch_work_s']:.2f} | {r['sampler_s']:.2f} | "
                   f"{1000 * r['step_s']:.0f} | {r['steps_per_epoch']} | {r['epoch_s']:.1f} | {ratio} | {rss} |",
