@@ -21,6 +21,7 @@ import yaml
 
 from rmm.errors import ConfigError
 from rmm.storage import Storage
+from rmm.validation import require_at_least, require_positive, require_store_name
 
 STAGES = ("data", "extract", "train", "tune", "report")
 #: ``<out>/data/<dataset>/``: where the dataset directories of an output directory live.
@@ -40,31 +41,6 @@ NEGATIVES = ("all_items", "train_items")
 SOURCES = ("synthetic", "mmrec", "amazon", "movielens")
 #: Full-ranking metric names (``rmm.eval.metrics.METRICS`` computes exactly these), each asked for as ``<name>@K``.
 METRIC_NAMES = ("recall", "ndcg", "precision", "hit_rate", "map")
-
-
-def require_store_name(what: str, name: str) -> None:
-    """Raise ValueError unless ``name`` is a plain directory name of the feature store (no path separator, no
-    leading '.'), so no config value can point a stage outside the store."""
-    if not name or "/" in name or "\\" in name or name.startswith("."):
-        raise ValueError(f"{what} {name!r} is not a feature-store name: it must be non-empty, without '/' or "
-                         f"'\\', and not start with '.'")
-
-
-def require_positive(section: Any, *names: str) -> None:
-    """Raise ``ValueError("<name> must be > 0, got <value>")`` for the first field of ``section`` that is not."""
-    for name in names:
-        value = getattr(section, name)
-        if not value > 0:
-            raise ValueError(f"{name} must be > 0, got {value}")
-
-
-def require_at_least(section: Any, minimum: float, *names: str) -> None:
-    """Raise ``ValueError("<name> must be >= <minimum>, got <value>")`` for the first field of ``section`` below
-    ``minimum``: the range check every config dataclass (sections and model hyperparameters) shares."""
-    for name in names:
-        value = getattr(section, name)
-        if value is not None and not value >= minimum:  # not >=: NaN fails too
-            raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from rmm.config import require_at_least
+from rmm.validation import require_at_least
 from rmm.data.graph import TrainGraph
 from rmm.models.base import EmbeddingConfig, EmbeddingRecommender, register
 

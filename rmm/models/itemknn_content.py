@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from rmm.config import require_at_least
+from rmm.validation import require_at_least
 from rmm.data.graph import KNNSpec, TrainGraph, combine_graphs, to_csr
 from rmm.models.base import DEFAULT_FUSION, TrainingFreeRecommender, register
 

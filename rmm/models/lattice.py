@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rmm.config import require_at_least
+from rmm.validation import require_at_least
 from rmm.data.graph import (ADJACENCY_NORMALIZATIONS, KNNSpec, TrainGraph, combine_graphs, knn_edges, normalize_edges,
                             to_csr, unit_rows)
 from rmm.models.base import DEFAULT_FUSION, EmbeddingConfig, EmbeddingRecommender, register

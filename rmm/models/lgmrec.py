@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rmm.config import require_at_least
+from rmm.validation import require_at_least
 from rmm.data.graph import TrainGraph
 from rmm.models.base import DEFAULT_FUSION, BPRBatch, EmbeddingConfig, EmbeddingRecommender, register
 from rmm.models.layers import FeatureBank, bpr_loss, l2_reg, low_rank_info_nce, propagate, smooth, sparse_matmul

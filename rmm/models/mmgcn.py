@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rmm.config import require_at_least
+from rmm.validation import require_at_least
 from rmm.data.graph import TrainGraph
 from rmm.models.base import DEFAULT_FUSION, BPRBatch, EmbeddingConfig, EmbeddingRecommender, register
 from rmm.models.layers import FeatureBank, sparse_matmul

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from rmm.config import require_at_least
+from rmm.validation import require_at_least
 from rmm.data.graph import TrainGraph
 from rmm.models.base import BPRBatch, EmbeddingConfig, EmbeddingRecommender, register
 from rmm.models.layers import FUSIONS, bpr_loss, build_fusion, l2_reg
