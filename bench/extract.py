@@ -49,7 +49,15 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from rmm.config import Config, ExtractorConfig, FeaturesConfig, OutputConfig, RayConfig  # noqa: E402
+from rmm.config import (  # noqa: E402
+    EXTRACTOR_CONFIGS,
+    Config,
+    ExtractorConfig,
+    FeaturesConfig,
+    LVLMDescribeConfig,
+    OutputConfig,
+    RayConfig,
+)
 from rmm.data.schema import write_dataset  # noqa: E402
 from rmm.features.encoders import SentenceEncoder, sentence_text  # noqa: E402
 from rmm.features.extractors import get_extractor  # noqa: E402
@@ -101,7 +109,7 @@ def head(batch: Batch, count: int) -> Batch:
 
 def images(batch: Batch) -> list[Image.Image]:
     return [Image.fromarray(np.frombuffer(raw, np.uint8).reshape(h, w, 3))
-            for raw, h, w in zip(batch["image"], batch["image_height"], batch["image_width"])]
+            for raw, h, w in zip(batch["image"], batch["image_height"], batch["image_width"], strict=True)]
 
 
 def chunks(count: int, size: int) -> list[slice]:
@@ -115,7 +123,7 @@ def library_sentence(batch_size: int, device: str) -> Runner:
     model = SentenceEncoder(None, device=device, batch_size=batch_size).model
 
     def run(batch: Batch) -> None:
-        texts = [sentence_text(title, text) for title, text in zip(batch["title"], batch["text"])]
+        texts = [sentence_text(title, text) for title, text in zip(batch["title"], batch["text"], strict=True)]
         model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
                      show_progress_bar=False)
 
@@ -133,7 +141,7 @@ def library_embed(model_path: str, batch_size: int, dtype: str, device: str) -> 
         for part in chunks(len(pictures), batch_size):
             prompts = [processor.apply_chat_template(build_messages(template, title, text, True), tokenize=False,
                                                      add_generation_prompt=True)
-                       for title, text in zip(batch["title"][part], batch["text"][part])]
+                       for title, text in zip(batch["title"][part], batch["text"][part], strict=True)]
             processor.tokenizer.padding_side = "right"
             inputs = processor(text=prompts, images=pictures[part], padding=True, return_tensors="pt").to(device)
             hidden = model(**inputs, output_hidden_states=True, use_cache=False).hidden_states[-1]  # (B, T, H)
@@ -159,7 +167,7 @@ def library_describe(model_path: str, batch_size: int, max_new_tokens: int, dtyp
         for part in chunks(len(pictures), batch_size):
             prompts = [processor.apply_chat_template(build_describe_messages(template, title, text, True),
                                                      tokenize=False, add_generation_prompt=True)
-                       for title, text in zip(batch["title"][part], batch["text"][part])]
+                       for title, text in zip(batch["title"][part], batch["text"][part], strict=True)]
             processor.tokenizer.padding_side = "left"
             inputs = processor(text=prompts, images=pictures[part], padding=True, return_tensors="pt").to(device)
             output = model.generate(**inputs, **generation)
@@ -183,18 +191,19 @@ def library_runner(kind: str, args: argparse.Namespace, batch_size: int) -> Runn
 
 def extractor_config(kind: str, args: argparse.Namespace) -> ExtractorConfig:
     """The extractor both rmm rows run: the bench's batch size, one actor holding ``--threads`` CPUs (and the
-    GPU with ``--device cuda``)."""
-    model = None if kind == "sentence" else args.model
-    return ExtractorConfig(name="bench", kind=kind, model=model, batch_size=args.batch_size,
-                           bucket_window=args.bucket_window, max_new_tokens=args.max_new_tokens, dtype=args.dtype,
-                           num_cpus=args.threads, num_gpus=1.0 if args.device == "cuda" else 0.0)
+    GPU with ``--device cuda``); ``--model``, ``--dtype`` and ``--max-new-tokens`` where the kind has them."""
+    cls = EXTRACTOR_CONFIGS[kind]
+    model = {"model": None} if kind == "sentence" else {"model": args.model, "dtype": args.dtype}
+    decoding = {"max_new_tokens": args.max_new_tokens} if cls is LVLMDescribeConfig else {}
+    return cls(name="bench", batch_size=args.batch_size, bucket_window=args.bucket_window, num_cpus=args.threads,
+               num_gpus=1.0 if args.device == "cuda" else 0.0, **model, **decoding)
 
 
 def write_items(root: Path, batch: Batch) -> None:
     """A dataset folder holding ``batch``'s items (images as PNG) and a one-interaction graph."""
     (root / "images").mkdir(parents=True)
     paths = []
-    for item_id, picture in zip(batch["item_id"], images(batch)):
+    for item_id, picture in zip(batch["item_id"], images(batch), strict=True):
         paths.append(f"images/{item_id}.png")
         picture.save(root / paths[-1])
     items = pd.DataFrame({"item_id": batch["item_id"], "source_id": [f"s{i}" for i in batch["item_id"]],
@@ -287,7 +296,7 @@ def bench_kind(kind: str, args: argparse.Namespace, scratch: Path, ray_cfg: RayC
     print(f"\n<details><summary>Ray Data stats, {kind}</summary>\n\n```\n{ray_run.stats}\n```\n</details>\n",
           flush=True)
     rows = []
-    for mode, (run, batch) in runners.items():
+    for mode, (_, batch) in runners.items():
         count, (wall, cpu) = len(batch["item_id"]), seconds[mode]
         rows.append((kind, mode, 1 if mode == PER_ITEM else args.batch_size, count, wall, count / wall,
                      count / wall / args.threads, count / cpu))

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import math
 import os
@@ -50,11 +51,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from rmm.config import ExtractorConfig, TrainConfig
+from rmm.config import LVLMEmbedConfig, TrainConfig
 from rmm.features.extractors import DONE, LVLMEmbedExtractor
 from rmm.features.lvlm import LVLMDescriber
 from rmm.features.prompts import load_describe_template
 from rmm.features.tiny import QWEN2_VL_CHAT_TEMPLATE, _qwen_tokenizer
+from rmm.models.base import Recommender
 from rmm.train.loop import BPRSampler, _train_epoch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -197,7 +199,7 @@ def item_shapes(processor: Any, prompts: list[str], batch: Mapping[str, np.ndarr
     for start in range(0, len(prompts), 16):  # a few items at a time: pixel values of 1,000 items fill GBs
         rows = slice(start, start + 16)
         images = [Image.frombytes("RGB", (int(w), int(h)), raw) for raw, h, w in
-                  zip(batch["image"][rows], batch["image_height"][rows], batch["image_width"][rows])]
+                  zip(batch["image"][rows], batch["image_height"][rows], batch["image_width"][rows], strict=True)]
         inputs = processor(text=prompts[rows], images=images, padding=True, return_tensors="pt")
         tokens.append(inputs["attention_mask"].sum(dim=1).numpy())
         patches.append(inputs["image_grid_thw"].prod(dim=1).numpy())
@@ -222,7 +224,7 @@ def timed(run: Callable[[], Any], device: str) -> tuple[Any, float]:
 def lvlm_rows(model_dir: Path, sizes: Sizes, device: str, peak: float | None) -> list[dict[str, Any]]:
     """Embed (the extractor) and describe (its generation) throughput and FLOP utilisation."""
     gpus = 1.0 if device == "cuda" else 0.0
-    cfg = ExtractorConfig(name="bench", kind="lvlm_embed", model=str(model_dir), dtype="bfloat16",
+    cfg = LVLMEmbedConfig(name="bench", model=str(model_dir), dtype="bfloat16",
                           batch_size=sizes.batch_size, bucket_window=max(1, sizes.embed_items // sizes.batch_size),
                           max_image_size=sizes.image_px, num_gpus=gpus)
     extractor = LVLMEmbedExtractor(cfg)
@@ -236,7 +238,7 @@ def lvlm_rows(model_dir: Path, sizes: Sizes, device: str, peak: float | None) ->
     done = int((next(iter(tables.values()))["status"] == DONE).sum())
     prompts = embedder.prompts(list(batch["title"]), list(batch["text"]), [True] * sizes.embed_items)
     (tokens, patches), processor_s = timed(lambda: item_shapes(embedder.processor, prompts, batch), "cpu")
-    flops = sum(lvlm_flops(config, int(t), int(p), 1) for t, p in zip(tokens, patches))
+    flops = sum(lvlm_flops(config, int(t), int(p), 1) for t, p in zip(tokens, patches, strict=True))
     rows = [row("LVLM embed (lvlm_embed extractor)", f"{label}; {sizes.embed_items} items "
                 f"({done} done), {tokens.mean():.0f} tokens/item ({patches.mean():.0f} patches); the processor "
                 f"alone: {processor_s:.3g} s", seconds,
@@ -246,7 +248,7 @@ def lvlm_rows(model_dir: Path, sizes: Sizes, device: str, peak: float | None) ->
                               max_new_tokens=sizes.max_new_tokens, dtype="bfloat16", device=device)
     describe_batch = {key: values[:sizes.describe_items] for key, values in batch.items()}
     images = [np.frombuffer(raw, np.uint8).reshape(int(h), int(w), 3) for raw, h, w in
-              zip(describe_batch["image"], describe_batch["image_height"], describe_batch["image_width"])]
+              zip(describe_batch["image"], describe_batch["image_height"], describe_batch["image_width"], strict=True)]
 
     def describe_all(titles: list[str], texts: list[str], pictures: list[np.ndarray]) -> list[str]:
         return [answer for start in range(0, len(titles), sizes.batch_size)
@@ -260,7 +262,7 @@ def lvlm_rows(model_dir: Path, sizes: Sizes, device: str, peak: float | None) ->
     prompts = describer.prompts(titles, texts, [True] * len(titles))
     tokens, patches = item_shapes(describer.processor, prompts, describe_batch)
     flops = sum(lvlm_flops(config, int(t), int(p), 1) + decode_flops(config, int(t), sizes.max_new_tokens - 1)
-                for t, p in zip(tokens, patches))
+                for t, p in zip(tokens, patches, strict=True))
     rows.append(row("LVLM describe (lvlm_describe generation)", f"{label}; {sizes.describe_items} items, "
                     f"{tokens.mean():.0f} prompt tokens/item, {sizes.max_new_tokens} new tokens", seconds,
                     sizes.describe_items / seconds, "items/s", flops / seconds, peak))
@@ -268,6 +270,14 @@ def lvlm_rows(model_dir: Path, sizes: Sizes, device: str, peak: float | None) ->
 
 
 # ------------------------------------------------------------------------------------ training and kNN
+
+
+def run_epoch(model: Recommender[Any], optimizer: torch.optim.Optimizer, sampler: BPRSampler, train_cfg: TrainConfig,
+              number: int, device: str) -> float:
+    """Epoch ``number`` of one single-process rank, as rmm.train.loop.fit runs it (the model first told which epoch
+    starts, for the models that rebuild a graph per epoch); its mean batch loss."""
+    model.start_epoch(train_cfg.seed, number)
+    return _train_epoch(model, optimizer, sampler, train_cfg, number, 0, 1, device)
 
 
 def epoch_rows(data_dir: Path, device: str) -> list[dict[str, Any]]:
@@ -285,13 +295,8 @@ def epoch_rows(data_dir: Path, device: str) -> list[dict[str, Any]]:
         model = train_bench.build(case, graph, features)[0].to(device)
         # as rmm.train.loop.fit builds it (fused: one pass per parameter)
         optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.learning_rate, fused=True)
-
-        def epoch(number: int) -> float:
-            model.start_epoch(train_cfg.seed, number)
-            return _train_epoch(model, optimizer, sampler, train_cfg, number, 0, 1, device)
-
-        epoch(1)
-        loss, seconds = timed(lambda: epoch(2), device)
+        run_epoch(model, optimizer, sampler, train_cfg, 1, device)  # warm-up
+        loss, seconds = timed(functools.partial(run_epoch, model, optimizer, sampler, train_cfg, 2, device), device)
         if not math.isfinite(loss):
             raise RuntimeError(f"{name}: epoch loss {loss}")
         steps = math.ceil(len(sampler) / train_cfg.batch_size)
@@ -387,7 +392,7 @@ def main(argv: list[str] | None = None) -> None:
         if "knn" not in args.skip:
             run_part("kNN", lambda: [knn_row(sizes.knn_items, device)])
     command = " ".join(["bench/gpu.sh", *sys.argv[1:]])
-    header = (f"### bench/gpu.sh on {name}: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
+    header = (f"### bench/gpu.sh on {name}: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC\n\n"
               f"`{command}` ({time.perf_counter() - started:.0f} s in all); torch {torch.__version__}, "
               f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}; bf16 peak "
               f"{f'{peak / 1e12:.0f} TFLOP/s' if peak else 'unknown'}")

@@ -44,7 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,13 +53,13 @@ import torch
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train import machine, peak_rss_mib  # noqa: E402  (bench/train.py, a sibling script)
-
-from rmm.config import ModelConfig, TrainConfig  # noqa: E402
+from rmm.config import EvalConfig, ModelConfig, TrainConfig  # noqa: E402
 from rmm.data.graph import KNNSpec, TrainGraph, UserItems, normalize_graph  # noqa: E402
 from rmm.data.knn_cache import cached_knn_graph  # noqa: E402
-from rmm.models.base import MODELS, build_model, get_model_class, model_params  # noqa: E402
+from rmm.models.base import build_model, model_params  # noqa: E402
+from rmm.models.registry import MODELS, get_model_class, model_spec  # noqa: E402
 from rmm.train.loop import BPRSampler, EvalSplit, _train_epoch, evaluate_split  # noqa: E402
+from train import machine, peak_rss_mib  # noqa: E402  (bench/train.py, a sibling script)
 
 SHAPES: dict[str, dict[str, Any]] = {
     "elec": {"num_users": 192_403, "num_items": 63_001, "num_interactions": 1_689_188,
@@ -202,15 +202,15 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     shape = SHAPES[case["shape"]]
     data_dir = Path(case["data_dir"])
     name = case["model"]
-    cls = get_model_class(name)
-    model_cfg = ModelConfig(name, features=FEATURES if cls.uses_features else (), params=cls.config_class())
+    spec = model_spec(name)
+    model_cfg = ModelConfig(name, features=FEATURES if spec.uses_features else (), params=spec.config_class())
     features = {m: torch.from_numpy(np.load(data_dir / f"{m}.npy")) for m in model_cfg.features}
     (graph, valid), load_s, _ = timed(load_pairs, data_dir, shape["num_users"], shape["num_items"])
     rss_loaded = peak_rss_mib()
     torch.manual_seed(SEED)
     model, setup_s, setup_cpu_s, knn_s = set_up(model_cfg, graph, features, case["cache_dir"],
                                                 case.get("knn_placeholder", False))
-    train_cfg = TrainConfig(epochs=1, batch_size=BATCH_SIZE, seed=SEED, topk=TOPK)
+    train_cfg = TrainConfig(epochs=1, batch_size=BATCH_SIZE, seed=SEED, eval=EvalConfig(topk=TOPK))
     optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.learning_rate)
     sampler = BPRSampler(graph, train_cfg.negatives)
     _, epoch_work_s, epoch_work_cpu = timed(model.start_epoch, SEED, 1)
@@ -311,7 +311,7 @@ def wait_for_memory(need_gib: float, log_path: Path) -> None:
         if available >= need_gib:
             return
         with open(log_path, "a") as log:
-            print(f"{datetime.now(timezone.utc):%H:%M:%S} waiting: {available:.1f} GiB available, need "
+            print(f"{datetime.now(UTC):%H:%M:%S} waiting: {available:.1f} GiB available, need "
                   f"{need_gib:.0f}", file=log, flush=True)
         time.sleep(30)
 
@@ -368,7 +368,7 @@ def run_table(args: argparse.Namespace) -> None:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     shape = SHAPES[args.shape]
     models = args.models or [m for m in DEFAULT_MODELS[args.shape] if m in MODELS]
-    print(f"machine: {machine()}; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; load average {loadavg()}")
+    print(f"machine: {machine()}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; load average {loadavg()}")
     with tempfile.TemporaryDirectory(prefix="rmm-large-") as tmp:
         data_dir = Path(args.data_dir) if args.data_dir else Path(tmp) / "data"
         if not (data_dir / "pairs.npz").exists():
@@ -392,11 +392,11 @@ def run_table(args: argparse.Namespace) -> None:
                     "steps": args.steps, "warmup": args.warmup, "eval_users": args.eval_users,
                     "cache_dir": str(Path(tmp) / f"knn-{name}"), "knn_placeholder": args.knn_placeholder}
             with open(log_path, "a") as log:
-                print(f"{datetime.now(timezone.utc):%H:%M:%S} start {args.shape} {name} (load {loadavg()})",
+                print(f"{datetime.now(UTC):%H:%M:%S} start {args.shape} {name} (load {loadavg()})",
                       file=log, flush=True)
             result = run_in_subprocess([args.shape, "--case", json.dumps(case)], log_path)
             print(row(result, name) + f" <!-- load {loadavg()} -->", flush=True)
-    print(f"\nload average after: {loadavg()}; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
+    print(f"\nload average after: {loadavg()}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
 
 
 if __name__ == "__main__":

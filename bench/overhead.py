@@ -73,8 +73,9 @@ def write_config(root: Path, args: argparse.Namespace) -> Path:
                     "synthetic": {"num_users": args.users, "num_items": args.items,
                                   "interactions_per_user": args.per_user, "image_size": 8}},
         "model": [{"name": args.model}],
-        "train": {"epochs": args.epochs, "batch_size": 1024, "eval_every": args.epochs, "patience": 10,
-                  "topk": [10, 20], "num_workers": 1, "cpus_per_worker": 1, "seed": 7},
+        "train": {"epochs": args.epochs, "batch_size": 1024, "seed": 7,
+                  "eval": {"every": args.epochs, "patience": 10, "topk": [10, 20]},
+                  "scaling": {"num_workers": 1, "cpus_per_worker": 1}},
         "output": {"dir": str(root / "out")},
     }
     path = root / "overhead.yaml"

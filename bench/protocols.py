@@ -72,9 +72,9 @@ def write_mmrec_folder(folder: Path, num_users: int, num_items: int, per_user: i
 
 def config(folder: Path, out: Path, protocol: str, models: Sequence[str], args: argparse.Namespace,
            cold: float = 0.0) -> dict:
-    train = {"epochs": args.epochs, "batch_size": 512, "learning_rate": 1e-3 * args.lr_scale, "eval_every": 2,
-             "patience": 5, "topk": [10, 20], "metric": "recall@20", "seeds": list(args.seeds), "num_workers": 1,
-             "cpus_per_worker": 1, "checkpoint_every": 10}
+    train = {"epochs": args.epochs, "batch_size": 512, "learning_rate": 1e-3 * args.lr_scale,
+             "seeds": list(args.seeds), "eval": {"every": 2, "patience": 5, "topk": [10, 20], "metric": "recall@20"},
+             "scaling": {"num_workers": 1, "cpus_per_worker": 1}, "fault_tolerance": {"checkpoint_every": 10}}
     dataset = {"name": "synthetic", "source": "mmrec", "path": str(folder), "user_core": 0, "item_core": 0,
                "split": "predefined" if not cold else "mmrec_random", "seed": 7}
     if cold:

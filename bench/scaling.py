@@ -36,7 +36,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rmm.config import Config, ModelConfig, OutputConfig, RayConfig, TrainConfig
+from rmm.config import (
+    Config,
+    EvalConfig,
+    FaultToleranceConfig,
+    ModelConfig,
+    OutputConfig,
+    RayConfig,
+    ScalingConfig,
+    TrainConfig,
+)
 from rmm.data.schema import TEST, TRAIN, VALID, load_dataset, write_dataset
 from rmm.features.store import write_feature
 
@@ -91,20 +100,21 @@ def held_out_pairs(users: np.ndarray, items: np.ndarray, num_users: int, num_ite
 
 def run_case(case: dict[str, Any]) -> dict[str, Any]:
     """In the case's own interpreter: one ``train_model`` call with its own local Ray."""
-    from rmm.models import get_model_class
+    from rmm.models.registry import model_spec
     from rmm.train.ray_trainer import train_model
 
     workers, gpus = case["workers"], case["gpus"]
     base = Config(output=OutputConfig(dir=case["out"]))
-    train_cfg = TrainConfig(epochs=case["epochs"], eval_every=1, patience=case["epochs"], checkpoint_every=1000,
-                            num_workers=workers, cpus_per_worker=1, use_gpu=gpus)
+    train_cfg = TrainConfig(epochs=case["epochs"], eval=EvalConfig(every=1, patience=case["epochs"]),
+                            scaling=ScalingConfig(num_workers=workers, cpus_per_worker=1, use_gpu=gpus),
+                            fault_tolerance=FaultToleranceConfig(checkpoint_every=1000))
     cfg = dataclasses.replace(base, train=train_cfg,
                               ray=RayConfig(num_cpus=workers + 1, num_gpus=workers if gpus else 0))
-    features = train_bench.FEATURES if get_model_class(case["model"]).uses_features else ()
+    features = train_bench.FEATURES if model_spec(case["model"]).uses_features else ()
     tic = time.perf_counter()
     record = train_model(cfg, ModelConfig(case["model"], features=features), fresh=True)
     wall_s = time.perf_counter() - tic
-    history = record["history"]
+    history = record.history
     return {"epoch_s": [h["epoch_seconds"] for h in history], "eval_s": float(np.mean([h["eval_seconds"]
                                                                                        for h in history])),
             "wall_s": wall_s}
@@ -112,8 +122,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
 
 def run_in_subprocess(case: dict[str, Any]) -> dict[str, Any]:
     """One case in a fresh interpreter (its own Ray, its own memory); its last stdout line is the result."""
-    proc = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"case {case} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

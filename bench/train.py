@@ -78,8 +78,9 @@ from torch import Tensor, nn
 
 from rmm.config import ModelConfig, protocol_defaults
 from rmm.data.graph import KNNSpec, TrainGraph
-from rmm.models.base import BPRBatch, Recommender, build_model, get_model_class, model_params
+from rmm.models.base import BPRBatch, Recommender, build_model, model_params
 from rmm.models.layers import bpr_loss, l2_reg
+from rmm.models.registry import get_model_class, model_spec
 from rmm.train.loop import BPRSampler
 
 BABY = {"num_users": 19_445, "num_items": 7_050, "num_interactions": 160_792}
@@ -261,8 +262,8 @@ class RefLATTICE(RefGraphModel):
         projected = {m: self.trs[m](x) for m, x in self.raw.items()}  # MMRec projects every step
         if self.build_item_graph:
             weight = torch.softmax(self.modal_weight, 0)
-            learned = sum(w * dense_knn(dense_sim(projected[m]), self.k) for w, m in zip(weight, FEATURES))
-            original = sum(w * self.original[m] for w, m in zip(weight, FEATURES))
+            learned = sum(w * dense_knn(dense_sim(projected[m]), self.k) for w, m in zip(weight, FEATURES, strict=True))
+            original = sum(w * self.original[m] for w, m in zip(weight, FEATURES, strict=True))
             self.item_adj = (1 - self.lambda_coeff) * dense_sym_norm(learned) + self.lambda_coeff * original
             self.build_item_graph = False
         else:
@@ -526,7 +527,7 @@ class RefMMGCN(nn.Module):
     def branch(self, m: str) -> Tensor:
         projected = self.mlp[m](self.raw[m]) if m in self.mlp else self.raw[m]
         x = F.normalize(torch.cat([self.preference[m], projected]))
-        for conv, linear, g in zip(self.conv[m], self.linear[m], self.g[m]):
+        for conv, linear, g in zip(self.conv[m], self.linear[m], self.g[m], strict=True):
             h = F.leaky_relu(conv(x, self.edge_index))
             x_hat = F.leaky_relu(linear(x)) + self.id_embedding
             x = F.leaky_relu(g(torch.cat([h, x_hat], 1)))
@@ -576,7 +577,7 @@ class RefGRCN(nn.Module):
         return out, self.attention[m].alpha.view(-1, 1)
 
     def forward(self, batch: BPRBatch) -> Tensor:
-        reps, alphas = zip(*(self.content(m) for m in self.raw))
+        reps, alphas = zip(*(self.content(m) for m in self.raw), strict=True)
         edges = self.edge_index
         confidence = torch.cat([self.confidence[edges[0]], self.confidence[edges[1]]])  # (2E, M)
         weight = torch.relu((torch.cat(alphas, 1) * confidence).max(1).values.view(-1, 1))
@@ -654,8 +655,8 @@ def build(case: dict[str, Any], graph: TrainGraph, features: dict[str, Tensor]) 
         return REFERENCES[name](graph, features if name != "lightgcn" else {}), {}
     from rmm.data.knn_cache import cached_knn_graph
 
-    params = get_model_class(name).config_class(**case.get("params", {}))
-    model_cfg = ModelConfig(name, features=FEATURES if get_model_class(name).uses_features else (), params=params)
+    params = model_spec(name).config_class(**case.get("params", {}))
+    model_cfg = ModelConfig(name, features=FEATURES if model_spec(name).uses_features else (), params=params)
     feats = {m: features[m] for m in model_cfg.features}
     spec = get_model_class(name).item_graph_spec(model_params(model_cfg))
     info: dict[str, Any] = {}
@@ -721,7 +722,7 @@ def time_steps(case: dict[str, Any], rank: int = 0, world_size: int = 1) -> dict
     start_epoch(trained, 1)
     epoch_work_s = time.perf_counter() - tic
     times, losses = [], []
-    for index, batch in enumerate(batches[:case["warmup"] + case["steps"]]):
+    for batch in batches[:case["warmup"] + case["steps"]]:
         barrier()
         tic = time.perf_counter()
         losses.append(step(batch))
@@ -873,7 +874,7 @@ def train_table(args: argparse.Namespace, tmp: str) -> None:
         impls = [("rmm", w, {}) for w in args.workers]
         if name == "lattice":  # LATTICE's non-default mode: a gradient through the learned graph every step
             impls.insert(1, ("rmm", 1, {"graph_update": "step"}))
-        mmrec = protocol_defaults(get_model_class(name).config_class, "mmrec") if name in PROTOCOL_ROWS else None
+        mmrec = protocol_defaults(model_spec(name).config_class, "mmrec") if name in PROTOCOL_ROWS else None
         if mmrec is not None:
             impls.insert(1, ("rmm", 1, mmrec))
         if not args.skip_reference and name in REFERENCES:

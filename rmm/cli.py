@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from rmm import console
 from rmm.config import Config, load_config
 from rmm.errors import UserError
+from rmm.storage import is_uri
 
-log = logging.getLogger("rmm")
+#: Commands that take a CONFIG and run stages with it (``data prepare`` too).
+CONFIG_COMMANDS = ("run", "extract", "train", "tune")
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +39,10 @@ def _add_fresh_arg(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rmm", description="Multimodal recommendation at cluster scale on Ray.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and Ray's own output (its workers' lines, Ray Data and Tune progress) "
+                             "on the console; without it these go to OUTPUT_DIR/logs/ and the console shows a "
+                             "progress bar and a summary line per stage")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run all stages the config names, in order")
@@ -104,29 +109,42 @@ def _load(args: argparse.Namespace, path: str | None = None) -> Config:
 
 
 def dispatch(args: argparse.Namespace) -> int:
+    """Run the command inside its console session: a command with a config (or ``recommend --all``, which starts
+    Ray) logs under its output dir's ``logs/`` and shows bars and summaries; the others log to the console."""
+    cfg = _load(args) if args.command in CONFIG_COMMANDS or getattr(args, "data_command", None) == "prepare" else None
+    logs_dir = cfg.out_dir / console.LOGS_DIR if cfg is not None else None
+    if args.command == "recommend" and args.all and not is_uri(args.out_dir):
+        logs_dir = Path(args.out_dir) / console.LOGS_DIR
+    with console.session(logs_dir, verbose=args.verbose) as shown:
+        return _dispatch(args, cfg, shown)
+
+
+def _dispatch(args: argparse.Namespace, cfg: Config | None, shown: console.Console) -> int:
     from rmm import stages
 
-    if args.command == "run":
-        cfg = _load(args)
+    if args.command == "run" and cfg is not None:
         stages.run_stages(cfg, fresh=args.fresh)
-        print(f"done: outputs in {cfg.storage.where()} (report: {cfg.storage.where('report.md')})")
-    elif args.command == "data" and args.data_command == "prepare":
-        cfg = _load(args)
+        _show_runs(cfg, shown)
+        shown.message(f"done: outputs in {cfg.storage.where()} (report: {cfg.storage.where('report.md')}; "
+                      f"logs: {shown.logs_dir})")
+    elif args.command == "data" and cfg is not None:
         stages.run_stage(cfg, "data")
-        print(f"dataset written to {cfg.storage.location_of(cfg.dataset_dir)}")
     elif args.command == "data":
         from rmm.data.prepare import dataset_stats
 
         target = Path(args.target)
         directory = _load(args, args.target).dataset_dir if target.is_file() else target
         print(json.dumps(dataset_stats(directory), indent=2))
-    elif args.command in ("extract", "train", "tune"):
-        cfg = _load(args)
+    elif args.command in ("extract", "train", "tune") and cfg is not None:
         result = stages.run_stage(cfg, args.command, fresh=getattr(args, "fresh", False))
-        print(f"{args.command} done: outputs in {cfg.storage.where()}")
         return 0 if result is not None else 1
     elif args.command == "report":
         print(f"report written to {stages.report_location(args.out_dir)}")
+    elif args.command == "recommend" and args.all:
+        from rmm.recommend_batch import recommend_all
+
+        path = recommend_all(args.out_dir, args.k, args.run, ray_address=args.ray_address)
+        print(f"top-{args.k} of every user written to {path}")
     elif args.command == "recommend":
         from rmm.recommend import recommend_command
 
@@ -138,10 +156,30 @@ def dispatch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_runs(cfg: Config, shown: console.Console) -> None:
+    """The table of the runs in results.json: validation metric each run early-stopped on, test metrics at its
+    cut-off."""
+    from rmm.runs import RESULTS_FILE, load_results
+
+    if not (cfg.out_dir / RESULTS_FILE).exists():
+        return
+    records = load_results(cfg.out_dir)
+    if not records:
+        return
+    metric = records[0].train_metric or "recall@20"
+    cutoff = metric.partition("@")[2]
+    tested = [f"recall@{cutoff}", f"ndcg@{cutoff}"]
+    rows = [[r.run_name, r.stage, _number(r.valid.get(metric)), *(_number(r.test.get(m)) for m in tested)]
+            for r in records]
+    shown.table(["run", "stage", f"valid {metric}", *(f"test {m}" for m in tested)], rows)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return dispatch(args)
     except UserError as err:

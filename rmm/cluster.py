@@ -9,15 +9,17 @@ auth stays as the cluster has it (``RAY_AUTH_MODE`` and the token come from the 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import site
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import ray
 
+import rmm.console
 from rmm.config import RayConfig
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ def init_ray(cfg: RayConfig, address: str | None = None) -> None:
         # a Ray on this machine's loopback (a local Ray of another rmm process) is joined on loopback too
         with _single_node() if _on_loopback(address) else contextlib.nullcontext():
             ray.init(address=address, log_to_driver=True)
+        _route_worker_output()
         return
     for key, value in _LOCAL_ENV.items():
         os.environ.setdefault(key, value)
@@ -63,16 +66,45 @@ def init_ray(cfg: RayConfig, address: str | None = None) -> None:
                            include_dashboard=cfg.dashboard, dashboard_host=LOOPBACK, _node_ip_address=LOOPBACK,
                            runtime_env={"env_vars": env_vars,
                                         "worker_process_setup_hook": f"{__name__}.worker_setup"})
+    _route_worker_output()
+    address_info = getattr(context, "address_info", {})  # a RayContext, which ray.init's annotation hides
+    log.info("Ray's own logs (raylet, GCS, every worker's files): %s/logs", address_info.get("session_dir"))
     if cfg.dashboard:  # Ray takes the next free port when another Ray holds 8265
         log.info("Ray dashboard at http://%s", context.dashboard_url)
 
 
+#: Ray's printing of worker output and error reports, kept when :func:`_route_worker_output` replaces it.
+_ray_print: Callable[..., None] | None = None
+
+
+def _route_worker_output() -> None:
+    """Hand what Ray streams to this driver (its workers' output, and the raylet's error reports) to the console
+    of the running ``rmm`` command (:meth:`rmm.console.Console.worker_output`: progress events to the bars,
+    lines to ``logs/``) in place of Ray's printing: worker output under Ray's handler name, so ``ray.shutdown``
+    removes it as it would Ray's; error reports through the function Ray's error thread prints them with.
+    Without a command's console (tests, library use) Ray prints as usual. Ray 2.60 offers no public hook."""
+    console = rmm.console.current()
+    if console.logs_dir is None:
+        return
+    from ray._private import worker
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    global _ray_print
+    _ray_print = _ray_print or worker.print_to_stdstream  # Ray's own, also when Ray starts again in this process
+    console.ray_printer = functools.partial(_ray_print, ignore_prefix=False)
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs", console.worker_output)
+    worker.print_to_stdstream = lambda data, ignore_prefix: console.worker_output(data)
+
+
 def worker_setup() -> None:
-    """The setup hook of a local Ray's workers; importing it is its work. Ray puts the driver's working directory
-    (and script folder) in front of a worker's ``sys.path`` only when the worker runs its first task, so a second
-    rmm checkout in that directory would win every later ``import rmm``. The hook runs before: it imports rmm
-    from the worker's ``PYTHONPATH``, which :func:`init_ray` starts with the driver's rmm, and every later import
-    of ``rmm.*`` resolves inside that package."""
+    """The setup hook of a local Ray's workers: rmm's log records in the format the driver's console reads
+    (:func:`rmm.console.configure_worker_logging`), and the import of rmm itself. Ray puts the driver's working
+    directory (and script folder) in front of a worker's ``sys.path`` only when the worker runs its first task,
+    so a second rmm checkout in that directory would win every later ``import rmm``. The hook runs before: it
+    imports rmm from the worker's ``PYTHONPATH``, which :func:`init_ray` starts with the driver's rmm, and every
+    later import of ``rmm.*`` resolves inside that package."""
+    rmm.console.configure_worker_logging()
 
 
 def _driver_rmm_path() -> dict[str, str]:

@@ -3,8 +3,8 @@ items, their descriptions; ``--explain`` names the user's history items closest 
 
 Runs in a plain process (no Ray): the run directory holds everything needed. :class:`TrainedRun` loads a run
 once and ranks any batch of users; the single-user path here and the Ray Data batch job of
-:mod:`rmm.recommend_batch` (``rmm recommend OUT --all``, the only Ray import of the feature) share it, so both
-give the same top-K.
+:mod:`rmm.recommend_batch` (``rmm recommend OUT --all``, the only Ray import of the feature, which the command
+line calls directly) share it, so both give the same top-K.
 """
 
 from __future__ import annotations
@@ -26,18 +26,9 @@ from rmm.data.schema import Dataset, load_dataset
 from rmm.errors import ConfigError, NotFoundError, UnknownNameError
 from rmm.features.store import DESCRIPTIONS_FILE, load_feature, model_input_files
 from rmm.models.base import Recommender, build_model
-from rmm.report.results import (
-    MODEL_FILE,
-    RESULTS_FILE,
-    RUNS_DIR,
-    best_by_validation,
-    load_results,
-    load_run_record,
-    run_dir,
-    trained_run_name,
-    validation_metric,
-)
+from rmm.report.results import best_by_validation, validation_metric
 from rmm.report.tables import report_metrics
+from rmm.runs import MODEL_FILE, RESULTS_FILE, RUNS_DIR, RunRecord, load_results, load_run_record, run_dir
 from rmm.storage import Storage
 
 #: How many history items ``--explain`` names per recommendation.
@@ -55,18 +46,20 @@ class Recommendations:
     explained_by: str | None = None
 
 
-def pick_run(out_dir: str | Path, run_name: str | None) -> dict:
+def pick_run(out_dir: str | Path, run_name: str | None) -> RunRecord:
     """The named run, or the run of results.json with the best *validation* recall@K (K = 20, or the runs' own
     cut-off, as the report's headline; the earlier run wins a tie), chosen as the report chooses its cells."""
     runs = load_results(out_dir)
     if not runs:
         raise NotFoundError(f"no trained runs in {out_dir}/results.json; run `rmm train CONFIG` first")
     if run_name is None:
-        return dict(best_by_validation(runs, validation_metric(runs, report_metrics(runs)[0][0])))
+        best = best_by_validation(runs, validation_metric(runs, report_metrics(runs)[0][0]))
+        assert best is not None  # runs is not empty
+        return best
     for run in runs:
-        if run["run_name"] == run_name:
+        if run.run_name == run_name:
             return run
-    raise UnknownNameError(f"no run {run_name!r} in {out_dir}/results.json; runs: {sorted(r['run_name'] for r in runs)}")
+    raise UnknownNameError(f"no run {run_name!r} in {out_dir}/results.json; runs: {sorted(r.run_name for r in runs)}")
 
 
 class TrainedRun:
@@ -84,24 +77,23 @@ class TrainedRun:
         storage.pull(RESULTS_FILE)
         out_dir = storage.local
         run = pick_run(out_dir, run_name)
-        trained_name = trained_run_name(run)
-        storage.pull(f"{RUNS_DIR}/{trained_name}")
-        trained = load_run_record(out_dir, trained_name)
-        weights_dir = run_dir(out_dir, trained_name)
+        storage.pull(f"{RUNS_DIR}/{run.run_name}")
+        trained = load_run_record(out_dir, run.run_name)
+        weights_dir = run_dir(out_dir, run.run_name)
         cfg = load_config(weights_dir / "config.yaml")
         self.cfg: Config = cfg.replace(output=OutputConfig(dir=str(out_dir)))
         model_cfg = self.cfg.model[0]
         dataset, features = storage.relative(self.cfg.dataset_dir), storage.relative(self.cfg.feature_root)
         storage.pull(*model_input_files(dataset, features, model_cfg.features))
         storage.pull(features, include=f"*/{DESCRIPTIONS_FILE}")
-        self.run_name: str = run["run_name"]
-        self.label: str = trained.get("label", trained["model"])
+        self.run_name: str = run.run_name
+        self.label: str = trained.label
         self.data: Dataset = load_dataset(self.cfg.dataset_dir)
         self.features: dict[str, Tensor] = {
             name: torch.from_numpy(load_feature(self.cfg.feature_root, name)) for name in model_cfg.features}
         model = build_model(model_cfg, TrainGraph.from_dataset(self.data), self.features)
         model.load_state_dict(torch.load(weights_dir / MODEL_FILE, weights_only=True))
-        self.model: Recommender = model.eval()
+        self.model: Recommender[Any] = model.eval()
         with torch.inference_mode():
             self._score = model.scorer()  # propagates a graph model once, for every batch after
         frame = self.data.interactions[["user_id", "item_id"]].drop_duplicates().sort_values(["user_id", "item_id"])
@@ -156,7 +148,8 @@ class TrainedRun:
         sims = unit[torch.tensor(np.asarray(items, dtype=np.int64))] @ unit[torch.tensor(history)].T  # (n, |hist|)
         best = torch.topk(sims, min(top, len(history)), dim=1)  # (len(items), top)
         reasons = [[{"item_id": int(history[j]), "title": str(titles[history[j]]), "similarity": float(s)}
-                    for j, s in zip(idx.tolist(), val.tolist())] for idx, val in zip(best.indices, best.values)]
+                    for j, s in zip(idx.tolist(), val.tolist(), strict=True)]
+                   for idx, val in zip(best.indices, best.values, strict=True)]
         return reasons, space
 
 
@@ -225,13 +218,8 @@ def format_recommendations(recs: Recommendations) -> str:
 
 
 def recommend_command(args: argparse.Namespace) -> int:
-    """``rmm recommend``: one user's top-K printed (``--user``), or every user's written to parquet (``--all``)."""
-    if getattr(args, "all", False):
-        from rmm.recommend_batch import recommend_all
-
-        path = recommend_all(args.out_dir, args.k, args.run, ray_address=getattr(args, "ray_address", None))
-        print(f"top-{args.k} of every user written to {path}")
-        return 0
+    """``rmm recommend --user ID``: one user's top-K, printed (``--all`` runs
+    :func:`rmm.recommend_batch.recommend_all`)."""
     if args.user is None:
         raise ConfigError("rmm recommend needs --user ID (one user) or --all (every user, to parquet)")
     recs = recommend_for_user(args.out_dir, args.user, args.k, args.run, explain=getattr(args, "explain", False))

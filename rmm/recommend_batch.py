@@ -22,7 +22,7 @@ from rmm.config import OutputConfig, load_config
 from rmm.data.schema import USERS_FILE
 from rmm.errors import ConfigError, NotFoundError
 from rmm.recommend import TrainedRun, pick_run
-from rmm.report.results import RESULTS_FILE, RUNS_DIR, run_dir, trained_run_name
+from rmm.runs import RESULTS_FILE, RUNS_DIR, run_dir
 from rmm.storage import Storage, filesystem
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class TopKBatch:
 
 
 def recommend_all(out_dir: str | Path, k: int = 10, run_name: str | None = None, *, batch_users: int = 1024,
-                  num_actors: int = 1, cpus_per_actor: float = 0.5, ray_address: str | None = None) -> Path:
+                  num_actors: int = 1, cpus_per_actor: float = 0.5, ray_address: str | None = None) -> str:
     """Write every user's top-``k`` unseen items to :func:`output_path` (replacing an earlier file).
 
     Args:
@@ -62,7 +62,7 @@ def recommend_all(out_dir: str | Path, k: int = 10, run_name: str | None = None,
             the parquet is then written too (the actors may run on any node).
         k: items per user.
         run_name: run_name from results.json; None picks the best (:func:`rmm.recommend.pick_run`, resolved once, here).
-        batch_users: users per batch (one ``score_users`` call each).
+        batch_users: users per batch (one call of the model's ``scorer`` each).
         num_actors: size of the actor pool; each actor holds one copy of the model.
         cpus_per_actor: CPUs an actor reserves; keep it fractional on small machines, or the pool starves
             Ray Data's read tasks (2 actors of 1 CPU each on 2 cores never let a read task run).
@@ -77,9 +77,8 @@ def recommend_all(out_dir: str | Path, k: int = 10, run_name: str | None = None,
     storage.pull(RESULTS_FILE)
     out = storage.local.resolve()
     run = pick_run(out, run_name)
-    trained_name = trained_run_name(run)
-    storage.pull(f"{RUNS_DIR}/{trained_name}/config.yaml")
-    cfg = load_config(run_dir(out, trained_name) / "config.yaml")
+    storage.pull(f"{RUNS_DIR}/{run.run_name}/config.yaml")
+    cfg = load_config(run_dir(out, run.run_name) / "config.yaml")
     dataset_dir = cfg.replace(output=OutputConfig(dir=str(out))).dataset_dir
     storage.pull(f"{storage.relative(dataset_dir)}/{USERS_FILE}")
     users_file = dataset_dir / USERS_FILE
@@ -95,10 +94,10 @@ def recommend_all(out_dir: str | Path, k: int = 10, run_name: str | None = None,
         fs.delete_dir(fs_path)
     elif existing == FileType.File:
         fs.delete_file(fs_path)
-    log.info("ranking %d users with run %s on %d actor(s)", num_users, run["run_name"], num_actors)
+    log.info("ranking %d users with run %s on %d actor(s)", num_users, run.run_name, num_actors)
     blocks = max(1, -(-num_users // batch_users))  # one block per batch, not Ray's default hundreds of tiny ones
     ranked = ray.data.range(num_users, override_num_blocks=blocks).map_batches(
-        TopKBatch, fn_constructor_kwargs={"out_dir": location, "run_name": run["run_name"], "k": k},
+        TopKBatch, fn_constructor_kwargs={"out_dir": location, "run_name": run.run_name, "k": k},
         batch_size=batch_users, batch_format="numpy", compute=ActorPoolStrategy(size=num_actors),
         num_cpus=cpus_per_actor)
     ranked.write_parquet(path)

@@ -8,24 +8,33 @@ submitted as its own Ray job. Ray-using modules are imported inside the stage th
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rmm import console
 from rmm.config import DATA_DIR, FEATURES_DIR, Config, save_snapshot
 from rmm.errors import ConfigError
+from rmm.runs import RESULTS_FILE, RUNS_DIR, RunRecord, first_best, record_runs
 from rmm.storage import Storage
 
 log = logging.getLogger(__name__)
 
 
 def run_data(cfg: Config, fresh: bool = False) -> Path:
+    """Prepare the dataset, then put the features its source ships (MMRec) in the feature store: here, because
+    rmm.data does not import rmm.features."""
     from rmm.data.prepare import prepare_dataset
+    from rmm.features.store import write_feature
 
-    path = prepare_dataset(cfg)
-    log.info("dataset written to %s", path)
-    return path
+    prepared = prepare_dataset(cfg)
+    for name, matrix, manifest in prepared.imported_features():
+        write_feature(cfg.feature_root, name, matrix, manifest)
+    log.info("dataset written to %s", prepared.root)
+    return prepared.root
 
 
 def run_extract(cfg: Config, fresh: bool = False) -> dict[str, Path]:
@@ -34,7 +43,7 @@ def run_extract(cfg: Config, fresh: bool = False) -> dict[str, Path]:
     return extract_features(cfg)
 
 
-def run_train(cfg: Config, fresh: bool = False) -> list[dict[str, Any]]:
+def run_train(cfg: Config, fresh: bool = False) -> list[RunRecord]:
     """Train every configured model (Ray Train) and record the runs in results.json, each as soon as it
     finishes; a run whose inputs match one that already finished is not trained again unless ``fresh``.
 
@@ -43,33 +52,36 @@ def run_train(cfg: Config, fresh: bool = False) -> list[dict[str, Any]]:
     once, whether its seed came alone or in a list. Every record carries ``seed_group``
     (:func:`rmm.train.identity.seed_group`), shared by the runs whose inputs differ in the seed alone, which the
     report shows as one configuration, mean ± std over the seeds. The runs go one after another: each is already
-    a Ray Train job of ``train.num_workers`` workers, and the local Ray is checked to fit one such job, so seeds
+    a Ray Train job of ``train.scaling.num_workers`` workers, and the local Ray is checked to fit one such job, so seeds
     started side by side would wait for the same CPUs or GPUs rather than finish sooner.
     """
-    from rmm.report.results import record_runs
     from rmm.train.identity import seed_group
     from rmm.train.ray_trainer import train_model
 
     if not cfg.model:
         raise ConfigError("no model to train: add a `model:` section to the config")
     records = []
-    for model in cfg.model:
-        train_cfg = cfg.train_for(model)
-        for seed in train_cfg.seeds or (train_cfg.seed,):
-            record = train_model(cfg, model, train_cfg=dataclasses.replace(train_cfg, seed=seed, seeds=()),
-                                 fresh=fresh)
-            record = {**record, "stage": "train", "seed_group": seed_group(model, record["inputs"])}
-            record_runs(cfg.out_dir, [record])
-            records.append(record)
+    plan = [(model, cfg.train_for(model)) for model in cfg.model]
+    epochs = sum(train_cfg.epochs * len(train_cfg.seeds or (train_cfg.seed,)) for _, train_cfg in plan)
+    with console.current().progress("train", epochs, "epoch", counts="epoch") as bar:
+        for model, train_cfg in plan:
+            for seed in train_cfg.seeds or (train_cfg.seed,):
+                record = train_model(cfg, model, train_cfg=dataclasses.replace(train_cfg, seed=seed, seeds=()),
+                                     fresh=fresh)
+                record = dataclasses.replace(record, stage="train", seed_group=seed_group(model, record.inputs))
+                record_runs(cfg.out_dir, [record])
+                records.append(record)
+                bar.advance_to(record.run_name, train_cfg.epochs, finished=True)  # early stopping skips the rest
     return records
 
 
-def run_tune(cfg: Config, fresh: bool = False) -> list[dict[str, Any]]:
+def run_tune(cfg: Config, fresh: bool = False) -> list[RunRecord]:
     """Sweep the configured search space (Ray Tune) and record the best run of each model."""
-    from rmm.report.results import record_runs
-    from rmm.tune.search import tune_models
+    from rmm.tune.search import plan_sweeps, tune_models
 
-    records = tune_models(cfg, fresh=fresh)
+    trials = sum(len(sweep.points) * sweep.num_samples for sweep in plan_sweeps(cfg))
+    with console.current().progress("tune", trials, "trial", counts="trial"):
+        records = tune_models(cfg, fresh=fresh)
     record_runs(cfg.out_dir, records)
     return records
 
@@ -96,7 +108,6 @@ def report_location(location: str) -> str:
     whether a run's inputs changed since; no images or feature matrices); returns where ``report.md`` is."""
     from rmm.data.schema import INFO_FILE, INTERACTIONS_FILE, ITEMS_FILE
     from rmm.features.store import MANIFEST_FILE
-    from rmm.report.results import RESULTS_FILE, RUNS_DIR
     from rmm.report.tables import write_report
 
     storage = Storage(location)
@@ -118,6 +129,7 @@ def run_stage(cfg: Config, stage: str, fresh: bool = False) -> Any:
     pulled = storage.pull()
     if pulled:
         log.info("pulled %d changed files from %s into %s", pulled, storage.location, storage.local)
+    started = time.perf_counter()
     try:
         save_snapshot(cfg, cfg.out_dir)
         log.info("stage %s", stage)
@@ -129,7 +141,37 @@ def run_stage(cfg: Config, stage: str, fresh: bool = False) -> Any:
             log.error("could not push the outputs of the failed stage %s to %s: %s", stage, storage.location, err)
         raise
     _push(storage)
+    console.current().summary(stage, summary(cfg, stage, result), time.perf_counter() - started)
     return result
+
+
+def summary(cfg: Config, stage: str, result: Any) -> str:
+    """The console's one line about what a stage made of ``result`` (its runner's return value)."""
+    storage = cfg.storage
+    if stage == "data":
+        from rmm.data.schema import INFO_FILE
+
+        counts = json.loads((cfg.dataset_dir / INFO_FILE).read_text())["counts"]
+        return (f"{cfg.dataset.name}: {counts['users']} users, {counts['items']} items, {counts['interactions']} "
+                f"interactions -> {storage.location_of(cfg.dataset_dir)}")
+    if stage == "extract":
+        from rmm.features.store import read_manifest
+
+        counts = [read_manifest(cfg.feature_root, name)["counts"] for name in result]
+        lacking = {kind: sum(c.get(kind, 0) for c in counts) for kind in ("failed", "missing")}
+        lacking_text = "".join(f", {n} {kind} item vectors (see their manifest.json)"
+                               for kind, n in lacking.items() if n)
+        return f"{len(result)} features{lacking_text} -> {storage.location_of(cfg.feature_root)}"
+    if stage in ("train", "tune"):
+        metric = next((r.train_metric for r in result if r.train_metric), None) or "recall@20"
+        best = first_best(result, key=lambda r: r.valid.get(metric))
+        count, noun = (len(result), "run") if stage == "train" else (sum(len(r.trials) for r in result), "trial")
+        what = f"{count} {noun}{'' if count == 1 else 's'}"
+        if best is None:
+            return what
+        searched = "".join(f" {key}={value}" for key, value in best.search.items())
+        return f"{what}; best valid {metric} {best.valid[metric]:.4f}: {best.label}{searched}"
+    return str(result)
 
 
 def _push(storage: Storage) -> None:

@@ -6,6 +6,7 @@ importing the other.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -32,3 +33,11 @@ def require_at_least(section: Any, minimum: float, *names: str) -> None:
         value = getattr(section, name)
         if value is not None and not value >= minimum:  # not >=: NaN fails too
             raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def require_choice(section: Any, name: str, choices: Sequence[str]) -> None:
+    """Raise ``ValueError`` naming field ``name`` of ``section``, its value and the valid ones unless it is one of
+    ``choices``."""
+    value = getattr(section, name)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")

@@ -26,6 +26,7 @@ def table_rows(markdown: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
 
 
+@pytest.mark.slow  # runs the benchmark scripts' dry runs
 def test_dry_run_writes_every_row_with_finite_positive_numbers(tmp_path: Path) -> None:
     out = tmp_path / "gpu.md"
     env = {**os.environ, "PYTHON": sys.executable}
@@ -51,6 +52,7 @@ def test_dry_run_refuses_to_write_into_results(capsys: pytest.CaptureFixture[str
     assert "other than bench/RESULTS.md" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # builds the 2B Qwen2-VL on the meta device
 def test_flops_per_token_and_patch_are_twice_the_2b_weights() -> None:
     """One text token costs 2 FLOPs per language-model weight (+ its attention to itself), one patch 2 per vision
     block weight plus its share of the patch embedding and merger: checked against the real module shapes."""

@@ -62,7 +62,10 @@ def test_data_prepare_and_stats(tmp_path: Path, capsys: pytest.CaptureFixture[st
                                     "output": {"dir": str(tmp_path / "out")}}))
     assert main(["data", "prepare", str(path)]) == 0
     assert (tmp_path / "out" / "data" / "synthetic" / "dataset.json").exists()
-    capsys.readouterr()
+    summary = capsys.readouterr().out.splitlines()  # the stage's one line; its info records in the log
+    assert len(summary) == 1 and summary[0].startswith("data     synthetic: ")
+    assert f"-> {tmp_path / 'out' / 'data' / 'synthetic'}" in summary[0]
+    assert "stage data" in (tmp_path / "out" / "logs" / "rmm.log").read_text()
     assert main(["data", "stats", str(path)]) == 0
     stats = json.loads(capsys.readouterr().out)
     info = json.loads((tmp_path / "out" / "data" / "synthetic" / "dataset.json").read_text())

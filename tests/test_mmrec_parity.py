@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rmm.cli import main
-from rmm.report.results import load_results
+from rmm.runs import load_results
 from tests.train.planted import write_mmrec_folder
 
 PARITY = Path(__file__).resolve().parents[1] / "configs" / "mmrec_parity.yaml"
@@ -21,20 +21,20 @@ def test_parity_config_trains_every_model_with_mmrecs_conventions(ray_cluster, t
     folder = write_mmrec_folder(tmp_path / "baby")
     out = tmp_path / "out"
     overrides = [f"dataset.path={folder}", f"output.dir={out}", "stages=[data, train, report]", "train.epochs=2",
-                 "train.topk=[5, 10, 20]", "train.batch_size=256"]  # 30 items: no cut-off 50; each model once
+                 "train.eval.topk=[5, 10, 20]", "train.batch_size=256"]  # 30 items: no cut-off 50; each model once
     assert main(["run", str(PARITY), *(a for o in overrides for a in ("--set", o))]) == 0
 
-    runs = {r["model"]: r for r in load_results(out)}
+    runs = {r.model: r for r in load_results(out)}
     assert set(runs) == MODELS
     for model, run in runs.items():
-        train = run["config"]["train"]
-        assert train["test_masks_valid"] is False and train["negatives"] == "train_items", model
-        assert train["seed"] == 999 and train["patience"] == 21 and train["batch_size"] == 256, model
-        assert all(math.isfinite(v) for v in run["test"].values()) and run["test"]["recall@20"] > 0, model
-    assert runs["lattice"]["config"]["train"]["lr_decay"] == [0.96, 50]
-    assert runs["lightgcn"]["config"]["train"]["lr_decay"] == [1.0, 50]
-    assert runs["lattice"]["config"]["model"]["knn_self"] and runs["freedom"]["config"]["model"]["knn_self"]
-    assert runs["lattice"]["config"]["model"]["ui_normalization"] == "row_self_loops"
-    assert runs["freedom"]["config"]["model"]["modality_weights"] == [0.1, 0.9]
-    assert runs["bprmf"]["config"]["model"]["reg_norm"] == "frobenius"
+        train = run.config["train"]
+        assert train["eval"]["test_masks_valid"] is False and train["negatives"] == "train_items", model
+        assert train["seed"] == 999 and train["eval"]["patience"] == 21 and train["batch_size"] == 256, model
+        assert all(math.isfinite(v) for v in run.test.values()) and run.test["recall@20"] > 0, model
+    assert runs["lattice"].config["train"]["lr_decay"] == [0.96, 50]
+    assert runs["lightgcn"].config["train"]["lr_decay"] == [1.0, 50]
+    assert runs["lattice"].config["model"]["knn_self"] and runs["freedom"].config["model"]["knn_self"]
+    assert runs["lattice"].config["model"]["ui_normalization"] == "row_self_loops"
+    assert runs["freedom"].config["model"]["modality_weights"] == [0.1, 0.9]
+    assert runs["bprmf"].config["model"]["reg_norm"] == "frobenius"
     assert (out / "report.md").exists()

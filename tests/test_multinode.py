@@ -21,7 +21,18 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rmm.config import Config, ExtractorConfig, FeaturesConfig, ModelConfig, OutputConfig, RayConfig, TrainConfig
+from rmm.config import (
+    Config,
+    EvalConfig,
+    FaultToleranceConfig,
+    FeaturesConfig,
+    ImageStatsConfig,
+    ModelConfig,
+    OutputConfig,
+    RayConfig,
+    ScalingConfig,
+    TrainConfig,
+)
 from rmm.data.schema import load_dataset
 from rmm.features.encoders import IMAGE_STATS_DIM
 from rmm.features.store import load_feature, read_manifest, write_feature
@@ -39,8 +50,10 @@ LOOPBACK = "127.0.0.1"
 WORKER_CPUS = 2
 #: BM3 draws dropout masks from torch's global generator: an exact resume must restore every rank's stream.
 MODEL = ModelConfig("bm3", features=("image_random",))
-TRAIN = TrainConfig(epochs=10, batch_size=64, learning_rate=0.01, topk=(5, 10), metric="recall@10", patience=10,
-                    num_workers=2, cpus_per_worker=WORKER_CPUS, checkpoint_every=1)
+TRAIN = TrainConfig(epochs=10, batch_size=64, learning_rate=0.01,
+                    eval=EvalConfig(topk=(5, 10), metric="recall@10", patience=10),
+                    scaling=ScalingConfig(num_workers=2, cpus_per_worker=WORKER_CPUS),
+                    fault_tolerance=FaultToleranceConfig(checkpoint_every=1))
 #: The worker node is removed once the checkpoint of this epoch is written, with epochs left to train.
 LOSE_NODE_AFTER_EPOCH = 2
 #: Wall-clock limits, about three times what a heavily loaded 2-core machine took, so that a hang fails.
@@ -140,14 +153,13 @@ def across_nodes(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> tupl
 def _assert_same_run(record: dict[str, Any], reference: dict[str, Any]) -> None:
     """Bit-for-bit the same training: every epoch's loss and valid metrics, the best epoch and the test metrics."""
     keys = ("epoch", "loss", "valid/recall@10", "valid/ndcg@10", "valid/map@10")
-    assert [[h[k] for k in keys] for h in record["history"]] == [[h[k] for k in keys] for h in reference["history"]]
-    assert record["best_epoch"] == reference["best_epoch"] and record["valid"] == reference["valid"]
-    assert record["test"] == reference["test"]
+    assert [[h[k] for k in keys] for h in record.history] == [[h[k] for k in keys] for h in reference.history]
+    assert record.best_epoch == reference.best_epoch and record.valid == reference.valid
+    assert record.test == reference.test
 
 
 def test_extraction_runs_its_actors_on_both_worker_nodes(cluster: Any, tmp_path: Path) -> None:
-    stats = ExtractorConfig(name="image_stats", kind="image_stats", max_image_size=32, batch_size=4,
-                            bucket_window=1, concurrency=2)
+    stats = ImageStatsConfig(name="image_stats", max_image_size=32, batch_size=4, bucket_window=1, concurrency=2)
     cfg = Config(features=FeaturesConfig(extractors=(stats,)), output=OutputConfig(dir=str(tmp_path)),
                  ray=RayConfig(address=cluster.address))
     make_dataset(cfg.dataset_dir, num_items=16)
@@ -169,7 +181,8 @@ def test_two_workers_on_two_nodes_end_like_two_workers_on_one(cluster: Any, acro
     cfg = _train_config(tmp_path, cluster.address)
     before = _actor_nodes(cluster)
     with _deadline(TRAIN_TIMEOUT_S):  # workers of half a node each: Train packs both onto one node
-        one_node = train_model(cfg, MODEL, train_cfg=dataclasses.replace(TRAIN, cpus_per_worker=WORKER_CPUS / 2))
+        one_node = train_model(cfg, MODEL, train_cfg=dataclasses.replace(
+            TRAIN, scaling=dataclasses.replace(TRAIN.scaling, cpus_per_worker=WORKER_CPUS / 2)))
     assert len(_nodes_of_new_actors(cluster, before, TRAIN_WORKER)) == 1
     _assert_same_run(one_node, reference)
 
@@ -181,7 +194,8 @@ def test_losing_a_worker_node_resumes_from_the_checkpoint_and_ends_like_the_unin
     before = _actor_nodes(cluster)
     pool = ThreadPoolExecutor(max_workers=1)  # the run trains in a thread while this one takes a node away
     try:
-        run = pool.submit(train_model, cfg, MODEL, train_cfg=dataclasses.replace(TRAIN, max_failures=1))
+        run = pool.submit(train_model, cfg, MODEL, train_cfg=dataclasses.replace(
+            TRAIN, fault_tolerance=dataclasses.replace(TRAIN.fault_tolerance, max_failures=1)))
         lost_after = _wait_for_checkpoint(cfg.out_dir / RAY_RESULTS_DIR, LOSE_NODE_AFTER_EPOCH, run)
         lost = next(iter(cluster.worker_nodes))  # each worker node hosts one of the run's workers
         cluster.remove_node(lost, allow_graceful=False)  # killed, as a crashed machine
@@ -194,7 +208,7 @@ def test_losing_a_worker_node_resumes_from_the_checkpoint_and_ends_like_the_unin
     assert {lost.node_id, replacement.node_id} <= _nodes_of_new_actors(cluster, before, TRAIN_WORKER)
     # Resumed from a checkpoint of the first attempt: the one found (or its predecessor, when the node died
     # before Ray Train had registered it).
-    assert survived["resumed_after_epoch"] in (lost_after - 1, lost_after), survived["resumed_after_epoch"]
+    assert survived.resumed_after_epoch in (lost_after - 1, lost_after), survived.resumed_after_epoch
     _assert_same_run(survived, reference)
 
 

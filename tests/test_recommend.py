@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shutil
 from pathlib import Path
 
@@ -14,12 +13,27 @@ import pandas as pd
 import pytest
 import torch
 
-from rmm.config import Config, ModelConfig, OutputConfig, TrainConfig, TuneConfig, save_snapshot
+from rmm.config import (
+    Config,
+    EvalConfig,
+    ModelConfig,
+    OutputConfig,
+    ScalingConfig,
+    TrainConfig,
+    TuneConfig,
+    save_snapshot,
+)
 from rmm.data.schema import ITEMS_FILE, TEST, TRAIN, VALID, load_dataset, sha256_file, write_dataset
 from rmm.features.store import load_feature, write_feature
-from rmm.recommend import TrainedRun, explain_space, format_recommendations, pick_run, recommend_command, \
-    recommend_for_user
-from rmm.report.results import MODEL_FILE, PER_USER_FILE, RUN_FILE, load_results, record_runs, run_dir
+from rmm.recommend import (
+    TrainedRun,
+    explain_space,
+    format_recommendations,
+    pick_run,
+    recommend_command,
+    recommend_for_user,
+)
+from rmm.runs import MODEL_FILE, PER_USER_FILE, RunRecord, load_results, record_runs, run_dir, write_run_record
 from rmm.train.loop import fit
 from tests.report.helpers import record as bare_record
 
@@ -34,7 +48,7 @@ def write_titled_dataset(root: Path) -> Path:
     for user in range(NUM_USERS):
         chosen = rng.choice(np.arange(user % GROUPS, NUM_ITEMS, GROUPS), PER_USER, replace=False)
         splits = [TRAIN] * (PER_USER - 2) + [VALID, TEST]
-        rows += [(user, int(item), t, split) for t, (item, split) in enumerate(zip(chosen, splits))]
+        rows += [(user, int(item), t, split) for t, (item, split) in enumerate(zip(chosen, splits, strict=True))]
     items = pd.DataFrame({"item_id": np.arange(NUM_ITEMS), "source_id": [f"i{i}" for i in range(NUM_ITEMS)],
                           "title": [f"g{i % GROUPS} item {i}" for i in range(NUM_ITEMS)], "text": "",
                           "image_path": None})
@@ -50,8 +64,9 @@ def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("recommend")
     model_cfg = ModelConfig("vbpr", features=("image_tiny",))
     cfg = Config(output=OutputConfig(dir=str(out)), model=(model_cfg,),
-                 train=TrainConfig(epochs=4, batch_size=64, learning_rate=0.05, topk=(5, 10), metric="recall@10",
-                                   num_workers=1))
+                 train=TrainConfig(epochs=4, batch_size=64, learning_rate=0.05,
+                                   eval=EvalConfig(topk=(5, 10), metric="recall@10"),
+                                   scaling=ScalingConfig(num_workers=1)))
     cfg = cfg.replace(dataset=dataclasses.replace(cfg.dataset, name="titled"))
     data = load_dataset(write_titled_dataset(cfg.dataset_dir))
     groups = np.eye(GROUPS)[np.arange(NUM_ITEMS) % GROUPS]
@@ -61,22 +76,15 @@ def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     fitted = fit(model_cfg, cfg.train, data, features)
     directory = run_dir(out, RUN)
     directory.mkdir(parents=True)
-    record = {"model": "vbpr", "label": model_cfg.label, "features": ["image_tiny"], "fusion": None,
-              "best_epoch": fitted.best_epoch, "valid": fitted.valid, "test": fitted.test, "train_seconds": 1.0,
-              "history": fitted.history, "run_name": RUN, "run_dir": str(directory), "stage": "train"}
+    record = RunRecord(model="vbpr", label=model_cfg.label, features=("image_tiny",), best_epoch=fitted.best_epoch,
+                       valid=fitted.valid, test=fitted.test, train_seconds=1.0, history=tuple(fitted.history),
+                       run_name=RUN, run_dir=str(directory))
     fitted.test_per_user.to_parquet(directory / PER_USER_FILE, index=False)
     torch.save(fitted.best_state, directory / MODEL_FILE)
-    (directory / RUN_FILE).write_text(json.dumps(record))
+    write_run_record(directory, record)
     save_snapshot(cfg.replace(tune=TuneConfig()), directory)
     record_runs(out, [record])
     return out
-
-
-def test_run_files_match_the_trainer() -> None:
-    from rmm.train import ray_trainer
-
-    assert (ray_trainer.MODEL_FILE, ray_trainer.PER_USER_FILE, ray_trainer.RUN_FILE) == (
-        MODEL_FILE, PER_USER_FILE, RUN_FILE)
 
 
 def test_cli_prints_titles_and_excludes_seen_items(out: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -100,8 +108,8 @@ def test_default_run_is_the_best_on_validation(tmp_path: Path) -> None:
     record_runs(tmp_path, [bare_record("train-00-lightgcn", "lightgcn", valid=0.2, test=0.6),
                            bare_record("train-01-vbpr", "vbpr", ["image"], valid=0.4, test=0.3),
                            bare_record("train-02-bm3", "bm3", ["image"], valid=0.4, test=0.5)])  # tie: earlier wins
-    assert pick_run(tmp_path, None)["run_name"] == "train-01-vbpr"
-    assert pick_run(tmp_path, "train-00-lightgcn")["run_name"] == "train-00-lightgcn"
+    assert pick_run(tmp_path, None).run_name == "train-01-vbpr"
+    assert pick_run(tmp_path, "train-00-lightgcn").run_name == "train-00-lightgcn"
     with pytest.raises(KeyError, match="no run 'nope'"):
         pick_run(tmp_path, "nope")
 
@@ -116,10 +124,10 @@ def test_cli_default_run_is_the_best_on_validation(out: Path, tmp_path: Path,
     shutil.copytree(out, copy)
     shutil.copytree(run_dir(copy, RUN), run_dir(copy, "train-01-copy"))
     trained = load_results(copy)[0]
-    better_on_test = {**trained, "valid": {**trained["valid"], "recall@10": 0.2},
-                      "test": {**trained["test"], "recall@10": 0.9}}
-    better_on_valid = {**trained, "run_name": "train-01-copy", "valid": {**trained["valid"], "recall@10": 0.5},
-                       "test": {**trained["test"], "recall@10": 0.1}}
+    better_on_test = dataclasses.replace(trained, valid={**trained.valid, "recall@10": 0.2},
+                                         test={**trained.test, "recall@10": 0.9})
+    better_on_valid = dataclasses.replace(trained, run_name="train-01-copy", valid={**trained.valid, "recall@10": 0.5},
+                                          test={**trained.test, "recall@10": 0.1})
     record_runs(copy, [better_on_test, better_on_valid])
     assert main(["recommend", str(copy), "--user", "5", "-k", "2"]) == 0
     assert "(run train-01-copy)" in capsys.readouterr().out
@@ -162,12 +170,11 @@ def test_unknown_user_is_one_line(out: Path, capsys: pytest.CaptureFixture[str])
 @pytest.mark.ray
 def test_all_users_batch_job_matches_single_user_path(ray_cluster, out: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from rmm.cli import main
     from rmm.recommend_batch import output_path, recommend_all
 
     k = 5
-    args = argparse.Namespace(out_dir=str(out), user=None, k=k, run=None, explain=False, all=True,
-                              ray_address=None)
-    assert recommend_command(args) == 0
+    assert main(["recommend", str(out), "--all", "-k", str(k)]) == 0
     path = output_path(out, k)
     assert str(path) in capsys.readouterr().out
     table = pd.read_parquet(path).sort_values(["user_id", "rank"]).reset_index(drop=True)

@@ -30,7 +30,7 @@ def s3_endpoint() -> Iterator[str]:
     server.stop()
 
 
-@pytest.fixture(params=["file", "s3"])
+@pytest.fixture(params=["file", pytest.param("s3", marks=pytest.mark.slow)])  # s3: starts a local server
 def remote(request: pytest.FixtureRequest, tmp_path: Path) -> Remote:
     """An empty output location of each kind, and a way to look inside it."""
     if request.param == "file":
@@ -176,8 +176,8 @@ features:
 model:
   - {{name: lightgcn}}
   - {{name: vbpr, features: [image_stats]}}
-train: {{epochs: 2, batch_size: 64, topk: [5], metric: recall@5, eval_every: 1, num_workers: 2,
-        cpus_per_worker: 0.5, checkpoint_every: 1, seed: 1}}
+train: {{epochs: 2, batch_size: 64, seed: 1, eval: {{topk: [5], metric: recall@5, every: 1}},
+        scaling: {{num_workers: 2, cpus_per_worker: 0.5}}, fault_tolerance: {{checkpoint_every: 1}}}}
 ray: {{num_cpus: 4}}
 output: {{dir: "{remote.location}"}}
 """)

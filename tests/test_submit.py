@@ -138,8 +138,8 @@ def test_quickstart_job_succeeds_on_a_real_head(ray_head: Head, tmp_path: Path, 
     out = tmp_path / "out"
     overrides = [f"output.dir={out}", "dataset.synthetic.num_users=60", "dataset.synthetic.num_items=40",
                  "dataset.synthetic.interactions_per_user=10", "dataset.synthetic.image_size=8",
-                 "model=[{name: lightgcn}]", "tune=null", "train.epochs=2", "train.num_workers=1",
-                 "train.topk=[10,20]",
+                 "model=[{name: lightgcn}]", "tune=null", "train.epochs=2", "train.scaling.num_workers=1",
+                 "train.eval.topk=[10,20]",
                  "stages=[data,train,report]"]
     args = ["submit", "configs/quickstart.yaml", "--address", ray_head.address]
     for override in overrides:

@@ -17,23 +17,25 @@ from tests.train.planted import write_planted_dataset
 
 # (override, what the one line must say). Config values: checked when the config loads.
 AT_LOAD = [
-    ("train.topk=[0, 20]", "topk must be distinct cut-offs >= 1"),
-    ("train.topk=[-5, 20]", "topk must be distinct cut-offs >= 1"),
-    ("train.topk=[20, 20]", "topk must be distinct cut-offs >= 1"),
+    ("train.eval.topk=[0, 20]", "topk must be distinct cut-offs >= 1"),
+    ("train.eval.topk=[-5, 20]", "topk must be distinct cut-offs >= 1"),
+    ("train.eval.topk=[20, 20]", "topk must be distinct cut-offs >= 1"),
     ("train.weight_decay=-1", "weight_decay must be >= 0"),
     ("train.learning_rate=0", "learning_rate must be > 0"),
     ("train.learning_rate=.nan", "learning_rate must be > 0"),
-    ("train.cpus_per_worker=0", "cpus_per_worker must be > 0"),
-    ("train.num_workers=0", "num_workers must be >= 1"),
-    ("train.max_failures=-5", "max_failures must be >= -1"),
+    ("train.scaling.cpus_per_worker=0", "cpus_per_worker must be > 0"),
+    ("train.scaling.num_workers=0", "num_workers must be >= 1"),
+    ("train.fault_tolerance.max_failures=-5", "max_failures must be >= -1"),
     ("train.epochs=0", "epochs must be >= 1"),
-    ("train.metric=hits@20", "metric 'hits@20' must be '<name>@K' with name one of"),
-    ("train.metric=recall@30", "metric 'recall@30' must be '<name>@K'"),
+    ("train.eval.metric=hits@20", "metric 'hits@20' must be '<name>@K' with name one of"),
+    ("train.eval.metric=recall@30", "metric 'recall@30' must be '<name>@K'"),
     ("train.precision=fp8", "precision must be fp32 or bf16"),
     ("ray.num_cpus=0", "num_cpus must be >= 1"),
     ("ray.num_gpus=-1", "num_gpus must be >= 0"),
-    ("train.num_workers=8", "train.num_workers x train.cpus_per_worker = 4 CPUs, more than the 2 of the local Ray"),
-    ("train.use_gpu=true", "train.use_gpu with train.num_workers = 2 needs 2 GPUs, the local Ray has 0"),
+    ("train.scaling.num_workers=8",
+     "train.scaling.num_workers x cpus_per_worker = 4 CPUs, more than the 2 of the local Ray"),
+    ("train.scaling.use_gpu=true", "train.scaling.use_gpu with num_workers = 2 needs 2 GPUs, the local Ray has 0"),
+    ("train.patience=3", "train.patience moved to train.eval.patience"),
     ("dataset.split_ratios=[0.9, 0.1, 0.0]", "leave the test part empty"),
     ("dataset.split_ratios=[0.9, 0.0, 0.1]", "leave the valid part empty"),
     ("dataset.split_ratios=[1.2, -0.1, -0.1]", "split_ratios must be three numbers in [0, 1] summing to 1"),
@@ -44,6 +46,10 @@ AT_LOAD = [
     ("model.0.name=nosuchmodel", "Unknown model 'nosuchmodel'. Available:"),
     ("features.extractors=[{name: ../x, kind: image_stats}]", "extractor name '../x' is not a feature-store name"),
     ("features.extractors=[{name: a, kind: image_stats, num_cpus: -1}]", "num_cpus must be >= 0"),
+    ("features.extractors=[{name: a, kind: image_stats, pooling: cls}]",
+     "unknown key 'pooling' in section 'features.extractors[0] (image_stats)'; valid keys: batch_size"),
+    ("features.extractors=[{name: a, kind: vit, pooling: last}]", "pooling must be cls or mean, got 'last'"),
+    ("features.extractors=[{name: a, kind: resnet}]", "unknown extractor kind 'resnet'; valid kinds: clip_image"),
     ("output.dir=''", "output.dir must name a directory or URI"),
     ("tune.cpus_per_trial=0", "cpus_per_trial must be > 0"),
 ]
@@ -64,7 +70,7 @@ def config(out: Path) -> Path:
     path = out / "train.yaml"
     path.write_text(yaml.safe_dump({
         "stages": ["train"], "model": [{"name": "vbpr", "features": ["image"]}],
-        "train": {"epochs": 1, "topk": [10, 20], "num_workers": 2, "cpus_per_worker": 0.5},
+        "train": {"epochs": 1, "eval": {"topk": [10, 20]}, "scaling": {"num_workers": 2, "cpus_per_worker": 0.5}},
         "ray": {"num_cpus": 2, "num_gpus": 0}, "output": {"dir": str(out)}}))
     return path
 
@@ -99,8 +105,8 @@ def test_a_bad_value_fails_when_the_config_loads(config: Path, override: str, ex
 
 def test_a_cut_off_beyond_the_items_fails_once_the_dataset_is_known(config: Path,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    _fails_in_one_line(config, ["train.topk=[20, 50]"], "train.topk [20, 50] asks for cut-offs beyond the 40 items",
-                       capsys)
+    _fails_in_one_line(config, ["train.eval.topk=[20, 50]"],
+                       "train.eval.topk [20, 50] asks for cut-offs beyond the 40 items", capsys)
 
 
 def test_features_of_other_items_are_refused(config: Path, out: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -116,6 +122,6 @@ def test_a_dataset_without_test_interactions_is_refused(tmp_path: Path, capsys: 
     write_dataset(dataset.root, dataset.items, interactions, dataset.users, {"name": "planted", "source": "test"})
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({"stages": ["train"], "model": [{"name": "lightgcn"}],
-                                      "train": {"topk": [10, 20]}, "ray": {"num_cpus": 2},
+                                      "train": {"eval": {"topk": [10, 20]}}, "ray": {"num_cpus": 2},
                                       "output": {"dir": str(tmp_path)}}))
     _fails_in_one_line(config, [], "has no test interactions, so test metrics cannot be computed", capsys)

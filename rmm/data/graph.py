@@ -375,7 +375,7 @@ class _SimilarityBlocks:
             torch.finfo(torch.float32).max).float()  # (I,)
         self._scratch: dict[str, Tensor] = {}
 
-    def _buffer(self, name: str, shape: tuple[int, int]) -> Tensor:
+    def _buffer(self, name: str, shape: torch.Size | tuple[int, int]) -> Tensor:
         """A reusable contiguous float32 buffer of ``shape``, grown when too small."""
         numel = shape[0] * shape[1]
         if name not in self._scratch or self._scratch[name].numel() < numel:
@@ -517,7 +517,7 @@ def combine_graphs(graphs: Sequence[Tensor], weights: Sequence[float]) -> Tensor
         raise ValueError(f"need one weight per graph, got {len(graphs)} graphs and {len(weights)} weights")
     graphs = [g.coalesce() for g in graphs]
     index = torch.cat([g.indices() for g in graphs], dim=1)
-    values = torch.cat([w * g.values().float() for g, w in zip(graphs, weights)])
+    values = torch.cat([w * g.values().float() for g, w in zip(graphs, weights, strict=True)])
     return torch.sparse_coo_tensor(index, values, graphs[0].shape, check_invariants=True).coalesce()
 
 

@@ -1,15 +1,16 @@
 """The ``data`` stage: build a dataset directory from a config, and summarise one.
 
 ``prepare_dataset`` is the only entry point later stages and the CLI need: load (import or generate) ->
-:func:`rmm.data.preprocess.preprocess` -> images -> :func:`rmm.data.schema.write_dataset`. Imported ready-made
-features (MMRec) go to the feature store in the new item order.
+:func:`rmm.data.preprocess.preprocess` -> images -> :func:`rmm.data.schema.write_dataset`. Ready-made features
+a source ships (MMRec) come back in the new item order, for the data stage (:func:`rmm.stages.run_data`) to put
+in the feature store: rmm.data sits below rmm.features and does not import it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,8 @@ import numpy as np
 from rmm.config import Config, DatasetConfig
 from rmm.data import synthetic
 from rmm.data.importers import IMAGES_DIR, amazon, mmrec, movielens, place_images
-from rmm.data.preprocess import COLD_INFO, RawData, Skips, preprocess
+from rmm.data.preprocess import COLD_INFO, ImportedFeature, RawData, Skips, preprocess
 from rmm.data.schema import ITEMS_FILE, TEST, TRAIN, VALID, dataset_fingerprint, load_dataset, write_dataset
-from rmm.features.store import write_feature
 
 #: source name -> importer (``synthetic`` is generated, see :func:`load_raw`).
 IMPORTERS: dict[str, Callable[[DatasetConfig, Skips], RawData]] = {
@@ -35,11 +35,35 @@ def load_raw(cfg: DatasetConfig, skips: Skips) -> RawData:
     return IMPORTERS[cfg.source](cfg, skips)
 
 
-def prepare_dataset(cfg: Config) -> Path:
-    """Build the dataset ``cfg.dataset`` describes into ``cfg.dataset_dir`` and return that directory.
+@dataclasses.dataclass(frozen=True)
+class PreparedDataset:
+    """A dataset directory just written, and the features its source ships.
+
+    Attributes:
+        root: the dataset directory.
+        features: feature-store name -> the feature as the source ships it (row = the source's row).
+        item_rows: for each new ``item_id``, its row in the source's features.
+        items_sha256: sha256 of ``items.parquet``, which ties a feature to these items in its manifest.
+    """
+
+    root: Path
+    features: Mapping[str, ImportedFeature]
+    item_rows: np.ndarray
+    items_sha256: str
+
+    def imported_features(self) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
+        """``(name, matrix with row = item_id, manifest)`` of each shipped feature, re-ordered one at a time (a
+        feature matrix can be large)."""
+        for name, feature in self.features.items():
+            yield name, feature.matrix[self.item_rows], {"kind": "imported", "source": str(feature.source),
+                                                         "items_sha256": self.items_sha256}
+
+
+def prepare_dataset(cfg: Config) -> PreparedDataset:
+    """Build the dataset ``cfg.dataset`` describes into ``cfg.dataset_dir``.
 
     The directory's ``images/`` is rebuilt from scratch, so a re-run with other settings leaves no stale
-    image behind. Imported features are written to ``cfg.feature_root``.
+    image behind.
 
     Raises:
         DataError: bad input (the message names the file and the field or item).
@@ -71,11 +95,8 @@ def prepare_dataset(cfg: Config) -> Path:
                              "image_attributes": list(synthetic.IMAGE_ATTRIBUTES),
                              "text_attributes": list(synthetic.TEXT_ATTRIBUTES)}
     root = write_dataset(root, items, prepared.interactions, prepared.users, info)
-    items_sha256 = dataset_fingerprint(root)[ITEMS_FILE]
-    for name, feature in raw.features.items():
-        write_feature(cfg.feature_root, name, feature.matrix[prepared.item_rows],
-                      {"kind": "imported", "source": str(feature.source), "items_sha256": items_sha256})
-    return root
+    return PreparedDataset(root=root, features=raw.features, item_rows=prepared.item_rows,
+                           items_sha256=dataset_fingerprint(root)[ITEMS_FILE])
 
 
 def dataset_stats(path: str | Path) -> dict[str, Any]:

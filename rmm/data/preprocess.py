@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from rmm.config import ConfigError, DatasetConfig
-from rmm.data.schema import INFO_FILE, TEST, TRAIN, VALID, DataError
+from rmm.data.schema import INFO_FILE, TEST, TRAIN, VALID
+from rmm.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,8 @@ USERS_FILE = "users.parquet"
 INFO_FILE = "dataset.json"
 #: The files of a dataset directory besides images: what a process needs to load it.
 DATASET_FILES = (ITEMS_FILE, INTERACTIONS_FILE, USERS_FILE, INFO_FILE)
+#: Elements of a float32 block :func:`nonfinite_rows` checks at once.
+_CHECK_ELEMENTS = 1 << 22
 
 ITEM_COLUMNS = ("item_id", "source_id", "title", "text", "image_path")
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp", "split")
@@ -87,6 +89,20 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def nonfinite_rows(matrix: np.ndarray) -> np.ndarray:
+    """Indices (ascending) of the rows of a 2-D ``matrix`` holding a NaN or an infinity once cast to float32, the
+    feature store's dtype (a float64 value beyond the float32 range counts). The finite check of every stored
+    vector, extracted or imported (so it lives here, below both the importers and the store); checked in blocks of
+    rows, so a large matrix gets no full-size boolean copy."""
+    step = max(1, _CHECK_ELEMENTS // max(1, matrix.shape[1]))
+    bad = [np.empty(0, dtype=np.int64)]
+    with np.errstate(over="ignore", invalid="ignore"):  # the cast overflowing to inf is what is looked for
+        for start in range(0, len(matrix), step):
+            block = np.asarray(matrix[start:start + step], dtype=np.float32)
+            bad.append(start + np.flatnonzero(~np.isfinite(block).all(axis=1)))
+    return np.concatenate(bad)
 
 
 def write_dataset(root: str | Path, items: pd.DataFrame, interactions: pd.DataFrame, users: pd.DataFrame,

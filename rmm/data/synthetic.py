@@ -86,7 +86,7 @@ class World:
 
     def affinity(self, users: slice = slice(None)) -> np.ndarray:
         """(num_users, num_items) for ``users``: how many of an item's attribute values the user likes."""
-        return sum(self.likes[a][users][:, self.codes[a]].astype(np.float64) for a in ATTRIBUTES)
+        return sum((self.likes[a][users][:, self.codes[a]].astype(np.float64) for a in ATTRIBUTES), start=np.zeros(()))
 
 
 def user_source_id(index: int, num_users: int) -> str:
@@ -199,7 +199,8 @@ def _contrast(rgb: np.ndarray) -> tuple[int, int, int]:
     """A pattern colour visible on ``rgb``: darker on light colours, lighter on dark ones."""
     light = float(rgb @ np.array([0.299, 0.587, 0.114])) > 140
     out = rgb * 0.45 if light else rgb + (255 - rgb) * 0.6
-    return tuple(int(c) for c in out)
+    red, green, blue = (int(c) for c in out)
+    return red, green, blue
 
 
 def _draw_pattern(pen: ImageDraw.ImageDraw, pattern: str, size: int, colour: tuple[int, int, int]) -> None:

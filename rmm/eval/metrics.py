@@ -12,9 +12,10 @@ longer than scoring and ranking together. Precision and HitRate accept it and do
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -88,7 +89,7 @@ def metric_names(ks: Sequence[int]) -> list[str]:
     return [f"{name}@{k}" for k in ks for name in METRICS]
 
 
-def evaluate(model: Recommender, users: Tensor, exclude: UserItems, truth: UserItems, ks: Sequence[int],
+def evaluate(model: Recommender[Any], users: Tensor, exclude: UserItems, truth: UserItems, ks: Sequence[int],
              batch_users: int = 1024) -> dict[str, Tensor]:
     """Full-ranking metrics of ``users``: every item is scored, ``exclude`` items are never recommended.
 
@@ -107,9 +108,9 @@ def evaluate(model: Recommender, users: Tensor, exclude: UserItems, truth: UserI
         ``{"recall@10": (len(users),) float64, ...}`` in :func:`metric_names` order, on the CPU.
     """
     if max(ks) > truth.num_items:
-        raise ConfigError(f"top-K cut-offs {list(ks)} exceed the {truth.num_items} items; lower train.topk")
+        raise ConfigError(f"top-K cut-offs {list(ks)} exceed the {truth.num_items} items; lower train.eval.topk")
     columns: dict[str, list[Tensor]] = {name: [torch.empty(0, dtype=torch.float64)] for name in metric_names(ks)}
-    device = next(model.parameters()).device
+    device = next(itertools.chain(model.parameters(), model.buffers())).device  # training-free: buffers only
     was_training = model.training
     model.eval()
     with torch.no_grad():

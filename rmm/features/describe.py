@@ -72,8 +72,8 @@ def parse_description(text: str, slots: Sequence[str]) -> ParsedDescription:
     canonical = {" ".join(slot.lower().split()): slot for slot in slots}
     matches = list(_label_pattern(slots).finditer(text))
     found: dict[str, str] = {}
-    for match, following in zip(matches, [*matches[1:], None]):
-        end = following.start() if following is not None else len(text)
+    for index, match in enumerate(matches):
+        end = matches[index + 1].start() if index + 1 < len(matches) else len(text)  # up to the next label
         value = text[match.end():end].split("\n", 1)[0]
         value = value.strip().strip("*_`\"'").strip().rstrip(",;|.").strip()
         slot = canonical[" ".join(match.group("label").lower().split())]

@@ -10,9 +10,9 @@ share one copy. torch is imported on first use, not at module import. No Ray her
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MINILM_ALIASES = ("minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
@@ -53,10 +54,10 @@ def sentence_model_label(model: str | None) -> str:
     return Path(model.rstrip("/")).name.lower().replace("_", "-") or "text"
 
 
-_CACHE: dict[tuple, Any] = {}
+_CACHE: dict[tuple[Hashable, ...], Any] = {}
 
 
-def cached_model(key: tuple, load: Callable[[], Any]) -> Any:
+def cached_model(key: tuple[Hashable, ...], load: Callable[[], T]) -> T:
     """``load()`` once per process and key: extractors in one actor share what they have in common."""
     if key not in _CACHE:
         _CACHE[key] = load()
@@ -72,7 +73,11 @@ class SentenceEncoder:
         path = resolve_sentence_model(model)
         self.model = cached_model(("sentence", path, device), lambda: SentenceTransformer(path, device=device))
         self.batch_size = batch_size
-        self.dim = int(self.model.get_embedding_dimension())
+        dim = self.model.get_embedding_dimension()
+        if dim is None:
+            raise ConfigError(f"sentence model {path!r} does not report a fixed embedding dimension; choose a "
+                              "sentence-transformers model whose last module sets one")
+        self.dim = dim
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Shapes: returns (len(texts), dim)."""

@@ -29,13 +29,26 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from rmm.config import ExtractorConfig
+from rmm.config import (
+    CLIPImageConfig,
+    CLIPTextConfig,
+    EncoderConfig,
+    ExtractorConfig,
+    ImageExtractorConfig,
+    ImageStatsConfig,
+    LVLMDescribeConfig,
+    LVLMEmbedConfig,
+    SentenceConfig,
+    TorchvisionConfig,
+    ViTConfig,
+)
+from rmm.data.schema import nonfinite_rows
 from rmm.errors import ConfigError, UnknownNameError
 from rmm.features import describe as structured
 from rmm.features.encoders import (
@@ -54,7 +67,6 @@ from rmm.features.store import (
     MANIFEST_FILE,
     consolidate_parts,
     feature_dir,
-    nonfinite_rows,
     read_parts,
     write_feature,
 )
@@ -99,8 +111,8 @@ def load_image(dataset_dir: str | Path, image_path: str | None, max_image_size: 
         return None, NO_IMAGE
     where = join_location(str(dataset_dir), image_path)
     try:
-        with open_input(str(dataset_dir), image_path) as stream, Image.open(stream) as picture:
-            picture = picture.convert("RGB")
+        with open_input(str(dataset_dir), image_path) as stream, Image.open(stream) as opened:
+            picture = opened.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         log.warning("skipping image of %s: %s", where, err)
         # The reason goes to the manifest, which must not depend on where the data lives.
@@ -147,12 +159,20 @@ def _as_str(value: Any) -> str:
 
 # ---------------------------------------------------------------------------------------------- extractors
 
-class Extractor(ABC):
+#: The config class an extractor class takes (its kind's class in ``rmm.config.EXTRACTOR_CONFIGS``).
+CfgT = TypeVar("CfgT", bound=ExtractorConfig)
+#: The config class of an extractor reading images.
+ImageCfgT = TypeVar("ImageCfgT", bound=ImageExtractorConfig)
+#: The config class of an extractor with a neural model.
+EncoderCfgT = TypeVar("EncoderCfgT", bound=EncoderConfig)
+
+
+class Extractor(ABC, Generic[CfgT]):
     """Base of all extractors: per-item bookkeeping, length bucketing and failure isolation around
     :meth:`encode`.
 
     Args:
-        cfg: this extractor's config.
+        cfg: this extractor's config, of its kind's config class.
         cache_dir: cache root of ``tiny:`` models for extractors that load one; part of every extractor's
             constructor so the pipeline can pass it uniformly (an actor's environment may lack ``RMM_CACHE``).
     """
@@ -164,31 +184,31 @@ class Extractor(ABC):
     #: Output feature name -> vector dimension, set by ``__init__``.
     dims: dict[str, int]
 
-    def __init__(self, cfg: ExtractorConfig, cache_dir: str | None = None) -> None:
+    def __init__(self, cfg: CfgT, cache_dir: str | None = None) -> None:
         self.cfg = cfg
 
     @classmethod
-    def output_names(cls, cfg: ExtractorConfig) -> tuple[str, ...]:
+    def output_names(cls, cfg: CfgT) -> tuple[str, ...]:
         """The features written from this extractor's parts (default: one, named like the extractor)."""
         return (cfg.name,)
 
     @classmethod
-    def derived_names(cls, cfg: ExtractorConfig) -> tuple[str, ...]:
+    def derived_names(cls, cfg: CfgT) -> tuple[str, ...]:
         """Features computed from the outputs once every item is written (``lvlm_describe``'s keywords)."""
         return ()
 
     @classmethod
-    def feature_names(cls, cfg: ExtractorConfig) -> tuple[str, ...]:
+    def feature_names(cls, cfg: CfgT) -> tuple[str, ...]:
         return cls.output_names(cfg) + cls.derived_names(cfg)
 
     @classmethod
     @abstractmethod
-    def describe(cls, cfg: ExtractorConfig, cache_dir: str | None = None) -> dict[str, Any]:
+    def describe(cls, cfg: CfgT, cache_dir: str | None = None) -> dict[str, Any]:
         """Manifest fields (model, prompt, pooling, ...), computed on the driver without loading the model;
         raises ``ValueError``/``KeyError`` on an invalid config so a bad extractor fails before any work."""
 
     @classmethod
-    def output_manifest(cls, cfg: ExtractorConfig, output: str) -> dict[str, Any]:
+    def output_manifest(cls, cfg: CfgT, output: str) -> dict[str, Any]:
         """Manifest fields specific to one output (``lvlm_embed``: its pooling)."""
         return {}
 
@@ -237,13 +257,14 @@ class Extractor(ABC):
                 status[i], reasons[i] = MISSING, why
             else:
                 todo.append(i)
-        todo = [i for _, i in sorted(zip(self._keys([items[i] for i in todo]), todo), key=lambda pair: pair[0])]
+        keys = self._keys([items[i] for i in todo])
+        todo = [i for _, i in sorted(zip(keys, todo, strict=True), key=lambda pair: pair[0])]
         for start in range(0, len(todo), self.cfg.batch_size):
             chunk = todo[start:start + self.cfg.batch_size]
             encoded, errors = self._encode_isolated([items[i] for i in chunk])
             for name, values in encoded.items():
                 columns[name][chunk] = values
-            for i, error in zip(chunk, errors):
+            for i, error in zip(chunk, errors, strict=True):
                 if error:
                     status[i], reasons[i] = FAILED, error
         ids = np.asarray(batch["item_id"], dtype=np.int64)
@@ -268,6 +289,8 @@ class Extractor(ABC):
 
     def _fit(self, item: Item) -> Item:
         """Shrink an image larger than this extractor's ``max_image_size`` (a group decodes at its largest)."""
+        if not isinstance(self.cfg, ImageExtractorConfig):  # an extractor that never reads the image
+            return item
         limit = self.cfg.max_image_size
         if item.image is None or max(item.image.shape[:2]) <= limit:
             return item
@@ -310,7 +333,7 @@ class Extractor(ABC):
     # -------------------------------------------------------------------------------- driver side
 
     @classmethod
-    def finalize(cls, feature_root: str | Path, cfg: ExtractorConfig, num_items: int,
+    def finalize(cls, feature_root: str | Path, cfg: CfgT, num_items: int,
                  manifest: Mapping[str, Any]) -> list[Path]:
         """Consolidate every output's parts into ``matrix.npy`` + ``manifest.json`` (on the driver, once all
         items are written); extractors with derived features extend this."""
@@ -318,11 +341,11 @@ class Extractor(ABC):
                 for name in cls.output_names(cfg)]
 
 
-EXTRACTORS: dict[str, type[Extractor]] = {}
+EXTRACTORS: dict[str, type[Extractor[Any]]] = {}
 
 
-def register(kind: str) -> Callable[[type[Extractor]], type[Extractor]]:
-    def add(cls: type[Extractor]) -> type[Extractor]:
+def register(kind: str) -> Callable[[type[Extractor[Any]]], type[Extractor[Any]]]:
+    def add(cls: type[Extractor[Any]]) -> type[Extractor[Any]]:
         if kind in EXTRACTORS:
             raise KeyError(f"extractor kind {kind!r} is registered twice")
         cls.kind = kind
@@ -332,7 +355,7 @@ def register(kind: str) -> Callable[[type[Extractor]], type[Extractor]]:
     return add
 
 
-def get_extractor(kind: str) -> type[Extractor]:
+def get_extractor(kind: str) -> type[Extractor[Any]]:
     """The extractor class of ``kind``; ``KeyError`` listing the valid kinds otherwise."""
     if kind not in EXTRACTORS:
         raise UnknownNameError(f"Unknown extractor kind {kind!r}. Available: {sorted(EXTRACTORS)}")
@@ -388,7 +411,7 @@ def vector_list(vectors: np.ndarray) -> pa.Array:
 # ------------------------------------------------------------------------------------------------- LVLM
 
 @register("lvlm_embed")
-class LVLMEmbedExtractor(Extractor):
+class LVLMEmbedExtractor(Extractor[LVLMEmbedConfig]):
     """Hidden-state embedding of image + title + text from an LVLM (fields: model, pooling or poolings, layer,
     dtype, prompt, max_image_size, attn_implementation, trust_remote_code).
 
@@ -398,7 +421,7 @@ class LVLMEmbedExtractor(Extractor):
 
     needs_image = True
 
-    def __init__(self, cfg: ExtractorConfig, cache_dir: str | None = None) -> None:
+    def __init__(self, cfg: LVLMEmbedConfig, cache_dir: str | None = None) -> None:
         from rmm.features.lvlm import LVLMEmbedder
 
         super().__init__(cfg, cache_dir)
@@ -406,15 +429,15 @@ class LVLMEmbedExtractor(Extractor):
                                      layer=cfg.layer, dtype=cfg.dtype, prompt=cfg.prompt,
                                      trust_remote_code=cfg.trust_remote_code, device=self.device(),
                                      attn_implementation=cfg.attn_implementation)
-        self.outputs = dict(zip(_poolings(cfg), self.output_names(cfg)))  # pooling -> feature
+        self.outputs = dict(zip(_poolings(cfg), self.output_names(cfg), strict=True))  # pooling -> feature
         self.dims = {name: self.embedder.dim for name in self.outputs.values()}
 
     @classmethod
-    def output_names(cls, cfg: ExtractorConfig) -> tuple[str, ...]:
+    def output_names(cls, cfg: LVLMEmbedConfig) -> tuple[str, ...]:
         return tuple(f"{cfg.name}_{p}" for p in cfg.poolings) if cfg.poolings else (cfg.name,)
 
     @classmethod
-    def describe(cls, cfg: ExtractorConfig, cache_dir: str | None = None) -> dict[str, Any]:
+    def describe(cls, cfg: LVLMEmbedConfig, cache_dir: str | None = None) -> dict[str, Any]:
         from rmm.features.lvlm import check_pooling
 
         for pooling in _poolings(cfg):
@@ -427,8 +450,8 @@ class LVLMEmbedExtractor(Extractor):
                 "prompt_template": template_text(template), "prompt_sha256": template_sha256(template)}
 
     @classmethod
-    def output_manifest(cls, cfg: ExtractorConfig, output: str) -> dict[str, Any]:
-        return {"pooling": dict(zip(cls.output_names(cfg), _poolings(cfg)))[output]}
+    def output_manifest(cls, cfg: LVLMEmbedConfig, output: str) -> dict[str, Any]:
+        return {"pooling": dict(zip(cls.output_names(cfg), _poolings(cfg), strict=True))[output]}
 
     def missing_reason(self, item: Item) -> str:
         return "" if item.has_text or item.image is not None else f"empty title and text, {item.image_reason}"
@@ -449,7 +472,7 @@ class LVLMEmbedExtractor(Extractor):
 
 
 @register("lvlm_describe")
-class LVLMDescribeExtractor(Extractor):
+class LVLMDescribeExtractor(Extractor[LVLMDescribeConfig]):
     """A structured description generated by an LVLM, embedded with a sentence encoder.
 
     Fields: model, prompt (describe template name or YAML path), max_new_tokens, do_sample, temperature, top_p,
@@ -464,7 +487,7 @@ class LVLMDescribeExtractor(Extractor):
     needs_image = True
     extra_columns = ("text", "fields", "parse")
 
-    def __init__(self, cfg: ExtractorConfig, cache_dir: str | None = None) -> None:
+    def __init__(self, cfg: LVLMDescribeConfig, cache_dir: str | None = None) -> None:
         from rmm.features.lvlm import LVLMDescriber
 
         super().__init__(cfg, cache_dir)
@@ -478,18 +501,18 @@ class LVLMDescribeExtractor(Extractor):
         self.dims = {self.output_names(cfg)[0]: self.encoder.dim}
 
     @classmethod
-    def output_names(cls, cfg: ExtractorConfig) -> tuple[str, ...]:
+    def output_names(cls, cfg: LVLMDescribeConfig) -> tuple[str, ...]:
         return (f"{cfg.name}_desc_{sentence_model_label(cfg.text_encoder)}",)
 
     @classmethod
-    def derived_names(cls, cfg: ExtractorConfig) -> tuple[str, ...]:
+    def derived_names(cls, cfg: LVLMDescribeConfig) -> tuple[str, ...]:
         return (f"{cfg.name}_keywords",)
 
     @classmethod
-    def describe(cls, cfg: ExtractorConfig, cache_dir: str | None = None) -> dict[str, Any]:
+    def describe(cls, cfg: LVLMDescribeConfig, cache_dir: str | None = None) -> dict[str, Any]:
         template = load_describe_template(cfg.prompt)
         model = _require_model(cfg)
-        decoding = {"max_new_tokens": cfg.max_new_tokens, "do_sample": cfg.do_sample}
+        decoding: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "do_sample": cfg.do_sample}
         if cfg.do_sample:
             decoding.update(temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
         return {"model": model, "model_path": resolve_model_id(model, cache_dir), "model_dtype": cfg.dtype,
@@ -514,14 +537,14 @@ class LVLMDescribeExtractor(Extractor):
     def encode(self, items: list[Item]) -> dict[str, np.ndarray]:
         texts = self.describer.describe([i.title for i in items], [i.text for i in items], [i.image for i in items])
         parsed = [structured.parse_description(text, self.template.slot_names) for text in texts]
-        inputs = [text or sentence_text(item.title, item.text) for text, item in zip(texts, items)]
+        inputs = [text or sentence_text(item.title, item.text) for text, item in zip(texts, items, strict=True)]
         return {next(iter(self.dims)): self.encoder.encode(inputs),
                 "text": np.array(texts, dtype=object),
                 "fields": np.array([p.fields_json for p in parsed], dtype=object),
                 "parse": np.array([p.status for p in parsed], dtype=object)}
 
     @classmethod
-    def finalize(cls, feature_root: str | Path, cfg: ExtractorConfig, num_items: int,
+    def finalize(cls, feature_root: str | Path, cfg: LVLMDescribeConfig, num_items: int,
                  manifest: Mapping[str, Any]) -> list[Path]:
         """Write ``descriptions.parquet``, the description feature (with parse counts) and the keyword feature."""
         (desc_name,), (keywords_name,) = cls.output_names(cfg), cls.derived_names(cfg)
@@ -538,7 +561,7 @@ class LVLMDescribeExtractor(Extractor):
 
         slots = manifest["slots"]
         fields: list[dict[str, str] | None] = [None] * num_items
-        for item_id, text in zip(done["item_id"], done["fields"]):
+        for item_id, text in zip(done["item_id"], done["fields"], strict=True):
             fields[int(item_id)] = json.loads(text)
         vocabulary = structured.keyword_vocabulary(fields, slots, cfg.keywords_top_n)
         desc_manifest = json.loads((feature_dir(feature_root, desc_name) / MANIFEST_FILE).read_text())
@@ -553,11 +576,11 @@ class LVLMDescribeExtractor(Extractor):
         return paths
 
 
-def _poolings(cfg: ExtractorConfig) -> tuple[str, ...]:
+def _poolings(cfg: LVLMEmbedConfig) -> tuple[str, ...]:
     return cfg.poolings or (cfg.pooling,)
 
 
-def _require_model(cfg: ExtractorConfig, example: str = "tiny:qwen2-vl") -> str:
+def _require_model(cfg: EncoderConfig, example: str = "tiny:qwen2-vl") -> str:
     if not cfg.model:
         raise ConfigError(f"extractor {cfg.name!r} ({cfg.kind}) needs a model: a hub id, a local path or {example}")
     return cfg.model
@@ -566,16 +589,16 @@ def _require_model(cfg: ExtractorConfig, example: str = "tiny:qwen2-vl") -> str:
 # ---------------------------------------------------------------------------------------------- classic
 
 @register("sentence")
-class SentenceExtractor(Extractor):
+class SentenceExtractor(Extractor[SentenceConfig]):
     """Sentence-transformers embedding of ``title. text`` (fields: model; None or "minilm" = all-MiniLM-L6-v2)."""
 
-    def __init__(self, cfg: ExtractorConfig, cache_dir: str | None = None) -> None:
+    def __init__(self, cfg: SentenceConfig, cache_dir: str | None = None) -> None:
         super().__init__(cfg, cache_dir)
         self.encoder = SentenceEncoder(cfg.model, device=self.device(), batch_size=cfg.batch_size)
         self.dims = {cfg.name: self.encoder.dim}
 
     @classmethod
-    def describe(cls, cfg: ExtractorConfig, cache_dir: str | None = None) -> dict[str, Any]:
+    def describe(cls, cfg: SentenceConfig, cache_dir: str | None = None) -> dict[str, Any]:
         return {"model": cfg.model or "all-MiniLM-L6-v2", "model_path": resolve_sentence_model(cfg.model),
                 "pooling": "model's own (sentence-transformers), L2-normalised", "input": "title. text"}
 
@@ -586,7 +609,7 @@ class SentenceExtractor(Extractor):
         return {self.cfg.name: self.encoder.encode([sentence_text(i.title, i.text) for i in items])}
 
 
-class _ImageExtractor(Extractor):
+class _ImageExtractor(Extractor[ImageCfgT]):
     """An extractor reading only the image: an item without one is missing."""
 
     needs_image = True
@@ -594,31 +617,41 @@ class _ImageExtractor(Extractor):
     def missing_reason(self, item: Item) -> str:
         return "" if item.image is not None else item.image_reason
 
+    @staticmethod
+    def images(items: list[Item]) -> list[np.ndarray]:
+        """The pixels of ``items``, which the pipeline gives an image extractor only when ``missing_reason`` is
+        empty for each."""
+        pixels = [item.image for item in items]
+        missing = [item.item_id for item, image in zip(items, pixels, strict=True) if image is None]
+        if missing:
+            raise ValueError(f"image extractor given items without an image: {missing[:5]}")
+        return [image for image in pixels if image is not None]
+
 
 @register("image_stats")
-class ImageStatsExtractor(_ImageExtractor):
+class ImageStatsExtractor(_ImageExtractor[ImageStatsConfig]):
     """HSV colour histogram + grey thumbnail of the image, no model (field: max_image_size)."""
 
-    def __init__(self, cfg: ExtractorConfig, cache_dir: str | None = None) -> None:
+    def __init__(self, cfg: ImageStatsConfig, cache_dir: str | None = None) -> None:
         super().__init__(cfg, cache_dir)
         self.dims = {cfg.name: IMAGE_STATS_DIM}
 
     @classmethod
-    def describe(cls, cfg: ExtractorConfig, cache_dir: str | None = None) -> dict[str, Any]:
+    def describe(cls, cfg: ImageStatsConfig, cache_dir: str | None = None) -> dict[str, Any]:
         return {"model": None, "hsv_bins": list(HSV_BINS), "thumbnail_size": THUMBNAIL_SIZE,
                 "max_image_size": cfg.max_image_size}
 
     def encode(self, items: list[Item]) -> dict[str, np.ndarray]:
-        return {self.cfg.name: np.stack([image_stats(item.image) for item in items])}
+        return {self.cfg.name: np.stack([image_stats(image) for image in self.images(items)])}
 
 
 @register("torchvision")
-class TorchvisionExtractor(_ImageExtractor):
+class TorchvisionExtractor(_ImageExtractor[TorchvisionConfig]):
     """Pooled features of a torchvision CNN, default ResNet50 (2048-d). Fields: model (builder name, default
     resnet50), weights (None = random init, an enum name such as IMAGENET1K_V2, or a local .pth), max_image_size
     (input resolution), dtype."""
 
-    def __init__(self, cfg: ExtractorConfig, cache_dir: str | None = None) -> None:
+    def __init__(self, cfg: TorchvisionConfig, cache_dir: str | None = None) -> None:
         from rmm.features.encoders import TorchvisionImageEncoder
 
         super().__init__(cfg, cache_dir)
@@ -627,7 +660,7 @@ class TorchvisionExtractor(_ImageExtractor):
         self.dims = {cfg.name: self.encoder.dim}
 
     @classmethod
-    def describe(cls, cfg: ExtractorConfig, cache_dir: str | None = None) -> dict[str, Any]:
+    def describe(cls, cfg: TorchvisionConfig, cache_dir: str | None = None) -> dict[str, Any]:
         from rmm.features.encoders import check_torchvision
 
         check_torchvision(cfg.model or "resnet50", cfg.weights)
@@ -639,15 +672,15 @@ class TorchvisionExtractor(_ImageExtractor):
                 "preprocess": "shorter side resized to input_size, centre crop, ImageNet mean/std"}
 
     def encode(self, items: list[Item]) -> dict[str, np.ndarray]:
-        return {self.cfg.name: self.encoder.encode([item.image for item in items])}
+        return {self.cfg.name: self.encoder.encode(self.images(items))}
 
 
 @register("vit")
-class ViTExtractor(_ImageExtractor):
+class ViTExtractor(_ImageExtractor[ViTConfig]):
     """A transformers ViT-style image model (``AutoModel``). Fields: model (hub id, local dir, ``tiny:vit``),
     pooling (``cls`` or ``mean``), max_image_size, dtype. L2-normalised."""
 
-    def __init__(self, cfg: ExtractorConfig, cache_dir: str | None = None) -> None:
+    def __init__(self, cfg: ViTConfig, cache_dir: str | None = None) -> None:
         from rmm.features.encoders import ViTImageEncoder
 
         super().__init__(cfg, cache_dir)
@@ -656,19 +689,17 @@ class ViTExtractor(_ImageExtractor):
         self.dims = {cfg.name: self.encoder.dim}
 
     @classmethod
-    def describe(cls, cfg: ExtractorConfig, cache_dir: str | None = None) -> dict[str, Any]:
-        if cfg.pooling not in ("cls", "mean"):
-            raise ConfigError(f"extractor {cfg.name!r} (vit): pooling must be cls or mean, got {cfg.pooling!r}")
+    def describe(cls, cfg: ViTConfig, cache_dir: str | None = None) -> dict[str, Any]:
         model = _require_model(cfg, "tiny:vit")
         return {"model": model, "model_path": resolve_model_id(model, cache_dir), "pooling": cfg.pooling,
                 "model_dtype": cfg.dtype, "max_image_size": cfg.max_image_size}
 
     def encode(self, items: list[Item]) -> dict[str, np.ndarray]:
-        return {self.cfg.name: self.encoder.encode([item.image for item in items])}
+        return {self.cfg.name: self.encoder.encode(self.images(items))}
 
 
-class _CLIPExtractor(Extractor):
-    def __init__(self, cfg: ExtractorConfig, cache_dir: str | None = None) -> None:
+class _CLIPExtractor(Extractor[EncoderCfgT]):
+    def __init__(self, cfg: EncoderCfgT, cache_dir: str | None = None) -> None:
         from rmm.features.encoders import CLIPEncoder
 
         super().__init__(cfg, cache_dir)
@@ -677,23 +708,23 @@ class _CLIPExtractor(Extractor):
         self.dims = {cfg.name: self.encoder.dim}
 
     @classmethod
-    def describe(cls, cfg: ExtractorConfig, cache_dir: str | None = None) -> dict[str, Any]:
+    def describe(cls, cfg: EncoderCfgT, cache_dir: str | None = None) -> dict[str, Any]:
         model = _require_model(cfg, "tiny:clip")
         return {"model": model, "model_path": resolve_model_id(model, cache_dir), "model_dtype": cfg.dtype,
                 "tower": "image" if cls.needs_image else "text", "pooling": "CLIP projection, L2-normalised"}
 
 
 @register("clip_image")
-class CLIPImageExtractor(_CLIPExtractor, _ImageExtractor):
+class CLIPImageExtractor(_CLIPExtractor[CLIPImageConfig], _ImageExtractor[CLIPImageConfig]):
     """CLIP image tower (fields: model, dtype, max_image_size); in one group with ``clip_text`` of the same model
     the model is loaded once."""
 
     def encode(self, items: list[Item]) -> dict[str, np.ndarray]:
-        return {self.cfg.name: self.encoder.encode_images([item.image for item in items])}
+        return {self.cfg.name: self.encoder.encode_images(self.images(items))}
 
 
 @register("clip_text")
-class CLIPTextExtractor(_CLIPExtractor):
+class CLIPTextExtractor(_CLIPExtractor[CLIPTextConfig]):
     """CLIP text tower over ``title. text`` (truncated to the tower's context)."""
 
     def sort_keys(self, items: list[Item]) -> list[int]:

@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import numpy as np
 import torch
@@ -19,6 +20,12 @@ from PIL import Image
 
 from rmm.errors import ConfigError
 from rmm.features.prompts import DescribeTemplate, build_describe_messages, build_messages, get_template
+
+if TYPE_CHECKING:
+    from transformers import GenerationMixin, PreTrainedModel
+
+    class ImageTextToTextModel(PreTrainedModel, GenerationMixin):
+        """What ``AutoModelForImageTextToText`` loads: a hub model that also generates."""
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +62,35 @@ def pool_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor, image_mask: 
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
-_LOADED: dict[tuple[str, str, bool, str, str], tuple[object, torch.nn.Module]] = {}
+class LVLMOptions(TypedDict, total=False):
+    """How :class:`LVLM` loads a model, the keyword arguments its subclasses pass through."""
+
+    dtype: str
+    trust_remote_code: bool
+    device: str
+    attn_implementation: str
+
+
+class GenerationOptions(TypedDict, total=False):
+    """The keyword arguments of ``generate`` that :class:`LVLMDescriber` sets (None unsets a checkpoint's default)."""
+
+    max_new_tokens: int
+    do_sample: bool
+    temperature: float | None
+    top_p: float | None
+    top_k: int | None
+    pad_token_id: int
+
+
+_LOADED: dict[tuple[str, str, bool, str, str], tuple[Any, ImageTextToTextModel]] = {}
 
 
 def load_lvlm(model_path: str, dtype: str = "float32", trust_remote_code: bool = False, device: str = "cpu",
-              attn_implementation: str = "sdpa") -> tuple[object, torch.nn.Module]:
+              attn_implementation: str = "sdpa") -> tuple[Any, ImageTextToTextModel]:
     """``AutoProcessor`` and ``AutoModelForImageTextToText`` (eval mode, on ``device``), loaded once per process.
+
+    The processor is typed ``Any``: its class, and so its methods (a tokenizer alone, or one with an image
+    processor), depend on the checkpoint's architecture.
 
     Extractors that share an actor (an embed and a describe extractor of the same model in one ``group``) get
     the same objects. ``attn_implementation`` falls back to the model's default, with a log line, when the
@@ -106,7 +136,7 @@ class LVLM:
         self.image_token_id = _image_token_id(self.processor, self.model)
         self._shapes: dict[str, str | None] = {}  # conversation shape -> its rendering with _SENTINEL (see chat)
 
-    def chat(self, messages: Sequence[list[dict]]) -> list[str]:
+    def chat(self, messages: Sequence[list[dict[str, Any]]]) -> list[str]:
         """Chat-formatted prompt strings (the model's own template), ending with the opened assistant turn.
 
         ``apply_chat_template`` validates the messages and renders the Jinja template on every call, and every
@@ -117,7 +147,7 @@ class LVLM:
         """
         return [self._render(m) for m in messages]
 
-    def _render(self, messages: list[dict]) -> str:
+    def _render(self, messages: list[dict[str, Any]]) -> str:
         slow = functools.partial(self.processor.apply_chat_template, tokenize=False, add_generation_prompt=True)
         content = messages[-1]["content"]
         if not content or content[-1].get("type") != "text":
@@ -158,7 +188,8 @@ class LVLM:
                              if sizes else [])
         except (AttributeError, TypeError, KeyError, NotImplementedError):
             expansion = iter([0] * len(sizes))
-        return [length + (int(next(expansion)) if image is not None else 0) for length, image in zip(lengths, images)]
+        return [length + (int(next(expansion)) if image is not None else 0)
+                for length, image in zip(lengths, images, strict=True)]
 
 
 class LVLMEmbedder(LVLM):
@@ -173,7 +204,7 @@ class LVLMEmbedder(LVLM):
     """
 
     def __init__(self, model_path: str, *, poolings: Sequence[str] = ("mean",), layer: int = -1,
-                 prompt: str = "default", **kwargs: object) -> None:
+                 prompt: str = "default", **kwargs: Unpack[LVLMOptions]) -> None:
         for pooling in poolings:
             check_pooling(pooling)
         super().__init__(model_path, **kwargs)
@@ -194,7 +225,7 @@ class LVLMEmbedder(LVLM):
         template's "in one word" instruction.
         """
         return self.chat([build_messages(self.template, title, text, image)
-                          for title, text, image in zip(titles, texts, has_image)])
+                          for title, text, image in zip(titles, texts, has_image, strict=True)])
 
     @torch.inference_mode()
     def embed(self, titles: Sequence[str], texts: Sequence[str],
@@ -229,21 +260,21 @@ class LVLMDescriber(LVLM):
 
     def __init__(self, model_path: str, *, template: DescribeTemplate, max_new_tokens: int = 48,
                  do_sample: bool = False, temperature: float = 0.7, top_p: float = 0.9, seed: int = 0,
-                 **kwargs: object) -> None:
+                 **kwargs: Unpack[LVLMOptions]) -> None:
         super().__init__(model_path, **kwargs)
         self.template = template
         self.seed = seed
-        self.generation = {"max_new_tokens": max_new_tokens, "do_sample": do_sample}
+        self.generation: GenerationOptions = {"max_new_tokens": max_new_tokens, "do_sample": do_sample}
         if do_sample:
-            self.generation.update(temperature=temperature, top_p=top_p, top_k=0)
+            self.generation.update({"temperature": temperature, "top_p": top_p, "top_k": 0})
         else:  # unset the checkpoint's sampling defaults so greedy decoding does not warn about them
-            self.generation.update(temperature=None, top_p=None, top_k=None)
+            self.generation.update({"temperature": None, "top_p": None, "top_k": None})
         pad = self.tokenizer.pad_token_id
         self.generation["pad_token_id"] = pad if pad is not None else self.tokenizer.eos_token_id
 
     def prompts(self, titles: Sequence[str], texts: Sequence[str], has_image: Sequence[bool]) -> list[str]:
         return self.chat([build_describe_messages(self.template, title, text, image)
-                          for title, text, image in zip(titles, texts, has_image)])
+                          for title, text, image in zip(titles, texts, has_image, strict=True)])
 
     @torch.inference_mode()
     def describe(self, titles: Sequence[str], texts: Sequence[str],

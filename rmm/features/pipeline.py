@@ -18,6 +18,7 @@ import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,9 @@ import ray
 from ray.data.block import Block, BlockAccessor
 from ray.data.datasource import Datasink
 
+from rmm import console
 from rmm.cluster import init_ray
-from rmm.config import Config, ExtractorConfig, save_snapshot
+from rmm.config import Config, ExtractorConfig, ImageExtractorConfig, save_snapshot
 from rmm.data.schema import ITEMS_FILE, Dataset, load_dataset, sha256_file
 from rmm.errors import ConfigError, DataError
 from rmm.features.extractors import (
@@ -68,7 +70,7 @@ class Plan:
     """One extractor of a job: its config, class, features and the manifest fields common to its features."""
 
     cfg: ExtractorConfig
-    cls: type[Extractor]
+    cls: type[Extractor[Any]]
     manifest: dict[str, Any]
 
     @property
@@ -189,7 +191,7 @@ def prepare_resume(feature_root: Path, plan: Plan, num_items: int) -> np.ndarray
     return todo
 
 
-class FeatureSink(Datasink):
+class FeatureSink(Datasink[int]):
     """Writes each block of :class:`ExtractorGroup` output into the part files of every output feature.
 
     Args:
@@ -213,6 +215,7 @@ class FeatureSink(Datasink):
                     continue
                 write_part_group(self.feature_root, {name: _feature_table(rows, name) for name in features})
                 written += rows.num_rows
+            console.emit("items", n=table.num_rows)  # the extract bar on the driver's console
         return written
 
 
@@ -231,11 +234,14 @@ def _run_job(feature_root: Path, dataset: Dataset, job: list[Plan], cache_dir: s
     batch must not come back), and the new parts are pulled before consolidating them here.
     """
     num_items = dataset.num_items
-    todo = {plan.cfg.key: prepare_resume(feature_root, plan, num_items) for plan in job}
-    pending = [plan for plan in job if todo[plan.cfg.key] is not None]
+    todo: dict[str, np.ndarray] = {}  # extractor key -> (num_items,) bool: items still to extract
     for plan in job:
-        if todo[plan.cfg.key] is None:
+        remaining = prepare_resume(feature_root, plan, num_items)
+        if remaining is None:
             log.info("%s is complete in %s; skipping", ", ".join(plan.features), feature_root)
+        else:
+            todo[plan.cfg.key] = remaining
+    pending = [plan for plan in job if plan.cfg.key in todo]
     if not pending:
         return
     written = [storage.relative(feature_dir(feature_root, name)) for plan in pending for name in plan.features]
@@ -274,12 +280,12 @@ def _extract(feature_root: str, dataset_dir: str, items: pd.DataFrame, plans: li
     # One input block per Ray batch: the actor's output of a task is one block, written as one part group as
     # soon as it is done, so a killed run loses at most the batches in flight. (Split here:
     # from_pandas(override_num_blocks=...) breaks on numpy 2.4, np.array_split returning arrays.)
-    ds = ray.data.from_pandas([items.iloc[start:start + batch_rows] for start in range(0, len(items), batch_rows)])
+    blocks = [items.iloc[start:start + batch_rows] for start in range(0, len(items), batch_rows)]
+    ds: ray.data.Dataset = ray.data.from_pandas(blocks)
     if any(plan.cls.needs_image for plan in plans):
-        ds = ds.map_batches(decode_images, batch_size=batch_rows, num_cpus=0,
-                            compute=ray.data.TaskPoolStrategy(size=high),
-                            fn_kwargs={"dataset_dir": dataset_dir,
-                                       "max_image_size": max(c.max_image_size for c in cfgs)})
+        max_image_size = max(c.max_image_size for c in cfgs if isinstance(c, ImageExtractorConfig))
+        ds = ds.map_batches(partial(decode_images, dataset_dir=dataset_dir, max_image_size=max_image_size),
+                            batch_size=batch_rows, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=high))
     num_cpus = max(c.num_cpus for c in cfgs)
     ds = ds.map_batches(ExtractorGroup, fn_constructor_kwargs={"cfgs": tuple(cfgs), "cache_dir": cache_dir,
                                                                "num_threads": actor_threads(num_cpus)},
@@ -287,7 +293,8 @@ def _extract(feature_root: str, dataset_dir: str, items: pd.DataFrame, plans: li
                         num_cpus=num_cpus, num_gpus=max(c.num_gpus for c in cfgs))
     names = ", ".join(f"{p.cfg.name} ({p.cfg.kind})" for p in plans)
     log.info("extracting %s for %d items into %s", names, len(items), feature_root)
-    ds.write_datasink(FeatureSink(feature_root, {p.cfg.key: p.outputs for p in plans}),
-                      ray_remote_args={"num_cpus": 0})
+    with console.current().progress("extract", len(items), "item", counts="items"):
+        ds.write_datasink(FeatureSink(feature_root, {p.cfg.key: p.outputs for p in plans}),
+                          ray_remote_args={"num_cpus": 0})
     if log.isEnabledFor(logging.DEBUG):  # where the time went, per operator (bench/extract.py prints it)
         log.debug("Ray Data stats of %s:\n%s", names, ds.stats())

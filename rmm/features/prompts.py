@@ -33,7 +33,7 @@ class PromptTemplate:
     """One domain's prompt.
 
     Attributes:
-        name: the key configs use (``ExtractorConfig.prompt``).
+        name: the key configs use (``LVLMConfig.prompt`` of an ``lvlm_embed`` extractor).
         system: the system message.
         item_kind: how the item is named in the user message ("product", "movie").
         instruction: what the model is asked to do after reading the item.
@@ -134,7 +134,7 @@ class DescribeTemplate:
     """One domain's describe prompt: the item is shown, then the model is asked to fill in ``slots``.
 
     Attributes:
-        name: the key configs use (``ExtractorConfig.prompt`` of an ``lvlm_describe`` extractor).
+        name: the key configs use (``LVLMConfig.prompt`` of an ``lvlm_describe`` extractor).
         system, item_kind, instruction, max_text_chars: as in :class:`PromptTemplate`.
         slots: the fields, in the order the model is asked to write them.
     """
@@ -178,8 +178,8 @@ def load_describe_template(name_or_path: str) -> DescribeTemplate:
     else:
         path = TEMPLATES_DIR / f"{name_or_path}.yaml"
         if not path.is_file():
-            raise UnknownNameError(f"Unknown describe template {name_or_path!r}. Available: {describe_template_names()} "
-                                   "(or a path to a .yaml file)")
+            raise UnknownNameError(f"Unknown describe template {name_or_path!r}. "
+                                   f"Available: {describe_template_names()} (or a path to a .yaml file)")
     raw = yaml.safe_load(path.read_text())
     known = {"name", "system", "item_kind", "instruction", "slots", "max_text_chars"}
     if not isinstance(raw, dict) or not {"system", "item_kind", "instruction", "slots"} <= set(raw) \

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from rmm.data.schema import DATASET_FILES, sha256_file
+from rmm.data.schema import DATASET_FILES, nonfinite_rows, sha256_file
 from rmm.errors import DataError, NotFoundError
 from rmm.storage import filesystem
 
@@ -46,7 +46,6 @@ DESCRIPTIONS_FILE = "descriptions.parquet"
 PART_GLOB = "part-*.parquet"
 #: Manifest ``failed`` reason of a row :func:`write_feature` zeroed because it held a NaN or an infinity.
 NONFINITE_REASON = "NaN or infinite value (as float32); stored as a zero row"
-_CHECK_ELEMENTS = 1 << 22
 _VERSIONED = ("torch", "torchvision", "transformers", "tokenizers", "ray", "sentence-transformers", "numpy",
               "pyarrow", "pillow")
 
@@ -68,19 +67,6 @@ def library_versions() -> dict[str, str]:
 
 def feature_dir(feature_root: str | Path, name: str) -> Path:
     return Path(feature_root) / name
-
-
-def nonfinite_rows(matrix: np.ndarray) -> np.ndarray:
-    """Indices (ascending) of the rows of a 2-D ``matrix`` holding a NaN or an infinity once cast to float32, the
-    store's dtype (a float64 value beyond the float32 range counts). The finite check of every stored vector,
-    extracted or imported; checked in blocks of rows, so a large matrix gets no full-size boolean copy."""
-    step = max(1, _CHECK_ELEMENTS // max(1, matrix.shape[1]))
-    bad = [np.empty(0, dtype=np.int64)]
-    with np.errstate(over="ignore", invalid="ignore"):  # the cast overflowing to inf is what is looked for
-        for start in range(0, len(matrix), step):
-            block = np.asarray(matrix[start:start + step], dtype=np.float32)
-            bad.append(start + np.flatnonzero(~np.isfinite(block).all(axis=1)))
-    return np.concatenate(bad)
 
 
 def _zero_nonfinite_rows(name: str, matrix: np.ndarray, missing: Mapping[int, str] | None,
@@ -248,7 +234,7 @@ def consolidate_parts(feature_root: str | Path, name: str, num_items: int, manif
     missing = {i: "not extracted" for i in sorted(set(range(num_items)) - set(ids.tolist()))}
     failed: dict[int, str] = {}
     notes: dict[int, str] = {}
-    for item_id, state, reason in zip(ids.tolist(), status, reasons):
+    for item_id, state, reason in zip(ids.tolist(), status, reasons, strict=True):
         if state == "missing":
             missing[item_id] = reason
         elif state == "failed":

@@ -1,23 +1,14 @@
-"""Model registry: a new model is one file plus one import line here.
+"""The recommenders: one file per model, registered by name.
 
-Importing this package imports torch but never ray, so models run in a plain Python process.
+A new model is three pieces: its class in ``rmm/models/<name>.py`` decorated ``@register("<name>")``, its
+hyperparameter dataclass in ``rmm/models/hparams/<name>.py``, and one line in :data:`rmm.models.registry.MODELS`
+naming that dataclass and the inputs the model takes. Importing this package (or the registry) imports neither
+torch nor any model: :func:`get_model_class` imports a model's module when it is first asked for, so loading a
+config stays light and a plain Python process never imports ray.
 """
 
 from __future__ import annotations
 
-from rmm.models.base import MODELS, Recommender, get_model_class, register
+from rmm.models.registry import MODELS, ModelSpec, get_model_class, model_spec, register
 
-# One line per model file: importing it registers the model under its lowercase name.
-from rmm.models import bm3  # noqa: E402,F401
-from rmm.models import bprmf  # noqa: E402,F401
-from rmm.models import freedom  # noqa: E402,F401
-from rmm.models import grcn  # noqa: E402,F401
-from rmm.models import itemknn_content  # noqa: E402,F401
-from rmm.models import lattice  # noqa: E402,F401
-from rmm.models import lgmrec  # noqa: E402,F401
-from rmm.models import lightgcn  # noqa: E402,F401
-from rmm.models import mmgcn  # noqa: E402,F401
-from rmm.models import profile  # noqa: E402,F401
-from rmm.models import vbpr  # noqa: E402,F401
-
-__all__ = ["MODELS", "Recommender", "get_model_class", "register"]
+__all__ = ["MODELS", "ModelSpec", "get_model_class", "model_spec", "register"]

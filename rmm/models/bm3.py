@@ -3,60 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rmm.validation import require_at_least
 from rmm.data.graph import TrainGraph
-from rmm.models.base import DEFAULT_FUSION, BPRBatch, EmbeddingConfig, EmbeddingRecommender, register
-from rmm.models.layers import FeatureBank, l2_reg, projections, propagate
-
-
-@dataclass(frozen=True)
-class BM3Config(EmbeddingConfig):
-    """BM3's hyperparameters, after MMRec's ``BM3.yaml``.
-
-    Attributes:
-        embedding_dim: d of the ID embeddings; every modality is projected to it too (MMRec's
-            ``embedding_size`` = ``feat_embed_dim`` = 64).
-        num_layers: LightGCN layers over the user-item graph (MMRec searches ``n_layers`` in [1, 2]).
-        dropout: the fraction of a target view's entries zeroed (MMRec searches [0.3, 0.5]).
-        reg_weight: weight of the embedding regulariser (MMRec searches [0.1, 0.01]).
-        cl_weight: weight of the modality alignment and reconstruction terms (MMRec: 2.0).
-
-    Protocol switches (``protocol: strict`` value first, then ``mmrec``'s):
-        reg_norm: ``frobenius`` in both protocols (the BM3 authors' and MMRec's ``EmbLoss``, for which
-            ``reg_weight``'s default and MMRec's grid were tuned): the regulariser of the *whole* online user and
-            item tables, divided by the number of items, ``(||H_U|| + ||H_I||) / I`` (non-squared norms); ``squared``
-            gives the usual L2 penalty ``(||H_U||^2 + ||H_I||^2) / 2I``, whose gradient shrinks with the
-            embeddings.
-        train_features: ``False`` / ``True``: MMRec fine-tunes the content features as embedding tables
-            (``from_pretrained(..., freeze=False)``); rmm keeps them frozen inputs, so that comparing features
-            compares the extracted features (and no trainable copy of every feature matrix, with its Adam
-            moments, is held).
-    """
-
-    reg_norm: str = "frobenius"
-    embedding_dim: int = 64
-    num_layers: int = 1
-    dropout: float = 0.5
-    reg_weight: float = 0.1
-    cl_weight: float = 2.0
-    train_features: bool = False
-    #: The defaults ``protocol: mmrec`` gives these fields (MMRec's code and ``BM3.yaml``); explicit values win.
-    protocol_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {
-        "mmrec": {"embedding_dim": 64, "cl_weight": 2.0, "reg_norm": "frobenius", "train_features": True}}
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require_at_least(self, 1, "embedding_dim", "num_layers")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        require_at_least(self, 0, "reg_weight", "cl_weight")
+from rmm.models.base import BPRBatch, EmbeddingRecommender
+from rmm.models.hparams.bm3 import BM3Config
+from rmm.models.layers import FeatureBank, deferred_init, l2_reg, lightgcn, projections, reset_projections
+from rmm.models.registry import register
 
 
 def bootstrap_loss(online: Tensor, target: Tensor) -> Tensor:
@@ -65,7 +21,7 @@ def bootstrap_loss(online: Tensor, target: Tensor) -> Tensor:
 
 
 @register("bm3")
-class BM3(EmbeddingRecommender):
+class BM3(EmbeddingRecommender[BM3Config]):
     r"""BM3 (Zhou et al., `Bootstrap Latent Representations for Multi-modal Recommendation
     <https://arxiv.org/abs/2207.05969>`_, WWW 2023).
 
@@ -108,30 +64,29 @@ class BM3(EmbeddingRecommender):
         d_m -> d per modality.
     """
 
-    config_class = BM3Config
-    uses_features = True
-    fusions = ()
+    adj: Tensor  # buffer: the normalised user-item graph
 
-    def __init__(self, graph: TrainGraph, features: Mapping[str, Tensor], cfg: BM3Config, *,
-                 fusion: str = DEFAULT_FUSION) -> None:
-        super().__init__(graph, features, cfg, fusion=fusion)
+    def __init__(self, graph: TrainGraph, features: Mapping[str, Tensor], cfg: BM3Config) -> None:
+        super().__init__(graph, features, cfg)
         self.features = FeatureBank(features)
         if cfg.train_features:  # MMRec's fine-tuned feature tables, starting from the extracted features
             self.feature_tables = nn.ParameterList(nn.Parameter(x.clone()) for x in self.features.matrices())
         self.register_buffer("adj", graph.norm_adj(), persistent=False)
         self.user_embedding = nn.Embedding(self.num_users, cfg.embedding_dim)
         self.item_embedding = nn.Embedding(self.num_items, cfg.embedding_dim)
-        self.predictor = nn.Linear(cfg.embedding_dim, cfg.embedding_dim)
+        self.predictor = deferred_init(lambda: nn.Linear(cfg.embedding_dim, cfg.embedding_dim))
         self.projections = projections(self.features.dims, cfg.embedding_dim)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        self.predictor.reset_parameters()  # the bias keeps nn.Linear's initialisation
+        reset_projections(self.projections)
         nn.init.xavier_uniform_(self.user_embedding.weight)
         nn.init.xavier_uniform_(self.item_embedding.weight)
         nn.init.xavier_normal_(self.predictor.weight)
         if self.cfg.train_features:
             with torch.no_grad():
-                for table, x in zip(self.feature_tables, self.features.matrices()):
+                for table, x in zip(self.feature_tables, self.features.matrices(), strict=True):
                     table.copy_(x)
 
     def content(self) -> list[Tensor]:
@@ -141,8 +96,7 @@ class BM3(EmbeddingRecommender):
 
     def online(self) -> tuple[Tensor, Tensor]:
         """Online user and item embeddings (before the predictor). Shapes: (U, d), (I, d)."""
-        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
-        users, items = torch.split(propagate(self.adj, ego, self.cfg.num_layers), [self.num_users, self.num_items])
+        users, items = lightgcn(self.adj, self.user_embedding.weight, self.item_embedding.weight, self.cfg.num_layers)
         return users, items + self.item_embedding.weight
 
     def embeddings(self) -> tuple[Tensor, Tensor]:
@@ -159,7 +113,7 @@ class BM3(EmbeddingRecommender):
         modal = torch.zeros((), device=users.device)
         # Each distinct positive projected once (~60% of a Baby batch's rows), then spread back to the batch.
         distinct, inverse = torch.unique(batch.pos_items, return_inverse=True)
-        for proj, x in zip(self.projections, self.content()):
+        for proj, x in zip(self.projections, self.content(), strict=True):
             content = proj(x[distinct])[inverse]  # (B, d)
             content_target = F.dropout(content.detach(), self.cfg.dropout, training=True)
             online = self.predictor(content)

@@ -2,80 +2,27 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from functools import reduce
 
 import torch
 from torch import Tensor, nn
 
-from rmm.validation import require_at_least
 from rmm.data.graph import KNNSpec, TrainGraph, combine_graphs, to_csr
-from rmm.models.base import DEFAULT_FUSION, BPRBatch, EmbeddingConfig, EmbeddingRecommender, epoch_generator, register
-from rmm.models.layers import PROJECTION_INITS, FeatureBank, bpr_loss, projected_bpr, projections, propagate, smooth
-
-
-@dataclass(frozen=True)
-class FREEDOMConfig(EmbeddingConfig):
-    r"""Hyperparameters of :class:`FREEDOM`.
-
-    Attributes:
-        embedding_dim: ID embedding width d, also the width the modalities are projected to (MMRec
-            ``embedding_size`` and ``feat_embed_dim``, 64 each, which must be equal there).
-        knn_k: neighbours per item in each modality's kNN graph (MMRec 10).
-        num_mm_layers: item-graph convolutions (MMRec ``n_mm_layers`` 1).
-        num_ui_layers: LightGCN layers over the user-item graph (MMRec ``n_ui_layers`` 2).
-        dropout: the fraction of user-item edges pruned each epoch; MMRec searches ``[0.8, 0.9]``.
-        reg_weight: weight :math:`\lambda` of the modality BPR terms; MMRec searches ``[0.0, 1e-5, 1e-4, 1e-3]``.
-        modality_weights: weights of the per-modality kNN graphs, in feature order (``model.features``),
-            normalised to sum 1. ``strict`` None: uniform, since rmm takes any list of modalities. ``mmrec``
-            ``[0.1, 0.9]``: MMRec's ``mm_image_weight: 0.1`` (image 0.1, text 0.9), which assumes the parity
-            config lists exactly two features, **image first, then text**; with other feature lists set it
-            explicitly (one weight per feature, or null for uniform).
-        knn_self: whether an item is a candidate neighbour of itself in the kNN graphs. ``strict`` False: the k
-            nearest *other* items, the paper's neighbourhood. ``mmrec`` True: MMRec's dense ``topk`` of the full
-            similarity row keeps the item itself (cosine 1): a self term and ``k - 1`` others.
-        projection_init: initialisation of the modality projections (:func:`rmm.models.layers.projections`).
-            ``strict`` ``xavier`` (Xavier-normal, rmm's shared projection); ``mmrec`` ``torch_default``
-            (``nn.Linear``'s Kaiming-uniform).
-        train_features: whether the raw modality features are trained. ``strict`` False: frozen inputs, so a
-            model's features stay those of the feature store it names. ``mmrec`` True: MMRec fine-tunes them
-            (``nn.Embedding.from_pretrained(..., freeze=False)``) through the modality BPR terms; they are then
-            saved with the model. The item graph stays that of the initial features, in both.
-        reg_norm: unused: FREEDOM, like MMRec's, puts no penalty on the embeddings (its ``reg_weight`` weighs
-            the modality BPR terms).
-        protocol_defaults: the defaults ``protocol: mmrec`` gives these fields (MMRec's ``FREEDOM.yaml`` and
-            code); explicit values win. Not a config key.
-    """
-
-    embedding_dim: int = 64
-    knn_k: int = 10
-    num_mm_layers: int = 1
-    num_ui_layers: int = 2
-    dropout: float = 0.8
-    reg_weight: float = 1e-4
-    modality_weights: tuple[float, ...] | None = None
-    knn_self: bool = False
-    projection_init: str = "xavier"
-    train_features: bool = False
-    protocol_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {
-        "mmrec": {"modality_weights": (0.1, 0.9), "knn_self": True, "projection_init": "torch_default",
-                  "train_features": True, "embedding_dim": 64, "knn_k": 10, "num_mm_layers": 1,
-                  "num_ui_layers": 2},
-    }
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require_at_least(self, 1, "embedding_dim", "knn_k", "num_mm_layers", "num_ui_layers")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        require_at_least(self, 0, "reg_weight")
-        if self.modality_weights is not None and (not self.modality_weights or min(self.modality_weights) < 0
-                                                  or sum(self.modality_weights) <= 0):
-            raise ValueError(f"modality_weights must be non-negative with a positive sum, got "
-                             f"{list(self.modality_weights)}")
-        if self.projection_init not in PROJECTION_INITS:
-            raise ValueError(f"projection_init must be one of {list(PROJECTION_INITS)}, got {self.projection_init!r}")
+from rmm.models.base import BPRBatch, EmbeddingRecommender, epoch_generator
+from rmm.models.hparams.freedom import FREEDOMConfig
+from rmm.models.layers import (
+    FeatureBank,
+    bpr_loss,
+    lightgcn,
+    modules_of,
+    projected_bpr,
+    projections,
+    reset_projections,
+    smooth,
+)
+from rmm.models.registry import register
 
 
 def mixing_weights(weights: tuple[float, ...] | None, count: int, model: str) -> list[float]:
@@ -90,7 +37,7 @@ def mixing_weights(weights: tuple[float, ...] | None, count: int, model: str) ->
 
 
 @register("freedom")
-class FREEDOM(EmbeddingRecommender):
+class FREEDOM(EmbeddingRecommender[FREEDOMConfig]):
     r"""FREEDOM (Zhou & Shen, `A Tale of Two Graphs: Freezing and Denoising Graph Structures for Multimodal
     Recommendation <https://arxiv.org/abs/2211.06924>`_, ACM MM 2023).
 
@@ -119,13 +66,19 @@ class FREEDOM(EmbeddingRecommender):
         mm_adj: sparse (I, I); adj: sparse (U+I, U+I); user/item embeddings: (U, d), (I, d).
     """
 
-    config_class = FREEDOMConfig
-    uses_features = True
-    fusions = ()
+    # Buffers: the item graph and its transpose, the full and this epoch's pruned user-item graphs, and the
+    # train edges with their pruning weights.
+    mm_adj: Tensor
+    mm_adj_t: Tensor
+    adj: Tensor
+    masked_adj: Tensor | None
+    edge_users: Tensor
+    edge_items: Tensor
+    edge_weights: Tensor
 
     def __init__(self, graph: TrainGraph, features: Mapping[str, Tensor], cfg: FREEDOMConfig, *,
-                 fusion: str = DEFAULT_FUSION, item_graphs: Mapping[str, Tensor] | None = None) -> None:
-        super().__init__(graph, features, cfg, fusion=fusion)
+                 item_graphs: Mapping[str, Tensor] | None = None) -> None:
+        super().__init__(graph, features, cfg)
         self.features = FeatureBank(features, trainable=cfg.train_features)
         weights = mixing_weights(cfg.modality_weights, len(self.features), type(self).__name__)
         mm_adj = combine_graphs(self.build_item_graphs(features, item_graphs), weights)
@@ -140,7 +93,7 @@ class FREEDOM(EmbeddingRecommender):
                              persistent=False)
         self.user_embedding = nn.Embedding(self.num_users, cfg.embedding_dim)
         self.item_embedding = nn.Embedding(self.num_items, cfg.embedding_dim)
-        self.projections = projections(self.features.dims, cfg.embedding_dim, init=cfg.projection_init)
+        self.projections = projections(self.features.dims, cfg.embedding_dim)
         self.reset_parameters()
 
     @classmethod
@@ -148,6 +101,7 @@ class FREEDOM(EmbeddingRecommender):
         return KNNSpec(k=cfg.knn_k, similarity="cosine", binary=True, normalization="sym", include_self=cfg.knn_self)
 
     def reset_parameters(self) -> None:
+        reset_projections(self.projections, self.cfg.projection_init)
         nn.init.xavier_uniform_(self.user_embedding.weight)
         nn.init.xavier_uniform_(self.item_embedding.weight)
 
@@ -165,9 +119,8 @@ class FREEDOM(EmbeddingRecommender):
     def embeddings(self, adj: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Final embeddings over user-item graph ``adj`` (the full graph when None, as for scoring)."""
         item_graph = smooth(self.mm_adj, self.item_embedding.weight, self.cfg.num_mm_layers, self.mm_adj_t)
-        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
-        users, items = torch.split(propagate(self.adj if adj is None else adj, ego, self.cfg.num_ui_layers),
-                                   [self.num_users, self.num_items])
+        users, items = lightgcn(self.adj if adj is None else adj, self.user_embedding.weight,
+                                self.item_embedding.weight, self.cfg.num_ui_layers)
         return users, items + item_graph
 
     def loss(self, batch: BPRBatch) -> Tensor:
@@ -176,6 +129,7 @@ class FREEDOM(EmbeddingRecommender):
         user_emb, item_emb = self.embeddings(self.masked_adj)
         users = user_emb[batch.users]  # (B, d)
         ranking = bpr_loss((users * item_emb[batch.pos_items]).sum(-1), (users * item_emb[batch.neg_items]).sum(-1))
-        modal = sum(projected_bpr(users, proj, x, batch.pos_items, batch.neg_items)
-                    for proj, x in zip(self.projections, self.features.matrices()))
+        modal = reduce(operator.add, (projected_bpr(users, proj, x, batch.pos_items, batch.neg_items)
+                                      for proj, x in zip(modules_of(self.projections, nn.Linear),
+                                                         self.features.matrices(), strict=True)))
         return ranking + self.cfg.reg_weight * modal

@@ -2,66 +2,20 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from functools import reduce
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rmm.validation import require_at_least
 from rmm.data.graph import TrainGraph
-from rmm.models.base import DEFAULT_FUSION, BPRBatch, EmbeddingConfig, EmbeddingRecommender, register
-from rmm.models.layers import EdgeIndex, FeatureBank, segment_softmax
-from rmm.models.mmgcn import REGULARISERS, mmrec_regulariser, require_choice
-
-
-@dataclass(frozen=True)
-class GRCNConfig(EmbeddingConfig):
-    r"""Hyperparameters of :class:`GRCN`.
-
-    Attributes:
-        embedding_dim: width d of the ID embeddings (MMRec ``embedding_size`` 64).
-        latent_dim: width of every modality's preferences and content representations (MMRec
-            ``latent_embedding`` 64).
-        num_routing: routing iterations of the user preferences (MMRec ``n_layers`` 3).
-        reg_weight: weight of the regulariser; MMRec searches ``[0.1, 1e-2, 1e-3, 1e-4, 1e-5]`` (and the learning
-            rate over ``[1, 0.1, 1e-2, 1e-3, 1e-4]``).
-
-    Protocol switches (``strict`` value first, then ``mmrec``'s):
-        route_preferences: ``True`` / ``False``: whether the user preferences are routed over their items'
-            content before the edges are scored (the paper's neighbour routing). MMRec (like the authors' code)
-            passes the routing messages along the user -> item edges only, so they reach the item rows, and then
-            keeps the user rows, which received nothing: its preferences are just normalised, ``num_routing``
-            being without effect.
-        regulariser: ``batch`` / ``mmrec``. ``batch``: ``reg_weight`` times
-            :func:`~rmm.models.layers.l2_reg` (``reg_norm``) of the batch's ID rows and user preferences.
-            ``mmrec``: MMRec's :func:`~rmm.models.mmgcn.mmrec_id_reg` of the batch's ID rows, plus the element
-            mean of squares of the first branch's *whole* preference table (its ``v_gcn.preference``), plus per
-            modality that of the batch's preference rows; ``reg_norm`` is then unused.
-        reg_norm: as :class:`~rmm.models.base.EmbeddingConfig`, for ``regulariser: batch``; ``squared`` in both
-            protocols (MMRec's GRCN does not use ``EmbLoss``).
-        protocol_defaults: the defaults ``protocol: mmrec`` gives these fields (MMRec's code and
-            ``GRCN.yaml``); explicit values win. Not a config key.
-    """
-
-    embedding_dim: int = 64
-    latent_dim: int = 64
-    num_routing: int = 3
-    reg_weight: float = 1e-4
-    route_preferences: bool = True
-    regulariser: str = "batch"
-    protocol_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {
-        "mmrec": {"embedding_dim": 64, "latent_dim": 64, "num_routing": 3, "route_preferences": False,
-                  "regulariser": "mmrec", "reg_norm": "squared"},
-    }
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require_at_least(self, 1, "embedding_dim", "latent_dim", "num_routing")
-        require_at_least(self, 0, "reg_weight")
-        require_choice(self, "regulariser", REGULARISERS)
+from rmm.models.base import BPRBatch, EmbeddingRecommender
+from rmm.models.hparams.grcn import GRCNConfig
+from rmm.models.layers import EdgeIndex, FeatureBank, deferred_init, modules_of, segment_softmax
+from rmm.models.mmgcn import mmrec_regulariser
+from rmm.models.registry import register
 
 
 def attention(edges: EdgeIndex, x_src: Tensor, x_dst: Tensor) -> Tensor:
@@ -96,7 +50,11 @@ class ContentGraph(nn.Module):
         super().__init__()
         self.num_routing = num_routing  # 0: no routing (MMRec's, see GRCNConfig.route_preferences)
         self.preference = nn.Parameter(torch.empty(num_users, latent_dim))
-        self.mlp = nn.Linear(dim, latent_dim)
+        self.mlp = deferred_init(lambda: nn.Linear(dim, latent_dim))
+
+    def reset_parameters(self) -> None:
+        """Called by :meth:`GRCN.reset_parameters`, the model's one init site (the bias: ``nn.Linear``'s)."""
+        self.mlp.reset_parameters()
         nn.init.xavier_normal_(self.preference)
         nn.init.xavier_normal_(self.mlp.weight)
 
@@ -114,7 +72,7 @@ class ContentGraph(nn.Module):
 
 
 @register("grcn")
-class GRCN(EmbeddingRecommender):
+class GRCN(EmbeddingRecommender[GRCNConfig]):
     r"""GRCN (Wei et al., `Graph-Refined Convolutional Network for Multimedia Recommendation with Implicit
     Feedback <https://arxiv.org/abs/2111.02036>`_, ACM MM 2020).
 
@@ -149,13 +107,8 @@ class GRCN(EmbeddingRecommender):
         id_embedding: (U+I, embedding_dim); representation: (U+I, embedding_dim + M * latent_dim).
     """
 
-    config_class = GRCNConfig
-    uses_features = True
-    fusions = ()
-
-    def __init__(self, graph: TrainGraph, features: Mapping[str, Tensor], cfg: GRCNConfig, *,
-                 fusion: str = DEFAULT_FUSION) -> None:
-        super().__init__(graph, features, cfg, fusion=fusion)
+    def __init__(self, graph: TrainGraph, features: Mapping[str, Tensor], cfg: GRCNConfig) -> None:
+        super().__init__(graph, features, cfg)
         self.features = FeatureBank(features)
         num_nodes = self.num_users + self.num_items
         item_nodes = graph.items + self.num_users
@@ -170,26 +123,31 @@ class GRCN(EmbeddingRecommender):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        for branch in modules_of(self.branches, ContentGraph):
+            branch.reset_parameters()
         nn.init.xavier_normal_(self.id_embedding)
         nn.init.xavier_normal_(self.confidence)
 
     def embeddings(self) -> tuple[Tensor, Tensor]:
-        outputs = [branch(x, self.routing, self.edges) for branch, x in zip(self.branches, self.features.matrices())]
+        outputs = [branch(x, self.routing, self.edges)
+                   for branch, x in zip(self.branches, self.features.matrices(), strict=True)]
         alpha = torch.stack([weights for _, weights in outputs], dim=1)  # (2E, M)
         weights = torch.relu((alpha * self.confidence[self.edges.src]).max(dim=1).values)  # (2E,)
         x = F.normalize(self.id_embedding, dim=1)
         hop1 = self.edges.weighted_sum(weights, x)
         hop2 = self.edges.weighted_sum(weights, hop1)
         representation = torch.cat([x + hop1 + hop2, *(content for content, _ in outputs)], dim=1)
-        return torch.split(representation, [self.num_users, self.num_items])
+        users, items = torch.split(representation, [self.num_users, self.num_items])
+        return users, items
 
     def reg_terms(self, batch: BPRBatch, users: Tensor, pos: Tensor, neg: Tensor) -> Sequence[Tensor]:
         ids = self.id_embedding
         return (ids[batch.users], ids[self.num_users + batch.pos_items], ids[self.num_users + batch.neg_items],
-                *(branch.preference[batch.users] for branch in self.branches))
+                *(branch.preference[batch.users] for branch in modules_of(self.branches, ContentGraph)))
 
     def regularisation(self, batch: BPRBatch, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
         if self.cfg.regulariser == "batch":
             return super().regularisation(batch, users, pos, neg)
-        return (mmrec_regulariser(self.id_embedding, self.branches[0].preference, batch, self.num_users)
-                + sum(branch.preference[batch.users].pow(2).mean() for branch in self.branches))
+        branches = modules_of(self.branches, ContentGraph)
+        return (mmrec_regulariser(self.id_embedding, branches[0].preference, batch, self.num_users)
+                + reduce(operator.add, (branch.preference[batch.users].pow(2).mean() for branch in branches)))

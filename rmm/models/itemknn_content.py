@@ -2,59 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
 
-from rmm.validation import require_at_least
 from rmm.data.graph import KNNSpec, TrainGraph, combine_graphs, to_csr
-from rmm.models.base import DEFAULT_FUSION, TrainingFreeRecommender, register
-
-#: ``modality_merge`` values: average one graph per modality, or build one graph of the concatenated features.
-MODALITY_MERGES = ("graph_mean", "feature_concat")
-
-
-@dataclass(frozen=True)
-class ItemKNNContentConfig:
-    r"""ItemKNN-content's hyperparameters, after MMRec's ``ItemKNNCBF.yaml``.
-
-    Attributes:
-        knn_k: neighbours kept per item (MMRec: 10).
-        shrink: added to the cosine's denominator, damping the similarity of low-norm rows (MMRec: 10).
-
-    Protocol switches (``protocol: strict`` value first, then ``mmrec``'s):
-        knn_self: ``False`` / ``True``: whether an item's own similarity
-            :math:`\lVert x_i\rVert^2 / (\lVert x_i\rVert^2 + s)` competes for its top k. MMRec takes the top k
-            of the full similarity row, diagonal included, so an item usually neighbours itself and a user's
-            history items score their own self-similarity (masked at evaluation anyway) while leaving k - 1
-            slots to other items; rmm keeps k *other* items, the ItemKNN of Ferrari Dacrema et al.
-        modality_merge: ``graph_mean`` / ``feature_concat``: rmm builds one kNN graph per modality and averages
-            them, so every modality weighs the same; MMRec concatenates the raw modalities (image, then text) and
-            builds one graph, where the modality with the larger norms dominates the cosine. A concatenated graph
-            is built in memory each run (never read from or written to the kNN cache).
-    """
-
-    knn_k: int = 10
-    shrink: float = 10.0
-    knn_self: bool = False
-    modality_merge: str = "graph_mean"
-    #: The defaults ``protocol: mmrec`` gives these fields (MMRec's ``itemknncbf.py`` and ``ItemKNNCBF.yaml``);
-    #: explicit values win.
-    protocol_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {
-        "mmrec": {"knn_k": 10, "shrink": 10.0, "knn_self": True, "modality_merge": "feature_concat"}}
-
-    def __post_init__(self) -> None:
-        require_at_least(self, 1, "knn_k")
-        require_at_least(self, 0, "shrink")
-        if self.modality_merge not in MODALITY_MERGES:
-            raise ValueError(f"modality_merge must be one of {list(MODALITY_MERGES)}, got {self.modality_merge!r}")
+from rmm.models.base import TrainingFreeRecommender
+from rmm.models.hparams.itemknn_content import ItemKNNContentConfig
+from rmm.models.registry import register
 
 
 @register("itemknn_content")
-class ItemKNNContent(TrainingFreeRecommender):
+class ItemKNNContent(TrainingFreeRecommender[ItemKNNContentConfig]):
     r"""Content-based item kNN (ItemKNNCBF in Ferrari Dacrema et al., `Are We Really Making Much Progress? A
     Worrying Analysis of Recent Neural Recommendation Approaches <https://arxiv.org/abs/1907.06902>`_,
     RecSys 2019; MMRec's ``ItemKNNCBF``), training-free.
@@ -86,11 +46,11 @@ class ItemKNNContent(TrainingFreeRecommender):
         similarity_t: sparse (I, I), the transposed average graph; scores: (B, I).
     """
 
-    config_class = ItemKNNContentConfig
+    similarity_t: Tensor  # buffer: the transposed item graph
 
     def __init__(self, graph: TrainGraph, features: Mapping[str, Tensor], cfg: ItemKNNContentConfig, *,
-                 fusion: str = DEFAULT_FUSION, item_graphs: Mapping[str, Tensor] | None = None) -> None:
-        super().__init__(graph, features, cfg, fusion=fusion)
+                 item_graphs: Mapping[str, Tensor] | None = None) -> None:
+        super().__init__(graph, features, cfg)
         if cfg.modality_merge == "feature_concat":
             if item_graphs is not None:
                 raise ValueError(f"ItemKNNContent with modality_merge 'feature_concat' builds its own graph of the "
@@ -108,9 +68,12 @@ class ItemKNNContent(TrainingFreeRecommender):
         """The per-modality graph (None with ``feature_concat``: the model builds its one graph itself)."""
         return _knn_spec(cfg) if cfg.modality_merge == "graph_mean" else None
 
-    def score_users(self, users: Tensor) -> Tensor:
-        history = self.history.mask(users).to(device=self.similarity_t.device, dtype=torch.float32)  # (B, I)
-        return torch.sparse.mm(self.similarity_t, history.T).T  # (B, I): R_B S
+    def scorer(self) -> Callable[[Tensor], Tensor]:
+        def score(users: Tensor) -> Tensor:
+            history = self.history.mask(users).to(device=self.similarity_t.device, dtype=torch.float32)  # (B, I)
+            return torch.sparse.mm(self.similarity_t, history.T).T  # (B, I): R_B S
+
+        return score
 
 
 def _knn_spec(cfg: ItemKNNContentConfig) -> KNNSpec:

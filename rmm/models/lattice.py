@@ -3,96 +3,36 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rmm.validation import require_at_least
-from rmm.data.graph import (ADJACENCY_NORMALIZATIONS, KNNSpec, TrainGraph, combine_graphs, knn_edges, normalize_edges,
-                            to_csr, unit_rows)
-from rmm.models.base import DEFAULT_FUSION, EmbeddingConfig, EmbeddingRecommender, register
-from rmm.models.layers import PROJECTION_INITS, FeatureBank, aggregate, projections, propagate, smooth, sparse_matmul
-
-
-@dataclass(frozen=True)
-class LATTICEConfig(EmbeddingConfig):
-    r"""Hyperparameters of :class:`LATTICE` (LightGCN backbone, MMRec's ``cf_model: lightgcn``).
-
-    Attributes:
-        embedding_dim: ID embedding width d (MMRec ``embedding_size`` 64).
-        feat_embed_dim: width of the projected modality features the learned graph is built from (MMRec 64).
-        knn_k: neighbours per item in the frozen and the learned item graphs (MMRec 10).
-        lambda_coeff: weight :math:`\lambda` of the frozen graphs, ``1 - lambda`` that of the learned one
-            (MMRec 0.9).
-        num_layers: item-graph convolutions (MMRec ``n_layers`` 1).
-        num_ui_layers: LightGCN layers over the user-item graph (MMRec ``len(weight_size)``, 2).
-        reg_weight: weight of the L2 penalty on the batch's final embeddings; MMRec searches
-            ``[0.0, 1e-5, 1e-4, 1e-3]`` (and the learning rate over ``[1e-4, 5e-4, 1e-3, 5e-3]``).
-        graph_update: when the learned graph's edge weights carry a gradient. ``epoch`` (both protocols; the
-            reference code's ``build_item_graph``): at each epoch's first step only, the weights then being held
-            for the epoch's other steps, so the projections and modality weights learn once per epoch. ``step``:
-            at every step (more signal for the projections, but every step then projects the whole catalogue:
-            ~2x the reference's step time at Baby scale, see bench/RESULTS.md).
-        knn_self: whether an item is a candidate neighbour of itself in the frozen and learned kNN graphs.
-            ``strict`` False: the k nearest *other* items, the paper's neighbourhood (a self-loop adds the
-            item's own ID embedding to its item-graph message, which the kNN graph is not meant to carry).
-            ``mmrec`` True: MMRec's dense ``topk`` of the full similarity row keeps the item itself (cosine 1),
-            so its graphs hold a self term and ``k - 1`` others.
-        ui_normalization: normalisation of the user-item graph (:meth:`rmm.data.graph.TrainGraph.adjacency`).
-            ``strict`` ``sym``: LightGCN's :math:`D^{-1/2} A D^{-1/2}`, the backbone the paper names. ``mmrec``
-            ``row_self_loops``: :math:`(D + I)^{-1} (A + I)`, what MMRec's LATTICE builds (its NGCF-era
-            ``get_adj_mat``) even with ``cf_model: lightgcn``.
-        projection_init: initialisation of the modality projections :math:`W_m` (:func:`rmm.models.layers.projections`).
-            ``strict`` ``xavier`` (Xavier-normal, rmm's shared projection); ``mmrec`` ``torch_default``
-            (``nn.Linear``'s Kaiming-uniform).
-        train_features: whether the raw modality features are trained. ``strict`` False: frozen inputs, so a
-            model's features stay those of the feature store it names. ``mmrec`` True: MMRec fine-tunes them
-            (``nn.Embedding.from_pretrained(..., freeze=False)``); they then get a gradient through the learned
-            graph's edge weights (with ``graph_update: epoch`` at each epoch's first step only) and are saved
-            with the model. The frozen graphs stay those of the initial features, in both.
-        reg_norm: as :class:`~rmm.models.base.EmbeddingConfig`; both protocols ``squared``: MMRec's LATTICE
-            regularises with its own :math:`\frac{1}{2B}\sum \lVert e \rVert^2`, not ``EmbLoss``.
-        protocol_defaults: the defaults ``protocol: mmrec`` gives these fields (MMRec's ``LATTICE.yaml`` and
-            code); explicit values win. Not a config key.
-    """
-
-    embedding_dim: int = 64
-    feat_embed_dim: int = 64
-    knn_k: int = 10
-    lambda_coeff: float = 0.9
-    num_layers: int = 1
-    num_ui_layers: int = 2
-    reg_weight: float = 1e-4
-    graph_update: str = "epoch"
-    knn_self: bool = False
-    ui_normalization: str = "sym"
-    projection_init: str = "xavier"
-    train_features: bool = False
-    protocol_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {
-        "mmrec": {"knn_self": True, "ui_normalization": "row_self_loops", "projection_init": "torch_default",
-                  "train_features": True, "reg_norm": "squared", "embedding_dim": 64, "feat_embed_dim": 64,
-                  "knn_k": 10, "lambda_coeff": 0.9, "num_layers": 1, "num_ui_layers": 2, "graph_update": "epoch"},
-    }
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.graph_update not in ("epoch", "step"):
-            raise ValueError(f"graph_update must be 'epoch' or 'step', got {self.graph_update!r}")
-        if self.ui_normalization not in ADJACENCY_NORMALIZATIONS or self.ui_normalization == "none":
-            raise ValueError(f"ui_normalization must be 'sym' or 'row_self_loops', got {self.ui_normalization!r}")
-        if self.projection_init not in PROJECTION_INITS:
-            raise ValueError(f"projection_init must be one of {list(PROJECTION_INITS)}, got {self.projection_init!r}")
-        require_at_least(self, 1, "embedding_dim", "feat_embed_dim", "knn_k", "num_layers", "num_ui_layers")
-        if not 0 <= self.lambda_coeff <= 1:
-            raise ValueError(f"lambda_coeff must be in [0, 1], got {self.lambda_coeff}")
-        require_at_least(self, 0, "reg_weight")
+from rmm.data.graph import (
+    KNNSpec,
+    TrainGraph,
+    combine_graphs,
+    knn_edges,
+    normalize_edges,
+    to_csr,
+    unit_rows,
+)
+from rmm.models.base import EmbeddingRecommender, inner_product_scorer
+from rmm.models.hparams.lattice import LATTICEConfig
+from rmm.models.layers import (
+    FeatureBank,
+    aggregate,
+    lightgcn,
+    projections,
+    reset_projections,
+    smooth,
+    sparse_matmul,
+)
+from rmm.models.registry import register
 
 
 @register("lattice")
-class LATTICE(EmbeddingRecommender):
+class LATTICE(EmbeddingRecommender[LATTICEConfig]):
     r"""LATTICE (Zhang et al., `Mining Latent Structures for Multimedia Recommendation
     <https://arxiv.org/abs/2104.09036>`_, ACM MM 2021), with the LightGCN backbone.
 
@@ -136,13 +76,14 @@ class LATTICE(EmbeddingRecommender):
         adj: sparse (U+I, U+I); frozen graphs: sparse (I, I) per modality; embeddings: (U, d), (I, d).
     """
 
-    config_class = LATTICEConfig
-    uses_features = True
-    fusions = ()
+    # Buffers: the user-item graph and its transpose (None when symmetric); the frozen item graphs are
+    # ``frozen_{m}`` / ``frozen_t_{m}``.
+    adj: Tensor
+    adj_t: Tensor | None
 
     def __init__(self, graph: TrainGraph, features: Mapping[str, Tensor], cfg: LATTICEConfig, *,
-                 fusion: str = DEFAULT_FUSION, item_graphs: Mapping[str, Tensor] | None = None) -> None:
-        super().__init__(graph, features, cfg, fusion=fusion)
+                 item_graphs: Mapping[str, Tensor] | None = None) -> None:
+        super().__init__(graph, features, cfg)
         self.features = FeatureBank(features, trainable=cfg.train_features)
         for m, frozen in enumerate(self.build_item_graphs(features, item_graphs)):
             self.register_buffer(f"frozen_{m}", to_csr(frozen), persistent=False)
@@ -157,7 +98,7 @@ class LATTICE(EmbeddingRecommender):
                              else graph.adjacency(cfg.ui_normalization, transpose=True), persistent=False)
         self.user_embedding = nn.Embedding(self.num_users, cfg.embedding_dim)
         self.item_embedding = nn.Embedding(self.num_items, cfg.embedding_dim)
-        self.projections = projections(self.features.dims, cfg.feat_embed_dim, init=cfg.projection_init)
+        self.projections = projections(self.features.dims, cfg.feat_embed_dim)
         self.modal_weight = nn.Parameter(torch.empty(len(self.features)))
         self.reset_parameters()
 
@@ -166,6 +107,7 @@ class LATTICE(EmbeddingRecommender):
         return KNNSpec(k=cfg.knn_k, similarity="cosine", normalization="sym", include_self=cfg.knn_self)
 
     def reset_parameters(self) -> None:
+        reset_projections(self.projections, self.cfg.projection_init)
         nn.init.xavier_uniform_(self.user_embedding.weight)
         nn.init.xavier_uniform_(self.item_embedding.weight)
         nn.init.constant_(self.modal_weight, 1.0 / len(self.features))  # MMRec: [0.5, 0.5]
@@ -178,8 +120,12 @@ class LATTICE(EmbeddingRecommender):
 
     def start_epoch(self, seed: int, epoch: int) -> None:
         """Re-learn which item pairs are neighbours from the current projections."""
-        self.learned_index = self._learned_structure()
-        self.held = None
+        self._relearn()
+
+    def _relearn(self) -> list[Tensor]:
+        """Learn this epoch's pairs (:meth:`_learned_structure`), dropping the held graph; returns them."""
+        self.learned_index, self.held = self._learned_structure(), None
+        return self.learned_index
 
     def _learned_structure(self) -> list[Tensor]:
         """The kNN pairs of each modality's projected features (no gradient). Shapes: (2, E_m) each."""
@@ -187,7 +133,7 @@ class LATTICE(EmbeddingRecommender):
             return [knn_edges(proj(x), self.cfg.knn_k, valid=valid, name=f"{name} (projected)",
                               include_self=self.cfg.knn_self)[0]
                     for proj, x, valid, name in zip(self.projections, self.features.matrices(),
-                                                    self.features.valid(), self.features.names)]
+                                                    self.features.valid(), self.features.names, strict=True)]
 
     def _learned_weights(self, learned_index: list[Tensor]) -> tuple[Tensor, Tensor]:
         r"""The learned graph's edge weights, :math:`(1 - \lambda)\,\mathcal{N}(\sum_m \alpha_m \hat{S}^m)` on
@@ -197,13 +143,13 @@ class LATTICE(EmbeddingRecommender):
             (E,), (M,).
         """
         alpha = torch.softmax(self.modal_weight, dim=0)  # (M,)
-        values = []
-        for m, (proj, x) in enumerate(zip(self.projections, self.features.matrices())):
+        cosines = []
+        for m, (proj, x) in enumerate(zip(self.projections, self.features.matrices(), strict=True)):
             z = unit_rows(proj(x))  # (I, feat_embed_dim); scale-safe: features of 1e30 do not become zeros
             index = learned_index[m]
-            values.append(alpha[m] * (z[index[0]] * z[index[1]]).sum(-1))  # cosine of each kept pair
+            cosines.append(alpha[m] * (z[index[0]] * z[index[1]]).sum(-1))  # cosine of each kept pair
         index = torch.cat(learned_index, dim=1)
-        values = normalize_edges(index, torch.cat(values).float(), self.num_items, "sym")  # fp32 under autocast
+        values = normalize_edges(index, torch.cat(cosines).float(), self.num_items, "sym")  # fp32 under autocast
         return (1.0 - self.cfg.lambda_coeff) * values, alpha
 
     def _item_graph_conv(self, learned_index: list[Tensor], weights: tuple[Tensor, Tensor]) -> Tensor:
@@ -235,24 +181,22 @@ class LATTICE(EmbeddingRecommender):
     def embeddings(self, learned_index: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """Final embeddings with the learned graph on ``learned_index`` (this epoch's pairs when None)."""
         if learned_index is None:
-            if self.learned_index is None or self.learned_index[0].device != self.adj.device:
-                # a loop that never calls start_epoch (or a moved model): learn the pairs now
-                self.start_epoch(0, 0)
+            current = self.learned_index
+            if current is None or current[0].device != self.adj.device:
+                current = self._relearn()  # a loop that never calls start_epoch (or a moved model): learn them now
             if self.held is not None:
                 h = smooth(self.held[0], self.item_embedding.weight, self.cfg.num_layers, self.held[1])
             else:
-                weights = self._learned_weights(self.learned_index)
+                weights = self._learned_weights(current)
                 if self.cfg.graph_update == "epoch":
-                    self.held = self._constant_graph(self.learned_index, weights)
-                h = self._item_graph_conv(self.learned_index, weights)
+                    self.held = self._constant_graph(current, weights)
+                h = self._item_graph_conv(current, weights)
         else:
             h = self._item_graph_conv(learned_index, self._learned_weights(learned_index))
-        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
-        users, items = torch.split(propagate(self.adj, ego, self.cfg.num_ui_layers, self.adj_t),
-                                   [self.num_users, self.num_items])
+        users, items = lightgcn(self.adj, self.user_embedding.weight, self.item_embedding.weight,
+                                self.cfg.num_ui_layers, self.adj_t)
         return users, items + F.normalize(h, dim=1)
 
     def scorer(self) -> Callable[[Tensor], Tensor]:
         # As MMRec's full_sort_predict: the learned graph is rebuilt from the current projections.
-        user_emb, item_emb = self.embeddings(self._learned_structure())
-        return lambda users: user_emb[users] @ item_emb.T  # (B, num_items)
+        return inner_product_scorer(*self.embeddings(self._learned_structure()))

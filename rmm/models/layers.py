@@ -3,24 +3,24 @@ banks and content fusion."""
 
 from __future__ import annotations
 
+import operator
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import reduce
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rmm.data.graph import to_csr, valid_rows
+from rmm.models.hparams.base import FUSIONS, PROJECTION_INITS, REG_NORMS
 
 
 def bpr_loss(pos_scores: Tensor, neg_scores: Tensor) -> Tensor:
     r"""Mean BPR loss :math:`-\ln \sigma(\hat{y}_{ui} - \hat{y}_{uj})`, via softplus so that large score gaps
     neither underflow to ``log(0)`` nor need MMRec's ``+1e-10`` fudge. Shapes: (B,), (B,) -> ()."""
     return F.softplus(neg_scores - pos_scores).mean()
-
-
-#: ``reg_norm`` values of the models' configs: how :func:`l2_reg` measures the batch's embeddings.
-REG_NORMS = ("squared", "frobenius")
 
 
 def l2_reg(*embeddings: Tensor, norm: str = "squared") -> Tensor:
@@ -35,9 +35,9 @@ def l2_reg(*embeddings: Tensor, norm: str = "squared") -> Tensor:
     penalty per interaction independent of the catalogue size.
     """
     if norm == "squared":
-        return sum(e.pow(2).sum() for e in embeddings) / (2 * embeddings[0].shape[0])
+        return reduce(operator.add, (e.pow(2).sum() for e in embeddings)) / (2 * embeddings[0].shape[0])
     if norm == "frobenius":
-        return sum(torch.linalg.vector_norm(e) for e in embeddings) / embeddings[0].shape[0]
+        return reduce(operator.add, (torch.linalg.vector_norm(e) for e in embeddings)) / embeddings[0].shape[0]
     raise ValueError(f"reg norm must be one of {list(REG_NORMS)}, got {norm!r}")
 
 
@@ -54,13 +54,13 @@ class _SparseMM(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, adj: Tensor, x: Tensor, adj_t: Tensor) -> Tensor:
+    def forward(ctx: Any, adj: Tensor, x: Tensor, adj_t: Tensor) -> Tensor:
         ctx.adj_t, ctx.x_dtype = adj_t, x.dtype
         with torch.autocast(x.device.type, enabled=False):
             return torch.sparse.mm(adj, x.to(adj.dtype))
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[None, Tensor, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor, None]:
         with torch.autocast(grad.device.type, enabled=False):
             return None, torch.sparse.mm(ctx.adj_t, grad.to(ctx.adj_t.dtype)).to(ctx.x_dtype), None
 
@@ -99,6 +99,20 @@ def propagate(adj: Tensor, x: Tensor, num_layers: int, adj_t: Tensor | None = No
         layer = sparse_matmul(adj, layer, adj_t)
         total = total + layer  # a running sum: no (L+1, N, D) stack to copy into and reduce
     return total / (num_layers + 1)
+
+
+def lightgcn(adj: Tensor, users: Tensor, items: Tensor, num_layers: int,
+             adj_t: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    r"""The LightGCN backbone of the graph models: :func:`propagate` over the user-item graph from the stacked
+    layer-0 embeddings :math:`[\mathbf{E}_U; \mathbf{E}_I]` (users first, as ``TrainGraph`` numbers the nodes),
+    split back into users and items.
+
+    Shapes:
+        adj: (U+I, U+I) sparse (``adj_t`` its transpose, None if symmetric); users: (U, d); items: (I, d)
+        -> (U, d), (I, d).
+    """
+    final = propagate(adj, torch.cat([users, items]), num_layers, adj_t)
+    return final[: len(users)], final[len(users):]
 
 
 def smooth(adj: Tensor, x: Tensor, num_layers: int, adj_t: Tensor | None = None) -> Tensor:
@@ -153,6 +167,17 @@ class EdgeIndex(nn.Module):
     Shapes:
         src, dst: (E,) int64.
     """
+
+    # Buffers (registered in __init__): the edges, their orders by target and by source, and both CSR layouts.
+    src: Tensor
+    dst: Tensor
+    by_dst: Tensor
+    by_src: Tensor
+    at_dst: Tensor
+    dst_crow: Tensor
+    dst_col: Tensor
+    src_crow: Tensor
+    src_col: Tensor
 
     def __init__(self, src: Tensor, dst: Tensor, num_dst: int, num_src: int) -> None:
         super().__init__()
@@ -209,7 +234,7 @@ class _WeightedSum(torch.autograd.Function):
     CPU); the gradients go back in the inputs' dtypes."""
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, weights: Tensor, x: Tensor, edges: EdgeIndex) -> Tensor:
+    def forward(ctx: Any, weights: Tensor, x: Tensor, edges: EdgeIndex) -> Tensor:
         ctx.edges, ctx.dtypes = edges, (weights.dtype, x.dtype)
         weights, x = _sparse_dtype(weights, x)
         ctx.save_for_backward(weights, x)
@@ -217,7 +242,7 @@ class _WeightedSum(torch.autograd.Function):
             return torch.sparse.mm(edges.matrix(weights), x)
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         weights, x = ctx.saved_tensors
         edges, grad_weights, grad_x = ctx.edges, None, None
         grad = grad.to(weights.dtype).contiguous()
@@ -233,7 +258,7 @@ class _EdgeDot(torch.autograd.Function):
     """:meth:`EdgeIndex.dot`; backward ``A(g) @ x_src`` for ``x_dst`` and ``A(g)^T @ x_dst`` for ``x_src``."""
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x_dst: Tensor, x_src: Tensor, edges: EdgeIndex) -> Tensor:
+    def forward(ctx: Any, x_dst: Tensor, x_src: Tensor, edges: EdgeIndex) -> Tensor:
         ctx.edges, ctx.dtypes = edges, (x_dst.dtype, x_src.dtype)
         x_dst, x_src = _sparse_dtype(x_dst, x_src)
         ctx.save_for_backward(x_dst, x_src)
@@ -241,7 +266,7 @@ class _EdgeDot(torch.autograd.Function):
             return edges.row_dots(x_dst, x_src)
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         x_dst, x_src = ctx.saved_tensors
         edges, grad_dst, grad_src = ctx.edges, None, None
         grad = grad.to(x_dst.dtype)
@@ -307,24 +332,46 @@ class FeatureBank(nn.Module):
         return [getattr(self, f"valid_{i}") for i in range(len(self))]
 
 
-#: ``init`` values of :func:`projections`.
-PROJECTION_INITS = ("xavier", "torch_default")
+M = TypeVar("M", bound=nn.Module)
 
 
-def projections(dims: Sequence[int], out_dim: int, *, init: str = "xavier") -> nn.ModuleList:
-    r"""One linear map per modality to a shared width (MMRec's ``image_trs`` / ``text_trs``).
+def deferred_init(build: Callable[[], M]) -> M:
+    """``build()`` with its weights allocated but not initialised (built on the meta device, then given CPU
+    storage, as ``torch.nn.utils.skip_init``): for a submodule that the owning model's ``reset_parameters``
+    initialises, so that a model has one init site and building it draws no random numbers twice."""
+    with torch.device("meta"):
+        module = build()
+    return module.to_empty(device="cpu")
 
-    ``init``: ``xavier`` draws the weights Xavier-normal (as BM3's reference code); ``torch_default`` keeps
-    ``nn.Linear``'s own (Kaiming-uniform weights, :math:`\mathcal{U}(\pm 1/\sqrt{d})`), as MMRec's LATTICE and
-    FREEDOM. Biases keep ``nn.Linear``'s initialisation either way.
-    """
+
+def modules_of(modules: nn.ModuleList, kind: type[M]) -> list[M]:
+    """The items of ``modules``, all of class ``kind``, typed as such (an ``nn.ModuleList`` yields plain
+    ``nn.Module`` to a type checker)."""
+    typed = [module for module in modules if isinstance(module, kind)]
+    if len(typed) != len(modules):
+        raise TypeError(f"expected {kind.__name__} modules only, got {[type(m).__name__ for m in modules]}")
+    return typed
+
+
+def projections(dims: Sequence[int], out_dim: int) -> nn.ModuleList:
+    """One linear map per modality to a shared width (MMRec's ``image_trs`` / ``text_trs``), left uninitialised:
+    the owning model's ``reset_parameters`` initialises them with :func:`reset_projections`."""
+    return deferred_init(lambda: nn.ModuleList(nn.Linear(d, out_dim) for d in dims))
+
+
+def reset_projections(layers: nn.ModuleList, init: str = "xavier") -> None:
+    r"""(Re-)initialise :func:`projections`. ``init``: ``xavier`` draws the weights Xavier-normal (as BM3's
+    reference code); ``torch_default`` keeps ``nn.Linear``'s own (Kaiming-uniform weights,
+    :math:`\mathcal{U}(\pm 1/\sqrt{d})`), as MMRec's LATTICE and FREEDOM. Biases get ``nn.Linear``'s
+    initialisation either way."""
     if init not in PROJECTION_INITS:
         raise ValueError(f"projection init must be one of {list(PROJECTION_INITS)}, got {init!r}")
-    layers = nn.ModuleList(nn.Linear(d, out_dim) for d in dims)
-    if init == "xavier":
-        for layer in layers:
+    linears = modules_of(layers, nn.Linear)
+    for layer in linears:
+        layer.reset_parameters()
+    if init == "xavier":  # after all of nn.Linear's draws: the random stream of rmm's earlier releases
+        for layer in linears:
             nn.init.xavier_normal_(layer.weight)
-    return layers
 
 
 class Fusion(nn.Module):
@@ -365,7 +412,7 @@ class _ProjectedFusion(Fusion):
         self.projs = nn.ModuleList(nn.Linear(d, out_dim) for d in dims)
 
     def forward(self, xs: Sequence[Tensor]) -> Tensor:
-        return self.combine(torch.stack([p(x) for p, x in zip(self.projs, xs)], dim=1))  # (N, M, out_dim)
+        return self.combine(torch.stack([p(x) for p, x in zip(self.projs, xs, strict=True)], dim=1))  # (N, M, out_dim)
 
     def combine(self, h: Tensor) -> Tensor:
         """Shapes: h (N, M, out_dim) -> (N, out_dim)."""
@@ -415,7 +462,6 @@ _FUSION_CLASSES: dict[str, type[Fusion]] = {
     "attention": AttentionFusion,
     "gated": GatedFusion,
 }
-FUSIONS = tuple(_FUSION_CLASSES)
 
 
 def build_fusion(name: str, dims: Sequence[int], out_dim: int) -> Fusion:
@@ -490,7 +536,7 @@ class _ProductLogSumExp(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, queries: Tensor, keys: Tensor) -> Tensor:
+    def forward(ctx: Any, queries: Tensor, keys: Tensor) -> Tensor:
         rows = _block_rows(keys)
         with torch.autocast(queries.device.type, enabled=False):
             out = torch.cat([torch.logsumexp(queries[s:s + rows] @ keys.T, dim=1)
@@ -499,7 +545,7 @@ class _ProductLogSumExp(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, Tensor]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
         queries, keys, out = ctx.saved_tensors
         grad_queries, grad_keys = torch.empty_like(queries), torch.zeros_like(keys)
         rows = _block_rows(keys)

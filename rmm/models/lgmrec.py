@@ -2,82 +2,32 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from functools import reduce
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rmm.validation import require_at_least
 from rmm.data.graph import TrainGraph
-from rmm.models.base import DEFAULT_FUSION, BPRBatch, EmbeddingConfig, EmbeddingRecommender, register
-from rmm.models.layers import FeatureBank, bpr_loss, l2_reg, low_rank_info_nce, propagate, smooth, sparse_matmul
-
-#: MMRec's ``LGMRec.yaml`` (its Baby settings; every entry there is a one-value list) and its hard-coded ``tau``.
-_MMREC = {"embedding_dim": 64, "num_ui_layers": 2, "num_mm_layers": 2, "num_hyper_layers": 1, "num_hyperedges": 4,
-          "keep_rate": 0.5, "alpha": 0.3, "cl_weight": 1e-4, "reg_weight": 1e-6, "temperature": 0.2}
-
-
-@dataclass(frozen=True)
-class LGMRecConfig(EmbeddingConfig):
-    """LGMRec's hyperparameters; the defaults are MMRec's ``LGMRec.yaml`` (its Baby settings).
-
-    Attributes:
-        embedding_dim: d of the ID embeddings; the modalities are projected to it too (MMRec's ``embedding_size``
-            = ``feat_embed_dim`` = 64).
-        num_ui_layers: LightGCN layers of the collaborative graph embedding (``n_ui_layers``, 2).
-        num_mm_layers: graph convolutions of the modality graph embeddings (``n_mm_layers``, 2).
-        num_hyper_layers: hypergraph layers (``n_hyper_layer``, 1; MMRec's comments give 2 for Clothing).
-        num_hyperedges: hyperedges per modality (``hyper_num``, 4; 64 for Clothing).
-        keep_rate: the fraction of hyperedge memberships kept by dropout in training (0.5; Sports 0.4,
-            Clothing 0.2).
-        alpha: weight of the global (hypergraph) embeddings (0.3; Sports 0.6, Clothing 0.2).
-        cl_weight: weight of the hypergraph contrastive loss (1e-4).
-        reg_weight: weight of the regulariser of the batch's final embeddings (1e-6).
-        temperature: of both the Gumbel-softmax and the contrastive loss (MMRec's hard-coded ``tau`` 0.2).
-
-    Protocol switches (``protocol: strict`` value first, then ``mmrec``'s):
-        reg_norm: ``frobenius`` in both protocols (MMRec's non-squared norms, for which ``reg_weight``'s default,
-            MMRec's 1e-6, was tuned): the regulariser of the batch's final user, positive and negative embeddings
-            over the batch size; ``squared`` gives rmm's squared L2 form (:func:`~rmm.models.layers.l2_reg`).
-        eval_gumbel: ``False`` / ``True``: whether scoring samples Gumbel noise into the hyperedge memberships.
-            MMRec's ``forward`` always does (its ``full_sort_predict`` too, only the dropout being off in eval
-            mode), so its scores change from one evaluation to the next; rmm scores with the noise-free
-            ``softmax(h / tau)``, so that evaluating (and serving) the same weights gives the same
-            ranking.
-    """
-
-    reg_norm: str = "frobenius"
-    embedding_dim: int = 64
-    num_ui_layers: int = 2
-    num_mm_layers: int = 2
-    num_hyper_layers: int = 1
-    num_hyperedges: int = 4
-    keep_rate: float = 0.5
-    alpha: float = 0.3
-    cl_weight: float = 1e-4
-    reg_weight: float = 1e-6
-    temperature: float = 0.2
-    eval_gumbel: bool = False
-    #: The defaults ``protocol: mmrec`` gives these fields (MMRec's code and ``LGMRec.yaml``); explicit values win.
-    protocol_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {
-        "mmrec": {**_MMREC, "reg_norm": "frobenius", "eval_gumbel": True}}
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require_at_least(self, 1, "embedding_dim", "num_ui_layers", "num_mm_layers", "num_hyper_layers",
-                         "num_hyperedges")
-        if not 0 < self.keep_rate <= 1:
-            raise ValueError(f"keep_rate must be in (0, 1], got {self.keep_rate}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        require_at_least(self, 0, "alpha", "cl_weight", "reg_weight")
+from rmm.models.base import BPRBatch, EmbeddingRecommender
+from rmm.models.hparams.lgmrec import LGMRecConfig
+from rmm.models.layers import (
+    FeatureBank,
+    bpr_loss,
+    l2_reg,
+    lightgcn,
+    low_rank_info_nce,
+    modules_of,
+    smooth,
+    sparse_matmul,
+)
+from rmm.models.registry import register
 
 
 @register("lgmrec")
-class LGMRec(EmbeddingRecommender):
+class LGMRec(EmbeddingRecommender[LGMRecConfig]):
     r"""LGMRec (Guo et al., `LGMRec: Local and Global Graph Learning for Multimodal Recommendation
     <https://arxiv.org/abs/2312.16400>`_, AAAI 2024).
 
@@ -128,13 +78,14 @@ class LGMRec(EmbeddingRecommender):
         projections: d_m -> d and d_m -> H per modality.
     """
 
-    config_class = LGMRecConfig
-    uses_features = True
-    fusions = ()
+    # Buffers: the normalised user-item graph, the interactions R and R^T, and 1 / user degree.
+    adj: Tensor
+    interactions: Tensor
+    interactions_t: Tensor
+    inv_user_degree: Tensor
 
-    def __init__(self, graph: TrainGraph, features: Mapping[str, Tensor], cfg: LGMRecConfig, *,
-                 fusion: str = DEFAULT_FUSION) -> None:
-        super().__init__(graph, features, cfg, fusion=fusion)
+    def __init__(self, graph: TrainGraph, features: Mapping[str, Tensor], cfg: LGMRecConfig) -> None:
+        super().__init__(graph, features, cfg)
         self.features = FeatureBank(features)
         self.register_buffer("adj", graph.norm_adj(), persistent=False)
         self.register_buffer("interactions", graph.interactions(), persistent=False)
@@ -149,7 +100,8 @@ class LGMRec(EmbeddingRecommender):
 
     def reset_parameters(self) -> None:
         for weight in (self.user_embedding.weight, self.item_embedding.weight,
-                       *(p.weight for p in self.projections), *(h.weight for h in self.hyperedges)):
+                       *(p.weight for p in modules_of(self.projections, nn.Linear)),
+                       *(h.weight for h in modules_of(self.hyperedges, nn.Linear))):
             nn.init.xavier_uniform_(weight)
 
     def _memberships(self, logits: Tensor, train: bool) -> Tensor:
@@ -172,12 +124,14 @@ class LGMRec(EmbeddingRecommender):
         Shapes:
             (U, d), (I, d), M x ((U, H), (I, H), (H, d)).
         """
-        cge = propagate(self.adj, torch.cat([self.user_embedding.weight, self.item_embedding.weight]),
-                        self.cfg.num_ui_layers)  # (U+I, d)
-        item_cge = cge[self.num_users:]
-        local, hypergraphs, ghe = cge, [], 0
+        user_cge, item_cge = lightgcn(self.adj, self.user_embedding.weight, self.item_embedding.weight,
+                                      self.cfg.num_ui_layers)
+        local = torch.cat([user_cge, item_cge])  # (U+I, d): the modality embeddings add to it node-wise
+        hypergraphs: list[tuple[Tensor, Tensor, Tensor]] = []
+        ghe: list[Tensor] = []  # per modality: the hypergraph embeddings [E^m_U; E^m_I]
         d = self.cfg.embedding_dim
-        for proj, hyper, x in zip(self.projections, self.hyperedges, self.features.matrices()):
+        for proj, hyper, x in zip(modules_of(self.projections, nn.Linear), modules_of(self.hyperedges, nn.Linear),
+                                  self.features.matrices(), strict=True):
             # Both maps of the features in one product: one pass over the (I, d_m) matrix, one sparse product.
             item_both = F.linear(x, torch.cat([proj.weight, hyper.weight]))  # (I, d + H)
             user_both = sparse_matmul(self.interactions, item_both, self.interactions_t)  # (U, d + H)
@@ -186,12 +140,13 @@ class LGMRec(EmbeddingRecommender):
             local = local + F.normalize(mge, dim=1)
             item_h, user_h = self._memberships(item_logits, train), self._memberships(user_logits, train)
             items = item_cge
-            for _ in range(self.cfg.num_hyper_layers):
-                latent = item_h.T @ items  # (H, d)
-                items = item_h @ latent
+            for _ in range(self.cfg.num_hyper_layers - 1):
+                items = item_h @ (item_h.T @ items)
+            latent = item_h.T @ items  # (H, d): the last layer's hyperedge embeddings
+            items = item_h @ latent
             hypergraphs.append((user_h, item_h, latent))
-            ghe = ghe + torch.cat([user_h @ latent, items])
-        final = local + self.cfg.alpha * F.normalize(ghe, dim=1)
+            ghe.append(torch.cat([user_h @ latent, items]))
+        final = local + self.cfg.alpha * F.normalize(reduce(operator.add, ghe), dim=1)
         users, items = torch.split(final, [self.num_users, self.num_items])
         return users, items, hypergraphs
 

@@ -3,33 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rmm.validation import require_at_least
 from rmm.data.graph import TrainGraph
-from rmm.models.base import DEFAULT_FUSION, BPRBatch, EmbeddingConfig, EmbeddingRecommender, register
-from rmm.models.layers import FeatureBank, sparse_matmul
-
-#: ``combination`` values: the paper's element-wise combination (its Eq. 7) or the concatenation one (Eq. 6).
-COMBINATIONS = ("sum", "concat")
-#: ``project_features`` values: which branches first project their features to ``latent_dim``.
-PROJECT_FEATURES = ("all", "first")
-#: ``combine_init`` values: Xavier-normal, or ``nn.Linear``'s own (Kaiming-uniform) initialisation.
-COMBINE_INITS = ("xavier", "torch_default")
-#: ``regulariser`` values of MMGCN and GRCN: rmm's ``l2_reg`` of the batch's rows, or MMRec's element mean.
-REGULARISERS = ("batch", "mmrec")
-
-
-def require_choice(cfg: object, name: str, choices: Sequence[str]) -> None:
-    """Raise ``ValueError`` naming field ``name``, its value and the valid ones unless it is one of ``choices``."""
-    value = getattr(cfg, name)
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+from rmm.models.base import BPRBatch, EmbeddingRecommender
+from rmm.models.hparams.mmgcn import MMGCNConfig
+from rmm.models.layers import FeatureBank, deferred_init, modules_of, sparse_matmul
+from rmm.models.registry import register
 
 
 def mmrec_id_reg(ids: Tensor, batch: BPRBatch, num_users: int) -> Tensor:
@@ -50,73 +33,6 @@ def mmrec_regulariser(ids: Tensor, visual_preference: Tensor, batch: BPRBatch, n
     """MMRec's MMGCN penalty (GRCN's adds a term to it): :func:`mmrec_id_reg` of the batch's ID rows plus the
     element mean of squares of the first (visual) branch's whole user-preference table (U, d)."""
     return mmrec_id_reg(ids, batch, num_users) + visual_preference.pow(2).mean()
-
-
-@dataclass(frozen=True)
-class MMGCNConfig(EmbeddingConfig):
-    r"""Hyperparameters of :class:`MMGCN`.
-
-    Attributes:
-        embedding_dim: width d of the ID embeddings and of every layer after the first (MMRec
-            ``embedding_size`` 64).
-        latent_dim: width the features of a projected branch are mapped to before the first layer (MMRec's
-            ``dim_latent`` 256, which it gives its visual branch only; see ``project_features``).
-        num_layers: graph convolution layers per branch. MMRec's yaml says ``n_layers: 2`` but its code runs
-            three layers whatever it says, so ``protocol: mmrec`` gives 3; rmm's default is the yaml's 2.
-        reg_weight: weight of the regulariser; MMRec searches ``[0, 1e-5, 1e-4, 1e-3, 1e-2, 0.1]`` (and the
-            learning rate over ``[1e-4, 5e-4, 1e-3, 5e-3, 1e-2]``).
-
-    Protocol switches (``strict`` value first, then ``mmrec``'s):
-        combination: ``sum`` / ``concat``: how a layer combines the aggregated neighbours ``h`` with the node's
-            own ``x_hat``. ``sum`` is the paper's element-wise :math:`g_{ele}` (its Eq. 7), the one rmm states;
-            ``concat`` is :math:`g_{co}`, :math:`\mathrm{lrelu}(W_3 [h; \hat{x}] + b)` (Eq. 6), which MMRec and
-            the authors' code run because they pass ``concate='False'``, a non-empty (true) string.
-        project_features: ``all`` / ``first``: which branches map their features to ``latent_dim`` by a linear
-            layer first. ``first``: only the first feature's branch (MMRec's visual one, ``dim_latent=256``);
-            the others convolve the raw features at their own width, user preferences included (MMRec's text
-            branch, ``dim_latent=None``), so list the features ``[image, text]`` as MMRec orders them. rmm
-            projects every branch so that no branch's cost grows with a wide feature.
-        freeze_embeddings: ``False`` / ``True``: whether the ID embeddings and the user preferences stay at
-            their initial values. MMRec (like the authors' code) keeps them as plain tensors, outside
-            ``model.parameters()``, so Adam never updates them; the paper learns them.
-        combine_init: ``xavier`` / ``torch_default``: initialisation of the combination layers after the
-            first; MMRec Xavier-initialises the first (``g_layer1``) and leaves the others at ``nn.Linear``'s
-            default.
-        regulariser: ``batch`` / ``mmrec``. ``batch``: ``reg_weight`` times
-            :func:`~rmm.models.layers.l2_reg` (``reg_norm``) of the batch's ID rows and user preferences.
-            ``mmrec``: MMRec's :func:`mmrec_id_reg` of the batch's ID rows plus the element mean of squares of
-            the first branch's *whole* preference table (its ``v_gcn.preference``); ``reg_norm`` is then
-            unused. With ``freeze_embeddings`` this adds a constant to the loss (MMRec's regulariser has no
-            gradient).
-        reg_norm: as :class:`~rmm.models.base.EmbeddingConfig`, for ``regulariser: batch``; ``squared`` in both
-            protocols (MMRec's MMGCN does not use ``EmbLoss``).
-        protocol_defaults: the defaults ``protocol: mmrec`` gives these fields (MMRec's code and
-            ``MMGCN.yaml``); explicit values win. Not a config key.
-    """
-
-    embedding_dim: int = 64
-    latent_dim: int = 256
-    num_layers: int = 2
-    reg_weight: float = 1e-4
-    combination: str = "sum"
-    project_features: str = "all"
-    freeze_embeddings: bool = False
-    combine_init: str = "xavier"
-    regulariser: str = "batch"
-    protocol_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {
-        "mmrec": {"embedding_dim": 64, "latent_dim": 256, "num_layers": 3, "combination": "concat",
-                  "project_features": "first", "freeze_embeddings": True, "combine_init": "torch_default",
-                  "regulariser": "mmrec", "reg_norm": "squared"},
-    }
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require_at_least(self, 1, "embedding_dim", "latent_dim", "num_layers")
-        require_at_least(self, 0, "reg_weight")
-        require_choice(self, "combination", COMBINATIONS)
-        require_choice(self, "project_features", PROJECT_FEATURES)
-        require_choice(self, "combine_init", COMBINE_INITS)
-        require_choice(self, "regulariser", REGULARISERS)
 
 
 class ModalityGCN(nn.Module):
@@ -146,19 +62,25 @@ class ModalityGCN(nn.Module):
         self.combine_init = combine_init
         width = dim if latent_dim is None else latent_dim
         self.preference = nn.Parameter(torch.empty(num_users, width))
-        self.mlp = None if latent_dim is None else nn.Linear(dim, latent_dim)
+        self.mlp = None if latent_dim is None else deferred_init(lambda: nn.Linear(dim, latent_dim))
         widths = [width] + [embedding_dim] * (num_layers - 1)
-        self.conv = nn.ModuleList(nn.Linear(w, w, bias=False) for w in widths)
-        self.linear = nn.ModuleList(nn.Linear(w, embedding_dim) for w in widths)
-        self.combine = nn.ModuleList(nn.Linear(w + embedding_dim if self.concat else w, embedding_dim)
-                                     for w in widths)
-        self.reset_parameters()
+        self.conv = deferred_init(lambda: nn.ModuleList(nn.Linear(w, w, bias=False) for w in widths))
+        self.linear = deferred_init(lambda: nn.ModuleList(nn.Linear(w, embedding_dim) for w in widths))
+        self.combine = deferred_init(lambda: nn.ModuleList(
+            nn.Linear(w + embedding_dim if self.concat else w, embedding_dim) for w in widths))
 
     def reset_parameters(self) -> None:
+        """Called by :meth:`MMGCN.reset_parameters`, the model's one init site. Every layer starts from
+        ``nn.Linear``'s own initialisation (the biases and the projection keep it), then the weights are drawn
+        Xavier-normal, the later combination layers' with ``combine_init: torch_default`` drawn again from
+        ``nn.Linear``'s (the random stream of rmm's earlier releases)."""
+        conv, linear, combine = (modules_of(layers, nn.Linear) for layers in (self.conv, self.linear, self.combine))
+        for layer in [*([] if self.mlp is None else [self.mlp]), *conv, *linear, *combine]:
+            layer.reset_parameters()
         nn.init.xavier_normal_(self.preference)
-        for layer in [*self.conv, *self.linear, self.combine[0]]:
+        for layer in [*conv, *linear, combine[0]]:
             nn.init.xavier_normal_(layer.weight)
-        for layer in self.combine[1:]:
+        for layer in combine[1:]:
             if self.combine_init == "xavier":
                 nn.init.xavier_normal_(layer.weight)
             else:
@@ -167,7 +89,7 @@ class ModalityGCN(nn.Module):
     def forward(self, features: Tensor, id_embedding: Tensor, adj: Tensor, inv_degree: Tensor) -> Tensor:
         projected = features if self.mlp is None else self.mlp(features)
         x = F.normalize(torch.cat([self.preference, projected]), dim=1)  # (U+I, w)
-        for conv, linear, combine in zip(self.conv, self.linear, self.combine):
+        for conv, linear, combine in zip(self.conv, self.linear, self.combine, strict=True):
             h = F.leaky_relu(sparse_matmul(adj, conv(x)) * inv_degree)  # mean over neighbours
             x_hat = F.leaky_relu(linear(x)) + id_embedding
             x = F.leaky_relu(combine(torch.cat([h, x_hat], dim=1)) if self.concat else combine(h) + x_hat)
@@ -175,7 +97,7 @@ class ModalityGCN(nn.Module):
 
 
 @register("mmgcn")
-class MMGCN(EmbeddingRecommender):
+class MMGCN(EmbeddingRecommender[MMGCNConfig]):
     r"""MMGCN (Wei et al., `MMGCN: Multi-modal Graph Convolution Network for Personalized Recommendation of
     Micro-video <https://doi.org/10.1145/3343031.3351034>`_, ACM MM 2019).
 
@@ -208,13 +130,12 @@ class MMGCN(EmbeddingRecommender):
         adj: binary sparse (U+I, U+I); id_embedding: (U+I, embedding_dim).
     """
 
-    config_class = MMGCNConfig
-    uses_features = True
-    fusions = ()
+    # Buffers: the binary user-item graph and 1 / degree (mean aggregation).
+    adj: Tensor
+    inv_degree: Tensor
 
-    def __init__(self, graph: TrainGraph, features: Mapping[str, Tensor], cfg: MMGCNConfig, *,
-                 fusion: str = DEFAULT_FUSION) -> None:
-        super().__init__(graph, features, cfg, fusion=fusion)
+    def __init__(self, graph: TrainGraph, features: Mapping[str, Tensor], cfg: MMGCNConfig) -> None:
+        super().__init__(graph, features, cfg)
         self.features = FeatureBank(features)
         self.register_buffer("adj", graph.adjacency("none"), persistent=False)
         self.register_buffer("inv_degree", 1.0 / graph.degrees().clamp_min(1).unsqueeze(1), persistent=False)
@@ -231,19 +152,23 @@ class MMGCN(EmbeddingRecommender):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        for branch in modules_of(self.branches, ModalityGCN):
+            branch.reset_parameters()
         nn.init.xavier_normal_(self.id_embedding)
 
     def embeddings(self) -> tuple[Tensor, Tensor]:
         outputs = [branch(x, self.id_embedding, self.adj, self.inv_degree)
-                   for branch, x in zip(self.branches, self.features.matrices())]
-        return torch.split(torch.stack(outputs).mean(0), [self.num_users, self.num_items])
+                   for branch, x in zip(self.branches, self.features.matrices(), strict=True)]
+        users, items = torch.split(torch.stack(outputs).mean(0), [self.num_users, self.num_items])
+        return users, items
 
     def reg_terms(self, batch: BPRBatch, users: Tensor, pos: Tensor, neg: Tensor) -> Sequence[Tensor]:
         ids = self.id_embedding
         return (ids[batch.users], ids[self.num_users + batch.pos_items], ids[self.num_users + batch.neg_items],
-                *(branch.preference[batch.users] for branch in self.branches))
+                *(branch.preference[batch.users] for branch in modules_of(self.branches, ModalityGCN)))
 
     def regularisation(self, batch: BPRBatch, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
         if self.cfg.regulariser == "batch":
             return super().regularisation(batch, users, pos, neg)
-        return mmrec_regulariser(self.id_embedding, self.branches[0].preference, batch, self.num_users)
+        visual = modules_of(self.branches, ModalityGCN)[0]
+        return mmrec_regulariser(self.id_embedding, visual.preference, batch, self.num_users)

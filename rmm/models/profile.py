@@ -2,35 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar
+import operator
+from collections.abc import Callable, Mapping
+from functools import reduce
 
 from torch import Tensor
 
 from rmm.data.graph import TrainGraph, unit_rows
-from rmm.models.base import DEFAULT_FUSION, TrainingFreeRecommender, register
+from rmm.models.base import TrainingFreeRecommender
+from rmm.models.hparams.profile import ProfileConfig
 from rmm.models.layers import FeatureBank
-
-
-@dataclass(frozen=True)
-class ProfileConfig:
-    """Profile matching's one choice.
-
-    Attributes:
-        normalize_items: average unit-length item vectors (every history item counts equally) instead of the raw
-            ones (an item with a large norm dominates the profile).
-
-    MMRec has no such model, so ``protocol: mmrec`` changes nothing here (``protocol_defaults`` is empty).
-    """
-
-    normalize_items: bool = True
-    #: No MMRec counterpart: both protocols use the defaults above.
-    protocol_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+from rmm.models.registry import register
 
 
 @register("profile")
-class ProfileMatching(TrainingFreeRecommender):
+class ProfileMatching(TrainingFreeRecommender[ProfileConfig]):
     r"""Content profile matching (the classic content-based recommender, e.g. Lops et al., `Content-based
     Recommender Systems: State of the Art and Trends <https://doi.org/10.1007/978-0-387-85820-3_3>`_,
     Recommender Systems Handbook 2011), training-free.
@@ -50,18 +36,19 @@ class ProfileMatching(TrainingFreeRecommender):
         features: (I, d_m) per modality; profiles: (B, d_m); scores: (B, I).
     """
 
-    config_class = ProfileConfig
-
-    def __init__(self, graph: TrainGraph, features: Mapping[str, Tensor], cfg: ProfileConfig, *,
-                 fusion: str = DEFAULT_FUSION) -> None:
-        super().__init__(graph, features, cfg, fusion=fusion)
+    def __init__(self, graph: TrainGraph, features: Mapping[str, Tensor], cfg: ProfileConfig) -> None:
+        super().__init__(graph, features, cfg)
         self.features = FeatureBank({name: unit_rows(m.float()) for name, m in features.items()})
         self.raw = FeatureBank(features) if not cfg.normalize_items else None
         self.history = graph.user_items()
 
-    def score_users(self, users: Tensor) -> Tensor:
+    def scorer(self) -> Callable[[Tensor], Tensor]:
         units = self.features.matrices()
         sources = units if self.raw is None else self.raw.matrices()
-        history = self.history.sparse(users, mean=True).to(units[0].device)  # (B, I), rows sum to 1
-        scores = sum(unit_rows(history @ x) @ unit.T for x, unit in zip(sources, units))  # (B, I)
-        return scores / len(units)
+
+        def score(users: Tensor) -> Tensor:
+            history = self.history.sparse(users, mean=True).to(units[0].device)  # (B, I), rows sum to 1
+            scores = [unit_rows(history @ x) @ unit.T for x, unit in zip(sources, units, strict=True)]  # M x (B, I)
+            return reduce(operator.add, scores) / len(units)
+
+        return score

@@ -3,60 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from rmm.validation import require_at_least
 from rmm.data.graph import TrainGraph
-from rmm.models.base import BPRBatch, EmbeddingConfig, EmbeddingRecommender, register
-from rmm.models.layers import FUSIONS, bpr_loss, build_fusion, l2_reg
-
-#: ``projection_init`` values: how the content projection (every linear layer of the fusion) starts.
-PROJECTION_INITS = ("pytorch", "xavier_normal")
-
-
-@dataclass(frozen=True)
-class VBPRConfig(EmbeddingConfig):
-    r"""VBPR's hyperparameters, after MMRec's ``VBPR.yaml``.
-
-    Attributes:
-        embedding_dim: d of each half of the factors, :math:`\gamma` and :math:`\theta` (MMRec's
-            ``embedding_size``: 64; users have 2d).
-        reg_weight: weight of the regulariser of the batch's final embeddings (MMRec searches ``reg_weight`` in
-            [2.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5]).
-
-    Protocol switches (``protocol: strict`` value first, then ``mmrec``'s):
-        reg_norm: ``squared`` / ``frobenius``: rmm regularises :math:`\frac{1}{2B}\sum\lVert e\rVert^2` (the
-            paper's squared L2); MMRec's ``EmbLoss`` uses the non-squared norms :math:`\frac{1}{B}\sum\lVert
-            e\rVert_F`.
-        projection_init: ``pytorch`` / ``xavier_normal``: the content projection's (every ``nn.Linear`` of the
-            fusion) initial weights and biases. rmm keeps PyTorch's default (Kaiming-uniform weights, uniform
-            biases), which its results so far were trained from; MMRec applies ``xavier_normal_initialization``
-            (Xavier-normal weights, zero biases).
-    """
-
-    embedding_dim: int = 64
-    reg_weight: float = 1e-4
-    projection_init: str = "pytorch"
-    #: The defaults ``protocol: mmrec`` gives these fields (MMRec's ``vbpr.py`` and ``VBPR.yaml``); explicit
-    #: values win.
-    protocol_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {
-        "mmrec": {"embedding_dim": 64, "reg_norm": "frobenius", "projection_init": "xavier_normal"}}
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require_at_least(self, 1, "embedding_dim")
-        require_at_least(self, 0, "reg_weight")
-        if self.projection_init not in PROJECTION_INITS:
-            raise ValueError(f"projection_init must be one of {list(PROJECTION_INITS)}, "
-                             f"got {self.projection_init!r}")
+from rmm.models.base import BPRBatch, EmbeddingRecommender
+from rmm.models.hparams.vbpr import VBPRConfig
+from rmm.models.layers import bpr_loss, build_fusion, deferred_init, l2_reg
+from rmm.models.registry import register
 
 
 @register("vbpr")
-class VBPR(EmbeddingRecommender):
+class VBPR(EmbeddingRecommender[VBPRConfig]):
     r"""VBPR (He & McAuley, `VBPR: Visual Bayesian Personalized Ranking from Implicit Feedback
     <https://arxiv.org/abs/1510.01784>`_, AAAI 2016), in MMRec's form (no bias terms).
 
@@ -87,20 +46,17 @@ class VBPR(EmbeddingRecommender):
         content: (num_items, embedding_dim); scores: (B, num_items).
     """
 
-    config_class = VBPRConfig
-    uses_features = True
-    fusions = FUSIONS
-
     def __init__(self, graph: TrainGraph, features: Mapping[str, Tensor], cfg: VBPRConfig, *,
                  fusion: str = "concat") -> None:
-        super().__init__(graph, features, cfg, fusion=fusion)
+        super().__init__(graph, features, cfg)
+        self.spec.check_inputs(list(features), fusion)
         self.modalities = list(features)
         for i, matrix in enumerate(features.values()):
             # Not persistent: features are inputs reloaded from the store, not state to checkpoint.
             self.register_buffer(f"feature_{i}", matrix.float(), persistent=False)
         # With one modality every fusion reduces to the projection E; concat is exactly that.
-        self.fusion = build_fusion(fusion if len(features) > 1 else "concat",
-                                   [m.shape[1] for m in features.values()], cfg.embedding_dim)
+        self.fusion = deferred_init(lambda: build_fusion(fusion if len(features) > 1 else "concat",
+                                                         [m.shape[1] for m in features.values()], cfg.embedding_dim))
         self.user_embedding = nn.Embedding(self.num_users, 2 * cfg.embedding_dim)
         self.item_embedding = nn.Embedding(self.num_items, cfg.embedding_dim)
         self.reset_parameters()
@@ -108,12 +64,15 @@ class VBPR(EmbeddingRecommender):
     def reset_parameters(self) -> None:
         nn.init.xavier_uniform_(self.user_embedding.weight)
         nn.init.xavier_uniform_(self.item_embedding.weight)
-        if self.cfg.projection_init == "xavier_normal":  # "pytorch": as nn.Linear built them
-            for layer in self.fusion.modules():
-                if isinstance(layer, nn.Linear):
-                    nn.init.xavier_normal_(layer.weight)
-                    if layer.bias is not None:
-                        nn.init.zeros_(layer.bias)
+        for layer in self.fusion.modules():  # the projection E (and a fusion's other layers)
+            if not isinstance(layer, nn.Linear):
+                continue
+            if self.cfg.projection_init == "pytorch":
+                layer.reset_parameters()
+                continue
+            nn.init.xavier_normal_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
 
     def item_rows(self, items: Tensor) -> Tensor:
         r"""Final item embeddings :math:`[\gamma_i; \mathbf{E} f_i + \mathbf{b}]` of ``items``.
@@ -124,7 +83,8 @@ class VBPR(EmbeddingRecommender):
         return torch.cat([self.item_embedding(items), content], dim=-1)
 
     def embeddings(self) -> tuple[Tensor, Tensor]:
-        return self.user_embedding.weight, self.item_rows(torch.arange(self.num_items, device=self.feature_0.device))
+        items = torch.arange(self.num_items, device=self.item_embedding.weight.device)
+        return self.user_embedding.weight, self.item_rows(items)
 
     def loss(self, batch: BPRBatch) -> Tensor:
         """The BPR loss of :class:`EmbeddingRecommender`, projecting only the batch's distinct items (every

@@ -14,7 +14,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from rmm.report.results import load_run_record
+from rmm.runs import RunRecord, load_run_record
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def metric_by_representation(cells: Mapping[tuple[str, str], Mapping[str, Any]], models: Sequence[str],
+def metric_by_representation(cells: Mapping[tuple[str, str], RunRecord], models: Sequence[str],
                              columns: Sequence[str], metrics: Sequence[str], path: Path) -> Path:
     """Grouped bars: one panel per metric, one group per model, one bar per representation (test metric of
     the (model, representation) cell's run; of a seed group, the mean over its seeds with the standard deviation
@@ -53,11 +53,11 @@ def metric_by_representation(cells: Mapping[tuple[str, str], Mapping[str, Any]],
         heights: dict[str, list[float]] = {c: [] for c in columns}
         errors: dict[str, list[float]] = {c: [] for c in columns}
         for i, model in enumerate(models):
-            present = [c for c in columns if metric in cells.get((model, c), {}).get("test", {})]
+            present = [c for c in columns if (model, c) in cells and metric in cells[(model, c)].test]
             for j, column in enumerate(present):
                 xs[column].append(i + width * (j + 0.5 - len(present) / 2))
-                heights[column].append(cells[(model, column)]["test"][metric])
-                errors[column].append((cells[(model, column)].get("test_std") or {}).get(metric, 0.0))
+                heights[column].append(cells[(model, column)].test[metric])
+                errors[column].append(cells[(model, column)].test_std.get(metric, 0.0))
         for column in columns:
             bars = ax.bar(xs[column], heights[column], width, label=column,
                           yerr=errors[column] if any(errors[column]) else None, capsize=2)
@@ -73,7 +73,7 @@ def metric_by_representation(cells: Mapping[tuple[str, str], Mapping[str, Any]],
     return _save(fig, path)
 
 
-def curve_series(out_dir: str | Path, runs: Sequence[Mapping[str, Any]], metric: str) -> dict[str, list[
+def curve_series(out_dir: str | Path, runs: Sequence[RunRecord], metric: str) -> dict[str, list[
         tuple[str, list[int], list[float]]]]:
     """``model -> [(label, epochs, values)]``: the validation curve of every train run and of every trial of
     every sweep (read from the trials' ``run.json``); runs whose history lacks ``valid/<metric>`` are skipped.
@@ -87,11 +87,10 @@ def curve_series(out_dir: str | Path, runs: Sequence[Mapping[str, Any]], metric:
             series.setdefault(model, []).append((label, [p[0] for p in points], [p[1] for p in points]))
 
     for run in runs:
-        trials = run.get("trials")
-        if not trials:
-            add(run["model"], run["run_name"], run.get("history") or [])
+        if not run.trials:
+            add(run.model, run.run_name, run.history)
             continue
-        for trial in trials:
+        for trial in run.trials:
             try:
                 record = load_run_record(out_dir, trial["run_name"])
             except FileNotFoundError as err:
@@ -99,8 +98,7 @@ def curve_series(out_dir: str | Path, runs: Sequence[Mapping[str, Any]], metric:
                 continue
             params = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in (trial.get("params") or {}).items())
             trial_id = trial["run_name"].rsplit("-", 1)[-1]
-            add(run["model"], f"trial {trial_id} ({params})" if params else trial["run_name"],
-                record.get("history") or [])
+            add(run.model, f"trial {trial_id} ({params})" if params else trial["run_name"], record.history)
     return series
 
 

@@ -16,16 +16,15 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from rmm.report.results import PER_USER_FILE, best_by_validation, by_seed_group, run_dir, trained_run_name, \
-    validation_metric
+from rmm.report.results import best_by_validation, by_seed_group, validation_metric
+from rmm.runs import PER_USER_FILE, RunRecord, run_dir
 
 log = logging.getLogger(__name__)
 
@@ -98,14 +97,14 @@ def _pvalues(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return (1.0 if math.isnan(t_p) else t_p), (1.0 if math.isnan(w_p) else w_p)
 
 
-def load_per_user(out_dir: str | Path, run: Mapping[str, Any]) -> pd.DataFrame | None:
+def load_per_user(out_dir: str | Path, run: RunRecord) -> pd.DataFrame | None:
     """The run's per-user test metrics (a seed group's averaged over its seeds, :func:`seed_mean_per_user`), or
     None (logged) when a run directory has none."""
     tables = []
-    for name in run.get("seed_runs") or [trained_run_name(run)]:  # a seed group's runs are train runs
+    for name in run.seed_runs or (run.run_name,):  # a seed group's runs are train runs
         path = run_dir(out_dir, name) / PER_USER_FILE
         if not path.exists():
-            log.warning("no per-user metrics at %s: %s gets no significance test", path, run["run_name"])
+            log.warning("no per-user metrics at %s: %s gets no significance test", path, run.run_name)
             return None
         tables.append(pd.read_parquet(path))
     return tables[0] if len(tables) == 1 else seed_mean_per_user(tables)
@@ -120,11 +119,11 @@ def seed_mean_per_user(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
     return mean[grouped.size() == len(tables)].reset_index()
 
 
-def is_id_only(run: Mapping[str, Any]) -> bool:
-    return not run.get("features")
+def is_id_only(run: RunRecord) -> bool:
+    return not run.features
 
 
-def best_id_only(runs: Sequence[Mapping[str, Any]], metric: str) -> Mapping[str, Any] | None:
+def best_id_only(runs: Sequence[RunRecord], metric: str) -> RunRecord | None:
     """The ID-only run or seed group (no content features) with the best *validation* ``metric`` (resolved over
     all ``runs`` by :func:`~rmm.report.results.validation_metric`; a seed group by its mean over its seeds; the
     earlier one wins a tie); None when there is none."""
@@ -132,7 +131,7 @@ def best_id_only(runs: Sequence[Mapping[str, Any]], metric: str) -> Mapping[str,
     return best_by_validation([r for r in by_seed_group(runs) if is_id_only(r)], metric)
 
 
-def against_baseline(out_dir: str | Path, runs: Sequence[Mapping[str, Any]], baseline: Mapping[str, Any],
+def against_baseline(out_dir: str | Path, runs: Sequence[RunRecord], baseline: RunRecord,
                      metrics: Sequence[str]) -> dict[str, dict[str, PairedTest]]:
     """``name -> metric -> PairedTest`` of every seed group of ``runs`` (:func:`~rmm.report.results.by_seed_group`,
     named by its ``run_name``: a lone run's own) except the baseline, itself one of them (:func:`best_id_only`);
@@ -143,13 +142,13 @@ def against_baseline(out_dir: str | Path, runs: Sequence[Mapping[str, Any]], bas
         return {}
     results = {}
     for run in by_seed_group(runs):
-        if run["run_name"] == baseline["run_name"]:
+        if run.run_name == baseline.run_name:
             continue
         table = load_per_user(out_dir, run)
         if table is None:
             continue
         try:
-            results[run["run_name"]] = paired_tests(table, base, metrics)
+            results[run.run_name] = paired_tests(table, base, metrics)
         except ValueError as err:
-            log.warning("run %s not tested against %s: %s", run["run_name"], baseline["run_name"], err)
+            log.warning("run %s not tested against %s: %s", run.run_name, baseline.run_name, err)
     return results

@@ -14,8 +14,9 @@ from rmm.config import DATA_DIR
 from rmm.data.preprocess import COLD_INFO
 from rmm.data.schema import INFO_FILE
 from rmm.errors import DataError, NotFoundError
-from rmm.report.results import best_by_validation, by_seed_group, load_results, results_path, validation_metric
+from rmm.report.results import best_by_validation, by_seed_group, validation_metric
 from rmm.report.significance import ALPHA, BETTER_MARK, WORSE_MARK, PairedTest, against_baseline, best_id_only
+from rmm.runs import RunRecord, load_results, results_path
 from rmm.train.identity import changed_inputs
 
 REPORT_FILE = "report.md"
@@ -27,10 +28,10 @@ ID_ONLY = "ID only"
 NOT_SCORED = "n/a (ID only)"
 
 
-def report_metrics(runs: Sequence[dict[str, Any]]) -> tuple[tuple[str, str], tuple[str, ...]]:
+def report_metrics(runs: Sequence[RunRecord]) -> tuple[tuple[str, str], tuple[str, ...]]:
     """The headline pair (recall@K, ndcg@K) and the detail columns for these runs: :data:`HEADLINE` and
-    :data:`DETAIL` where every run has them, else the cut-offs ``train.topk`` gave every run (largest K heads)."""
-    common = set.intersection(*(set(r["test"]) for r in runs)) if runs else set(DETAIL)
+    :data:`DETAIL` where every run has them, else the cut-offs ``train.eval.topk`` gave every run (largest K heads)."""
+    common = set.intersection(*(set(r.test) for r in runs)) if runs else set(DETAIL)
     ks = sorted({int(m.split("@")[1]) for m in common
                  if m.startswith("recall@") and m.replace("recall", "ndcg") in common})
     if set(HEADLINE) <= common or not ks:
@@ -39,15 +40,15 @@ def report_metrics(runs: Sequence[dict[str, Any]]) -> tuple[tuple[str, str], tup
     return (f"recall@{ks[-1]}", f"ndcg@{ks[-1]}"), detail
 
 
-def features_label(run: dict[str, Any]) -> str:
-    return "+".join(run.get("features") or []) or ID_ONLY
+def features_label(run: RunRecord) -> str:
+    return "+".join(run.features) or ID_ONLY
 
 
-def representation_label(run: dict[str, Any]) -> str:
+def representation_label(run: RunRecord) -> str:
     """A column of the paper-style table: the features, with the fusion where several are fused
     (``image_stats+text_minilm (concat)``), so fusion variants of one feature set stay apart."""
     label = features_label(run)
-    return f"{label} ({run['fusion']})" if run.get("fusion") and len(run.get("features") or []) > 1 else label
+    return f"{label} ({run.fusion})" if run.fusion and len(run.features) > 1 else label
 
 
 def _fmt(value: float | None, bold: bool = False) -> str:
@@ -57,38 +58,38 @@ def _fmt(value: float | None, bold: bool = False) -> str:
     return f"**{text}**" if bold else text
 
 
-def runs_table(runs: Sequence[dict[str, Any]], metrics: Sequence[str] = DETAIL) -> list[str]:
+def runs_table(runs: Sequence[RunRecord], metrics: Sequence[str] = DETAIL) -> list[str]:
     """One row per run, by test ``metrics[0]`` (a presentation order; nothing is chosen here): identity, best
     epoch, test metrics (best of each column in bold), training time."""
-    best = {m: max((r["test"].get(m, float("-inf")) for r in runs), default=None) for m in metrics}
+    best = {m: max((r.test.get(m, float("-inf")) for r in runs), default=None) for m in metrics}
     lines = ["| run | model | features | fusion | best epoch | " + " | ".join(f"test {m}" for m in metrics)
              + " | train s |", "|" + "---|" * (6 + len(metrics))]
-    for run in sorted(runs, key=lambda r: -r["test"].get(metrics[0], 0.0)):
-        cells = [_fmt(run["test"].get(m), run["test"].get(m) == best[m]) for m in metrics]
-        lines.append(f"| {run['run_name']} | {run['model']} | {features_label(run)} | {run.get('fusion') or '–'} | "
-                     f"{run.get('best_epoch', '–')} | " + " | ".join(cells)
-                     + f" | {run.get('train_seconds', 0):.1f} |")
+    for run in sorted(runs, key=lambda r: -r.test.get(metrics[0], 0.0)):
+        cells = [_fmt(run.test.get(m), run.test.get(m) == best[m]) for m in metrics]
+        lines.append(f"| {run.run_name} | {run.model} | {features_label(run)} | {run.fusion or '–'} | "
+                     f"{'–' if run.best_epoch is None else run.best_epoch} | " + " | ".join(cells)
+                     + f" | {run.train_seconds:.1f} |")
     return lines
 
 
-def representation_columns(runs: Sequence[dict[str, Any]]) -> list[str]:
+def representation_columns(runs: Sequence[RunRecord]) -> list[str]:
     """The representations of the runs, "ID only" first, then alphabetical."""
     return sorted({representation_label(r) for r in runs}, key=lambda c: (c != ID_ONLY, c))
 
 
-def best_cells(runs: Sequence[dict[str, Any]], metric: str = HEADLINE[0]) -> dict[tuple[str, str], dict[str, Any]]:
+def best_cells(runs: Sequence[RunRecord], metric: str = HEADLINE[0]) -> dict[tuple[str, str], RunRecord]:
     """``(model, representation) -> run`` with the best *validation* ``metric`` of that pair (the earlier run wins
     a tie; :func:`rmm.report.results.validation_metric` falls back when a run did not validate ``metric``); the
     report shows that run's test metrics. The candidates are seed groups (:func:`~rmm.report.results.by_seed_group`):
     a configuration trained with several seeds competes, and is shown, as one record of its means over them."""
     metric = validation_metric(runs, metric)
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str], list[RunRecord]] = {}
     for run in by_seed_group(runs):
-        groups.setdefault((run["model"], representation_label(run)), []).append(run)
-    return {key: best_by_validation(group, metric) for key, group in groups.items()}
+        groups.setdefault((run.model, representation_label(run)), []).append(run)
+    return {key: best for key, group in groups.items() if (best := best_by_validation(group, metric)) is not None}
 
 
-def model_by_features_table(runs: Sequence[dict[str, Any]], metrics: Sequence[str] = HEADLINE,
+def model_by_features_table(runs: Sequence[RunRecord], metrics: Sequence[str] = HEADLINE,
                             marks: Mapping[str, Mapping[str, str]] | None = None,
                             baseline: str | None = None) -> list[str]:
     """Paper-style table: rows are models, columns are representations, cells the test ``R@20 / N@20`` of the
@@ -103,27 +104,27 @@ def model_by_features_table(runs: Sequence[dict[str, Any]], metrics: Sequence[st
         baseline: run_name of the baseline, whose cell is labelled ``(baseline)``.
     """
     marks = marks or {}
-    models = sorted({r["model"] for r in runs})
+    models = sorted({r.model for r in runs})
     columns = representation_columns(runs)
     cell = best_cells(runs, metrics[0])
     lines = ["| model | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
     for model in models:
         row = [cell.get((model, c)) for c in columns]
-        top = max((r["test"].get(metrics[0], 0) for r in row if r), default=None)
+        top = max((r.test.get(metrics[0], 0) for r in row if r), default=None)
         texts = []
         for run in row:
             if run is None:
                 texts.append("–")
                 continue
-            run_marks = marks.get(run["run_name"], {})
+            run_marks = marks.get(run.run_name, {})
             text = " / ".join(f"{_mean_std(run, m)}{run_marks.get(m, '')}" for m in metrics)
-            text = f"**{text}**" if run["test"].get(metrics[0], 0) == top else text
-            texts.append(f"{text} (baseline)" if run["run_name"] == baseline else text)
+            text = f"**{text}**" if run.test.get(metrics[0], 0) == top else text
+            texts.append(f"{text} (baseline)" if run.run_name == baseline else text)
         lines.append(f"| {model} | " + " | ".join(texts) + " |")
     return lines
 
 
-def cold_start_table(runs: Sequence[dict[str, Any]], metrics: Sequence[str] = HEADLINE) -> list[str]:
+def cold_start_table(runs: Sequence[RunRecord], metrics: Sequence[str] = HEADLINE) -> list[str]:
     """The paper-style table on the cold items: the same cells as :func:`model_by_features_table` (the run of each
     (model, representation) :func:`best_cells` chooses by validation ``metrics[0]``), showing its ``test_cold``
     metrics (a seed group's mean ± std); an ID-only run's cell reads ``n/a (ID only)`` (it never trained a cold
@@ -131,31 +132,26 @@ def cold_start_table(runs: Sequence[dict[str, Any]], metrics: Sequence[str] = HE
     columns = representation_columns(runs)
     cell = best_cells(runs, metrics[0])
     lines = ["| model | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
-    for model in sorted({r["model"] for r in runs}):
+    for model in sorted({r.model for r in runs}):
         row = [cell.get((model, c)) for c in columns]
-        scored = [r is not None and not _id_only(r) and metrics[0] in (r.get("test_cold") or {}) for r in row]
-        top = max((r["test_cold"][metrics[0]] for r, ok in zip(row, scored) if ok), default=None)
+        scored = [r for r in row if r is not None and not r.test_cold_id_only and metrics[0] in r.test_cold]
+        top = max((r.test_cold[metrics[0]] for r in scored), default=None)
         texts = []
-        for run, ok in zip(row, scored):
-            if ok:
+        for run in row:
+            if run in scored:
                 text = " / ".join(_mean_std(run, m, "test_cold") for m in metrics)
-                texts.append(f"**{text}**" if run["test_cold"][metrics[0]] == top else text)
+                texts.append(f"**{text}**" if run.test_cold[metrics[0]] == top else text)
             else:
-                texts.append(NOT_SCORED if run is not None and _id_only(run) else "–")
+                texts.append(NOT_SCORED if run is not None and run.test_cold_id_only else "–")
         lines.append(f"| {model} | " + " | ".join(texts) + " |")
     return lines
 
 
-def _id_only(run: Mapping[str, Any]) -> bool:
-    """Whether ``run``'s model is ID-only: its record's flag, else (older records) whether it read no feature."""
-    return bool(run.get("test_cold_id_only", not run.get("features")))
-
-
-def cold_start_section(out: Path, runs: Sequence[dict[str, Any]], metrics: Sequence[str],
+def cold_start_section(out: Path, runs: Sequence[RunRecord], metrics: Sequence[str],
                        selected_by: str) -> list[str]:
     """The report's "Cold-start items" section (no lines when no run has cold-item metrics): how many cold items
     and cold test users the dataset has, and :func:`cold_start_table`."""
-    if not any(run.get("test_cold") for run in runs):
+    if not any(run.test_cold for run in runs):
         return []
     recall, ndcg = (m.replace("recall", "Recall").replace("ndcg", "NDCG") for m in metrics)
     cold = _dataset_info(out).get(COLD_INFO) or {}
@@ -170,42 +166,42 @@ def cold_start_section(out: Path, runs: Sequence[dict[str, Any]], metrics: Seque
             *cold_start_table(runs, metrics), ""]
 
 
-def _mean_std(run: Mapping[str, Any], metric: str, split: str = "test") -> str:
+def _mean_std(run: RunRecord, metric: str, split: str = "test") -> str:
     """``0.1234``, or for a seed group ``0.1234 ± 0.0021``: the mean and sample standard deviation over its seeds."""
-    std = (run.get(f"{split}_std") or {}).get(metric)
-    text = f"{(run.get(split) or {}).get(metric, 0):.4f}"
+    std = getattr(run, f"{split}_std").get(metric)
+    text = f"{getattr(run, split).get(metric, 0):.4f}"
     return text if std is None else f"{text} ± {std:.4f}"
 
 
-def seeds_table(runs: Sequence[dict[str, Any]], metrics: Sequence[str] = DETAIL,
+def seeds_table(runs: Sequence[RunRecord], metrics: Sequence[str] = DETAIL,
                 valid_metric: str = HEADLINE[0]) -> list[str]:
     """For every seed group of several runs (:func:`~rmm.report.results.by_seed_group`): one row per seed (its
     run's validation ``valid_metric`` and test ``metrics``), then the group's mean ± std row. No lines when no
     configuration has several seeds."""
-    groups = [group for group in by_seed_group(runs) if group.get("seeds")]
+    groups = [group for group in by_seed_group(runs) if group.seeds]
     if not groups:
         return []
-    by_name = {run["run_name"]: run for run in runs}
+    by_name = {run.run_name: run for run in runs}
     lines = [f"| seed group | seed | run | valid {valid_metric} | " + " | ".join(f"test {m}" for m in metrics) + " |",
              "|" + "---|" * (4 + len(metrics))]
     for group in groups:
-        for seed, name in zip(group["seeds"], group["seed_runs"]):
+        for seed, name in zip(group.seeds, group.seed_runs, strict=True):
             run = by_name[name]
-            lines.append(f"| {group['run_name']} | {seed} | {name} | {_fmt(run['valid'].get(valid_metric))} | "
-                         + " | ".join(_fmt(run["test"].get(m)) for m in metrics) + " |")
-        lines.append(f"| {group['run_name']} | mean ± std ({len(group['seeds'])} seeds) | | "
+            lines.append(f"| {group.run_name} | {seed} | {name} | {_fmt(run.valid.get(valid_metric))} | "
+                         + " | ".join(_fmt(run.test.get(m)) for m in metrics) + " |")
+        lines.append(f"| {group.run_name} | mean ± std ({len(group.seeds)} seeds) | | "
                      f"{_mean_std(group, valid_metric, 'valid')} | "
                      + " | ".join(_mean_std(group, m) for m in metrics) + " |")
     return lines
 
 
-def significance_table(runs: Sequence[dict[str, Any]], tests: Mapping[str, Mapping[str, PairedTest]],
+def significance_table(runs: Sequence[RunRecord], tests: Mapping[str, Mapping[str, PairedTest]],
                        metrics: Sequence[str] = HEADLINE) -> list[str]:
     """One row per tested run: per metric the mean per-user difference to the baseline and both p-values."""
     header = "| run | users | " + " | ".join(f"Δ {m} | t-test p | Wilcoxon p" for m in metrics) + " |"
     lines = [header, "|" + "---|" * (2 + 3 * len(metrics))]
-    for run in sorted(runs, key=lambda r: -r["test"].get(metrics[0], 0.0)):
-        tested = tests.get(run["run_name"])
+    for run in sorted(runs, key=lambda r: -r.test.get(metrics[0], 0.0)):
+        tested = tests.get(run.run_name)
         if not tested:
             continue
         users = next(iter(tested.values())).num_users
@@ -214,15 +210,20 @@ def significance_table(runs: Sequence[dict[str, Any]], tests: Mapping[str, Mappi
             test = tested.get(metric)
             cells += (["–"] * 3 if test is None else
                       [f"{test.mean_diff:+.4f}{test.mark()}", _fmt_p(test.t_pvalue), _fmt_p(test.wilcoxon_pvalue)])
-        lines.append(f"| {run['run_name']} | {users} | " + " | ".join(cells) + " |")
+        lines.append(f"| {run.run_name} | {users} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _blank(value: int | None) -> int | str:
+    """A CSV cell: the value, or empty for None."""
+    return "" if value is None else value
 
 
 def _fmt_p(p: float) -> str:
     return "<1e-4" if p < 1e-4 else f"{p:.4f}"
 
 
-def write_csv(runs: Sequence[dict[str, Any]], path: Path,
+def write_csv(runs: Sequence[RunRecord], path: Path,
               tests: Mapping[str, Mapping[str, PairedTest]] | None = None, baseline: str | None = None,
               tested_metrics: Sequence[str] = HEADLINE) -> Path:
     """One row per run: identity, seed group and seed, valid and test metrics, and (when ``tests`` is given)
@@ -230,7 +231,7 @@ def write_csv(runs: Sequence[dict[str, Any]], path: Path,
     untested); a run of a seed group of several gets the group's test, which is on per-user metrics averaged
     over the group's seeds."""
     tests = tests or {}
-    metric_names = sorted({m for r in runs for m in r["test"]})
+    metric_names = sorted({m for r in runs for m in r.test})
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["run_name", "seed_group", "seed", "stage", "model", "features", "fusion", "best_epoch",
@@ -239,17 +240,17 @@ def write_csv(runs: Sequence[dict[str, Any]], path: Path,
                          "baseline", *(f"{what}_{m}" for m in tested_metrics
                                        for what in ("delta", "p_ttest", "p_wilcoxon"))])
         for run in runs:
-            tested = tests.get(run["run_name"]) or tests.get(str(run.get("seed_group")), {})
-            significance = []
+            tested = tests.get(run.run_name) or tests.get(str(run.seed_group), {})
+            significance: list[float | str] = []
             for metric in tested_metrics:
                 test = tested.get(metric)
                 significance += (["", "", ""] if test is None else
                                  [test.mean_diff, test.t_pvalue, test.wilcoxon_pvalue])
-            writer.writerow([run["run_name"], run.get("seed_group", ""), run.get("seed", ""), run.get("stage", ""),
-                             run["model"], features_label(run),
-                             run.get("fusion") or "", run.get("best_epoch", ""), run.get("train_seconds", ""),
-                             *(run["valid"].get(m, "") for m in metric_names),
-                             *(run["test"].get(m, "") for m in metric_names),
+            writer.writerow([run.run_name, run.seed_group or "", _blank(run.seed), run.stage,
+                             run.model, features_label(run),
+                             run.fusion or "", _blank(run.best_epoch), run.train_seconds,
+                             *(run.valid.get(m, "") for m in metric_names),
+                             *(run.test.get(m, "") for m in metric_names),
                              baseline or "", *significance])
     return path
 
@@ -264,7 +265,7 @@ def write_report(out_dir: str | Path) -> Path:
     if not recorded:
         raise NotFoundError(f"no runs in {results_path(out)}; run `rmm train CONFIG` first")
     changed = stale_runs(out, recorded)
-    runs = [run for run in recorded if run["run_name"] not in changed]
+    runs = [run for run in recorded if run.run_name not in changed]
     if not runs:
         raise DataError(f"every run in {results_path(out)} was trained on inputs that changed since (dataset or "
                         f"features): rerun `rmm train CONFIG` (or `rmm tune CONFIG`) on the current ones")
@@ -278,7 +279,7 @@ def write_report(out_dir: str | Path) -> Path:
     tests = against_baseline(out, runs, baseline, headline) if baseline else {}
     tests = {name: tested for name, tested in tests.items() if tested}
     marks = {name: {m: t.mark() for m, t in tested.items()} for name, tested in tests.items()}
-    models = sorted({r["model"] for r in runs})
+    models = sorted({r.model for r in runs})
     columns = representation_columns(runs)
     bars = plots.metric_by_representation(best_cells(runs, headline[0]), models, columns, headline,
                                           out / plots.PLOTS_DIR / plots.BARS_FILE)
@@ -292,7 +293,7 @@ def write_report(out_dir: str | Path) -> Path:
         f"Rendered: {time.strftime('%Y-%m-%d %H:%M:%S')} from `{results_path(out).name}` ({len(runs)} runs on the "
         f"current inputs{f', {len(changed)} on changed ones' if changed else ''})"
         + (f"; {unrecorded} run(s) predate input recording, so whether their inputs changed is unknown"
-           if (unrecorded := sum(not run.get("inputs") for run in runs)) else ""), "",
+           if (unrecorded := sum(not run.inputs for run in runs)) else ""), "",
         f"## Test {recall} / {ndcg} by model and representation", "",
         f"Each cell is the run of that (model, representation) with the best validation {selected_by} (the "
         f"earlier run on a tie), and the baseline the ID-only run with the best validation {selected_by}; the "
@@ -301,7 +302,7 @@ def write_report(out_dir: str | Path) -> Path:
         + (f" A configuration trained with several seeds (`train.seeds`) is one candidate, by its validation "
            f"{selected_by} averaged over its seeds, and its cell shows the mean ± sample standard deviation of its "
            "test metrics over them (see Seeds)." if seeds else ""), "",
-        *model_by_features_table(runs, headline, marks=marks, baseline=baseline["run_name"] if baseline else None),
+        *model_by_features_table(runs, headline, marks=marks, baseline=baseline.run_name if baseline else None),
         "", *_significance_note(baseline, tests, bool(seeds)), "",
         f"![Test {recall} and {ndcg} by representation, per model]({bars.relative_to(out).as_posix()})", "",
         "## All runs", "",
@@ -323,61 +324,61 @@ def write_report(out_dir: str | Path) -> Path:
                   "Left out of every table and test above: their dataset or features are not the current ones, so "
                   "their numbers are not comparable (rerun them to include them).", "",
                   "| run | model | what changed |", "|---|---|---|",
-                  *(f"| {run['run_name']} | {run['model']} | {', '.join(changed[run['run_name']])} |"
-                    for run in recorded if run["run_name"] in changed), ""]
-    if tests:
+                  *(f"| {run.run_name} | {run.model} | {', '.join(changed[run.run_name])} |"
+                    for run in recorded if run.run_name in changed), ""]
+    if tests and baseline is not None:
         lines += ["## Significance against the baseline", "",
                   f"Per-user test metrics of each run (of a seed group: averaged over its seeds) minus those of "
-                  f"`{baseline['run_name']}` (mean over the users both were tested on), with two-sided p-values.",
+                  f"`{baseline.run_name}` (mean over the users both were tested on), with two-sided p-values.",
                   "", *significance_table(by_seed_group(runs), tests, headline), ""]
     path = out / REPORT_FILE
     path.write_text("\n".join(lines))
-    write_csv(runs, out / CSV_FILE, tests, baseline["run_name"] if baseline else None, headline)
+    write_csv(runs, out / CSV_FILE, tests, baseline.run_name if baseline else None, headline)
     return path
 
 
-def _significance_note(baseline: Mapping[str, Any] | None, tests: Mapping[str, Mapping[str, PairedTest]],
+def _significance_note(baseline: RunRecord | None, tests: Mapping[str, Mapping[str, PairedTest]],
                        seeded: bool = False) -> list[str]:
     if baseline is None:
         return ["No ID-only run (a model without content features) to test against: no significance marks."]
     if not tests:
-        return [f"Baseline: {baseline['model']} (ID only, {_run_or_group(baseline)}); no other run has per-user "
+        return [f"Baseline: {baseline.model} (ID only, {_run_or_group(baseline)}); no other run has per-user "
                 f"test metrics to compare, so no significance marks."]
     users = sorted({t.num_users for tested in tests.values() for t in tested.values()})
     n = str(users[0]) if len(users) == 1 else f"{users[0]}–{users[-1]}"
     return [f"{BETTER_MARK} / {WORSE_MARK}: significantly better / worse than the ID-only baseline, "
-            f"{baseline['model']} ({_run_or_group(baseline)}), at p < {ALPHA} in both a two-sided paired t-test "
+            f"{baseline.model} ({_run_or_group(baseline)}), at p < {ALPHA} in both a two-sided paired t-test "
             f"and a two-sided Wilcoxon signed-rank test on per-user test metrics (users paired by user_id, "
             f"n = {n}; no correction for multiple comparisons)."
             + (" A configuration trained with several seeds is tested on each user's metrics averaged over its "
                "seeds, against the baseline's averaged over its own seeds where it has several." if seeded else "")]
 
 
-def _run_or_group(run: Mapping[str, Any]) -> str:
+def _run_or_group(run: RunRecord) -> str:
     """``run `NAME``` or, for a seed group, ``seed group `NAME`, 3 seeds``."""
-    if run.get("seeds"):
-        return f"seed group `{run['run_name']}`, {len(run['seeds'])} seeds"
-    return f"run `{run['run_name']}`"
+    if run.seeds:
+        return f"seed group `{run.run_name}`, {len(run.seeds)} seeds"
+    return f"run `{run.run_name}`"
 
 
-def _curve_metric(runs: Sequence[Mapping[str, Any]]) -> str:
+def _curve_metric(runs: Sequence[RunRecord]) -> str:
     """recall@20 when the runs validated it, else the metric the first run early-stopped on."""
-    keys = {k for r in runs for h in r.get("history") or [] for k in h}
+    keys = {k for r in runs for h in r.history for k in h}
     if "valid/recall@20" in keys or not runs:
         return "recall@20"
-    return str(runs[0].get("config", {}).get("train", {}).get("metric", "recall@20"))
+    return runs[0].train_metric or "recall@20"
 
 
-def stale_runs(out: Path, runs: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
+def stale_runs(out: Path, runs: Sequence[RunRecord]) -> dict[str, list[str]]:
     """``run_name -> what changed`` for the runs whose recorded inputs (dataset files, feature matrices) differ
     from what ``out`` holds now. A record without inputs (written before rmm recorded them) cannot be checked
     and is not listed (the report counts such runs in its header)."""
     changed = {}
     for run in runs:
-        if run.get("inputs"):
-            what = changed_inputs(run["inputs"], out, str(run.get("dataset", "")))
+        if run.inputs:
+            what = changed_inputs(run.inputs, out, run.dataset)
             if what:
-                changed[run["run_name"]] = what
+                changed[run.run_name] = what
     return changed
 
 

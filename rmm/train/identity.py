@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
@@ -24,11 +23,10 @@ from rmm.config import DATA_DIR, FEATURES_DIR, Config, ModelConfig, TrainConfig,
 from rmm.data.schema import dataset_fingerprint
 from rmm.errors import UserError
 from rmm.features.store import matrix_fingerprint
+from rmm.runs import NAME_HASH_CHARS, readable_name
 
-#: Train settings that say how a run executes, not what it computes: left out of the identity.
-RUNTIME_TRAIN_FIELDS = ("num_workers", "use_gpu", "cpus_per_worker", "max_failures", "checkpoint_every")
-#: Hex digits of the identity in a run's name.
-NAME_HASH_CHARS = 10
+#: Train sub-sections that say how a run executes, not what it computes: left out of the identity.
+RUNTIME_TRAIN_FIELDS = ("scaling", "fault_tolerance")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +60,7 @@ class RunInputs:
 def run_inputs(cfg: Config, model: ModelConfig, train: TrainConfig) -> RunInputs:
     """The inputs of training ``model`` with ``train`` on ``cfg``'s dataset and feature store, read from disk now.
     A model entry without params counts as its model's defaults, spelled out (the same run either way)."""
-    from rmm.models.base import model_params  # the registry imports torch: only training needs it
+    from rmm.models.base import model_params  # rmm.models.base imports torch: only training needs it
 
     return RunInputs(
         model=model_to_dict(dataclasses.replace(model, params=model_params(model))),
@@ -71,18 +69,6 @@ def run_inputs(cfg: Config, model: ModelConfig, train: TrainConfig) -> RunInputs
         features={name: matrix_fingerprint(cfg.feature_root, name) for name in model.features},
         rmm_version=metadata.version("rmm"),
     )
-
-
-def readable_name(model: ModelConfig) -> str:
-    """Filesystem-safe form of the model's label, e.g. ``vbpr-image_stats+text_minilm-concat``."""
-    readable = model.label.replace("[", "-").replace("|", "-").rstrip("]")
-    return re.sub(r"[^A-Za-z0-9_.+-]", "_", readable)
-
-
-def run_name(model: ModelConfig, identity: str) -> str:
-    """A run's name: the readable label plus a short hash of its identity, e.g. ``lightgcn-3f9a0c2b1d``. It names
-    ``<out>/runs/<name>/``, Ray's ``<out>/ray_results/<name>/`` and the run's record in results.json."""
-    return f"{readable_name(model)}-{identity[:NAME_HASH_CHARS]}"
 
 
 def seed_group(model: ModelConfig, inputs: Mapping[str, Any]) -> str:

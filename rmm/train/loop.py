@@ -31,7 +31,8 @@ from rmm.data.preprocess import cold_item_ids
 from rmm.data.schema import TEST, TRAIN, VALID, Dataset
 from rmm.errors import ConfigError, DataError, DivergedError
 from rmm.eval.metrics import evaluate, metric_names
-from rmm.models.base import BPRBatch, Recommender, build_model, get_model_class, model_params
+from rmm.models.base import BPRBatch, Recommender, build_model, model_params
+from rmm.models.registry import get_model_class
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class BPRSampler:
         shard = slice(rank, None, world_size)
         per_rank = math.ceil(batch_size / world_size)
         return [BPRBatch(u, i, j) for u, i, j in zip(users[shard].split(per_rank), pos[shard].split(per_rank),
-                                                     neg[shard].split(per_rank))]
+                                                     neg[shard].split(per_rank), strict=True)]
 
     def _negatives(self, users: Tensor, generator: torch.Generator) -> Tensor:
         """Rejection sampling among the candidates: redraw the negatives that hit a train item until none does."""
@@ -169,7 +170,7 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-def evaluate_split(model: Recommender, split: EvalSplit, ks: tuple[int, ...], *, rank: int = 0,
+def evaluate_split(model: Recommender[Any], split: EvalSplit, ks: tuple[int, ...], *, rank: int = 0,
                    world_size: int = 1, device: torch.device | str = "cpu", batch_users: int = 1024) -> pd.DataFrame:
     """Per-user metrics of all of ``split``'s users; this rank scores chunks ``rank::world_size``.
 
@@ -217,7 +218,7 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features:
         report: ReportFn | None = None, prepare_model: Callable[[nn.Module], nn.Module] | None = None,
         resume_from: str | Path | None = None, device: torch.device | str = "cpu",
         knn_cache_dir: str | Path | None = None) -> FitResult:
-    """Train ``model_cfg`` on ``data``'s train split, early-stopping on valid ``train_cfg.metric``.
+    """Train ``model_cfg`` on ``data``'s train split, early-stopping on valid ``train_cfg.eval.metric``.
 
     Validation runs every ``eval_every`` epochs and after the last; training stops after ``patience``
     evaluations in a row without a strictly better metric, and the best evaluated state is tested.
@@ -237,7 +238,7 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features:
 
     Returns:
         The best validation metrics, the test metrics of that state (train + valid items masked, or train only
-        without ``train.test_masks_valid``), per-user test metrics, the same on the cold items (those
+        without ``train.eval.test_masks_valid``), per-user test metrics, the same on the cold items (those
         ``dataset.json`` records; empty without any, or without a test user on one), the evaluation history and
         the training wall time.
 
@@ -251,9 +252,10 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features:
     torch.set_flush_denormal(True)
     rank, world_size = rank_and_world()
     autocast_dtype = _autocast_dtype(train_cfg)
-    ks = tuple(train_cfg.topk)
-    if train_cfg.metric not in metric_names(ks):
-        raise ConfigError(f"train.metric {train_cfg.metric!r} is not computed; choose one of {metric_names(ks)}")
+    ks = tuple(train_cfg.eval.topk)
+    if train_cfg.eval.metric not in metric_names(ks):
+        raise ConfigError(f"train.eval.metric {train_cfg.eval.metric!r} is not computed; choose one of "
+                          f"{metric_names(ks)}")
     valid = EvalSplit.from_dataset(data, VALID)
     if not len(valid.users):
         raise DataError(f"dataset {data.root} has no valid interactions to early-stop on; re-prepare it with "
@@ -263,43 +265,44 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features:
     item_graphs = _item_graphs(model_cfg, features, knn_cache_dir)
     model = build_model(model_cfg, graph, features, item_graphs=item_graphs).to(device)
     # fused: Adam's update in one pass over each parameter (same algorithm): ~4x faster on the CPU than the
-    # per-op default, which was a fifth of a VBPR step and most of a BPR-MF one.
-    optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.learning_rate,
-                                 weight_decay=train_cfg.weight_decay, fused=True)
+    # per-op default, which was a fifth of a VBPR step and most of a BPR-MF one. A training-free model (fitted
+    # when built) has no parameters: no optimiser, no DDP, and its one evaluation is the result.
+    optimizer = (torch.optim.Adam(model.parameters(), lr=train_cfg.learning_rate,
+                                  weight_decay=train_cfg.weight_decay, fused=True) if model.trainable else None)
     state = _initial_state(model)
     resumed_after_epoch = None
     if resume_from is not None:
         state = torch.load(Path(resume_from) / STATE_FILE, weights_only=True)
         model.load_state_dict(state.pop("model"))
-        optimizer.load_state_dict(state.pop("optimizer"))
+        if optimizer is not None:
+            optimizer.load_state_dict(state.pop("optimizer"))
         resumed_after_epoch = state["epoch"]
         log.info("%s: resuming after epoch %d from %s", model_cfg.label, state["epoch"], resume_from)
-    trained = prepare_model(model) if prepare_model is not None else model
+    trained = prepare_model(model) if prepare_model is not None and optimizer is not None else model
     cold_items = cold_item_ids(data.info)
     sampler = BPRSampler(graph, train_cfg.negatives, cold_items=torch.from_numpy(cold_items))
     if resume_from is not None:  # last, so nothing above draws from the restored streams
         _restore_rng(state.pop("rng", None), model_cfg.label, rank=rank, world_size=world_size, device=device)
-    key = f"valid/{train_cfg.metric}"
+    key = f"valid/{train_cfg.eval.metric}"
 
-    # A training-free model (fitted when built) has nothing to learn: its one evaluation is the result.
-    epochs = train_cfg.epochs if model.trainable else 1
+    epochs = train_cfg.epochs if optimizer is not None else 1
     started = time.perf_counter() - state["train_seconds"]
     for epoch in range(state["epoch"] + 1, epochs + 1):
-        if state["bad_evals"] >= train_cfg.patience:
+        if state["bad_evals"] >= train_cfg.eval.patience:
             break
         tic = time.perf_counter()
         model.start_epoch(train_cfg.seed, epoch)  # per-epoch state: FREEDOM's pruned graph, LATTICE's kNN
-        for group in optimizer.param_groups:
-            group["lr"] = epoch_learning_rate(train_cfg, epoch)
         loss = 0.0
-        if model.trainable:
+        if optimizer is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = epoch_learning_rate(train_cfg, epoch)
             loss = _mean_across_ranks(_train_epoch(trained, optimizer, sampler, train_cfg, epoch, rank,
                                                    world_size, device, autocast_dtype), world_size, device)
         if not math.isfinite(loss):
             raise DivergedError(f"{model_cfg.label}: loss is {loss} at epoch {epoch}; lower "
                                 f"train.learning_rate, raise reg_weight, or check the features for NaN")
         epoch_seconds = time.perf_counter() - tic
-        if epoch % train_cfg.eval_every and epoch != epochs:
+        if epoch % train_cfg.eval.every and epoch != epochs:
             if rank == 0:
                 log.info("%s epoch %d loss %.5f (%.2fs)", model_cfg.label, epoch, loss, epoch_seconds)
             continue
@@ -314,8 +317,8 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features:
             log.info("%s epoch %d loss %.5f %s %.5f (best %.5f @ %d) (%.2fs train, %.2fs eval)", model_cfg.label,
                      epoch, loss, key, metrics[key], state["best_metric"], state["best_epoch"], epoch_seconds,
                      metrics["eval_seconds"])
-        last = epoch == epochs or state["bad_evals"] >= train_cfg.patience
-        if last or epoch - state["checkpoint_epoch"] >= train_cfg.checkpoint_every:
+        last = epoch == epochs or state["bad_evals"] >= train_cfg.eval.patience
+        if last or epoch - state["checkpoint_epoch"] >= train_cfg.fault_tolerance.checkpoint_every:
             state["checkpoint_epoch"] = epoch
             state["rng"] = _rng_states(world_size, device)  # a collective: every rank takes part
             _report(report, metrics, (state, model, optimizer) if rank == 0 else None)
@@ -324,7 +327,7 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features:
     train_seconds = time.perf_counter() - started
 
     model.load_state_dict(state["best_model"])
-    test = EvalSplit.from_dataset(data, TEST, mask_valid=train_cfg.test_masks_valid)
+    test = EvalSplit.from_dataset(data, TEST, mask_valid=train_cfg.eval.test_masks_valid)
     if not len(test.users):
         raise DataError(f"dataset {data.root} has no test interactions: no test metric can be computed; "
                         f"re-prepare it with a split that keeps a test part")
@@ -340,18 +343,18 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features:
                      resumed_after_epoch=resumed_after_epoch, test_cold=test_cold, test_cold_per_user=per_user_cold)
 
 
-def _test_cold(model: Recommender, data: Dataset, cold_items: np.ndarray, train_cfg: TrainConfig, label: str, *,
+def _test_cold(model: Recommender[Any], data: Dataset, cold_items: np.ndarray, train_cfg: TrainConfig, label: str, *,
                rank: int, world_size: int, device: torch.device | str) -> tuple[dict[str, float], pd.DataFrame]:
     """Test metrics (means and per user) with each user's truth restricted to their cold test items, ranked and
     masked as the full test; empty when there is no cold item or no test user on one (never a NaN mean)."""
     if not len(cold_items):
         return {}, pd.DataFrame()
-    split = EvalSplit.from_dataset(data, TEST, mask_valid=train_cfg.test_masks_valid, items=cold_items)
+    split = EvalSplit.from_dataset(data, TEST, mask_valid=train_cfg.eval.test_masks_valid, items=cold_items)
     if not len(split.users):
         log.warning("%s: none of the %d cold items has a test interaction: no cold-item test metrics", label,
                     len(cold_items))
         return {}, pd.DataFrame()
-    per_user = evaluate_split(model, split, tuple(train_cfg.topk), rank=rank, world_size=world_size, device=device)
+    per_user = evaluate_split(model, split, tuple(train_cfg.eval.topk), rank=rank, world_size=world_size, device=device)
     return summarize(per_user, f"{label} cold-item test"), per_user
 
 
@@ -451,8 +454,9 @@ def _record_evaluation(state: dict[str, Any], metrics: dict[str, float], value: 
 
 
 def _report(report: ReportFn | None, metrics: dict[str, float],
-            checkpoint: tuple[dict[str, Any], nn.Module, torch.optim.Optimizer] | None) -> None:
-    """Call ``report``, with a directory holding ``state.pt`` when ``checkpoint`` (state, model, optimizer)."""
+            checkpoint: tuple[dict[str, Any], nn.Module, torch.optim.Optimizer | None] | None) -> None:
+    """Call ``report``, with a directory holding ``state.pt`` when ``checkpoint`` (state, model, optimizer; the
+    optimizer None for a training-free model)."""
     if report is None:
         return
     if checkpoint is None:
@@ -460,7 +464,7 @@ def _report(report: ReportFn | None, metrics: dict[str, float],
         return
     state, model, optimizer = checkpoint
     with tempfile.TemporaryDirectory(prefix="rmm-ckpt-") as directory:
-        torch.save({**state, "model": _cpu_copy(model.state_dict()), "optimizer": optimizer.state_dict()},
-                   Path(directory) / STATE_FILE)
+        optimizer_state = {} if optimizer is None else {"optimizer": optimizer.state_dict()}
+        torch.save({**state, "model": _cpu_copy(model.state_dict()), **optimizer_state}, Path(directory) / STATE_FILE)
         (Path(directory) / CHECKPOINT_INFO_FILE).write_text(json.dumps({"epoch": state["epoch"]}))
         report(metrics, directory)

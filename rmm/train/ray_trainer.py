@@ -9,21 +9,16 @@ A run is named by its identity (:mod:`rmm.train.identity`, a content hash of eve
 result): re-running the same inputs under the same output dir resumes from the latest checkpoint (Ray Train
 restores it and ``fit`` continues after that epoch; the same is how ``max_failures`` recovers), or reuses the
 finished run without starting Ray; changed inputs give a fresh run beside the old ones.
-
-Fault injection (tests only): with ``RMM_TEST_FAIL_AT_EPOCH=N`` in the driver's environment, the last-ranked
-worker raises once per run, after training and evaluating epoch N and before reporting it, so the epoch's
-checkpoint is never written and a ``max_failures >= 1`` run must restart from the one before.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,36 +28,38 @@ import ray.train.torch
 import torch
 from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
 from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+from ray.train.v2.torch.torch_trainer import TorchTrainer  # what ray.train.torch.TorchTrainer is in Ray Train v2
 from torch import nn
 
+from rmm import console
 from rmm.cluster import init_ray
 from rmm.config import Config, ModelConfig, TrainConfig, TuneConfig, check_fits, model_to_dict, save_snapshot
 from rmm.data.schema import INFO_FILE, ITEMS_FILE, load_dataset
 from rmm.errors import ConfigError, DataError, NotFoundError, user_error_in
 from rmm.features.store import check_lineage, library_versions, load_feature, model_input_files
-from rmm.models import get_model_class
-from rmm.report.results import MODEL_FILE, PER_USER_FILE, RUN_FILE, RUNS_DIR
+from rmm.models.registry import model_spec
+from rmm.runs import (
+    MODEL_FILE,
+    PER_USER_COLD_FILE,
+    PER_USER_FILE,
+    RUN_FILE,
+    RUNS_DIR,
+    RunRecord,
+    load_run_record,
+    run_name,
+    write_run_record,
+)
 from rmm.storage import RAY_RESULTS_DIR, Storage, filesystem
-from rmm.train.identity import RunInputs, run_inputs, run_name
-from rmm.train.loop import CHECKPOINT_INFO_FILE, FitResult, fit
+from rmm.train.identity import RunInputs, run_inputs
+from rmm.train.loop import CHECKPOINT_INFO_FILE, FitResult, ReportFn, fit
 
 log = logging.getLogger(__name__)
 
 #: Item-item kNN graphs keyed by feature content and graph spec (rmm.data.knn_cache), shared by all runs in <out>.
 KNN_CACHE_DIR = "cache/knn"
-#: Test-only: the epoch at which one worker fails, once per run (see the module docstring).
-FAIL_AT_EPOCH_ENV = "RMM_TEST_FAIL_AT_EPOCH"
-#: Marker, in the run directory, that the injected failure has happened (so the restarted run goes on).
-_FAILED_MARKER = ".injected-failure"
-#: Per-user test metrics on the cold items only, beside ``per_user_test.parquet`` when the dataset has any.
-PER_USER_COLD_FILE = "per_user_test_cold.parquet"
 
 
-class InjectedFailure(RuntimeError):
-    """The worker failure ``RMM_TEST_FAIL_AT_EPOCH`` asks for."""
-
-
-class LeanTorchTrainer(ray.train.torch.TorchTrainer):
+class LeanTorchTrainer(TorchTrainer):
     """``TorchTrainer`` without two of Ray Train 2.60's helper actors, each one more Python process per run
     (~0.1 GB and seconds of start-up) doing nothing for rmm:
 
@@ -79,16 +76,30 @@ class LeanTorchTrainer(ray.train.torch.TorchTrainer):
         super().__init__(*args, **kwargs)
 
     def _create_default_callbacks(self) -> list[Any]:
-        unused = (DatasetsCallback,) if not self.datasets else ()
+        unused: tuple[type, ...] = (DatasetsCallback,) if not self.datasets else ()
         if self._local_ray:
             unused += (PlacementGroupCleanerCallback,)
         return [callback for callback in super()._create_default_callbacks() if not isinstance(callback, unused)]
 
 
+class EpochProgress(ray.train.UserCallback):
+    """Each evaluation that the workers report (``ray.train.report``), sent on to the console of the driver that
+    started the run (:func:`rmm.console.emit`: it runs in Ray Train's controller actor, whose output Ray streams
+    to the driver), where it advances the train stage's bar or sets the tune bar's status."""
+
+    def __init__(self, run: str, label: str, epochs: int, metric: str) -> None:
+        self.run, self.label, self.epochs, self.metric = run, label, epochs, metric
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        reported = metrics[0]  # rank 0's report
+        console.emit("epoch", run=self.run, label=self.label, epoch=reported["epoch"], epochs=self.epochs,
+                     metric=self.metric, value=reported.get(f"valid/{self.metric}"))
+
+
 def train_model(cfg: Config, model_cfg: ModelConfig, *, train_cfg: TrainConfig | None = None,
                 callbacks: Sequence[Any] = (), gpus_per_worker: float | None = None,
-                fresh: bool = False) -> dict[str, Any]:
-    """Train one model with Ray Train and return its run record (the ``results.json`` contract).
+                fresh: bool = False, wrap_report: Callable[[ReportFn], ReportFn] | None = None) -> RunRecord:
+    """Train one model with Ray Train and return its run record (:class:`rmm.runs.RunRecord`).
 
     Args:
         cfg: the run configuration: dataset and feature locations, Ray address, output dir.
@@ -96,19 +107,15 @@ def train_model(cfg: Config, model_cfg: ModelConfig, *, train_cfg: TrainConfig |
         train_cfg: training settings; ``cfg.train`` when None (a Tune trial passes its sampled one).
         callbacks: Ray Train ``UserCallback``s, e.g. ``TuneReportCallback()`` inside a Tune trial.
         gpus_per_worker: GPUs of each worker, a fraction to share a GPU (e.g. between Tune trials); None: one
-            whole GPU per worker when ``train_cfg.use_gpu``.
+            whole GPU per worker when ``train_cfg.scaling.use_gpu``.
         fresh: discard a checkpoint or finished run of the same identity and train from scratch.
+        wrap_report: wraps each worker's report function (``ray.train.report`` with the checkpoint), e.g. to
+            make a worker fail at a chosen epoch in a fault-tolerance test; sent to the workers, so picklable.
 
     Returns:
-        ``{"model", "label", "features", "fusion", "config": {"model", "train"}, "identity", "inputs",
-        "dataset", "best_epoch", "valid", "test", "test_cold", "test_cold_id_only", "train_seconds", "history",
-        "resumed_after_epoch", "run_name", "run_dir", "seed", "library_versions"}``; ``valid`` and ``test`` map
-        ``<metric>@K`` to the mean over users (``test_cold`` too, on the cold items only: empty without any;
-        ``test_cold_id_only`` flags an ID-only model, whose cold numbers score untrained embeddings), ``fusion``
-        is None unless several features were fused, ``resumed_after_epoch`` is the checkpoint epoch the final
-        attempt resumed from (after a worker failure or a re-run of the same inputs), None when
-        it trained from scratch. ``run_name`` (``<label>-<identity prefix>``) names ``<out>/runs/<run_name>/``
-        and Ray's ``<out>/ray_results/<run_name>/``.
+        The run's record; its ``run_name`` (``<label>-<identity prefix>``) names ``<out>/runs/<run_name>/`` and
+        Ray's ``<out>/ray_results/<run_name>/``, and ``resumed_after_epoch`` is the checkpoint epoch the final
+        attempt resumed from (after a worker failure or a re-run of the same inputs).
 
     Raises:
         UserError: wrong inputs (checked before any Ray work), or raised by a worker (NaN loss, bad data).
@@ -129,59 +136,62 @@ def train_model(cfg: Config, model_cfg: ModelConfig, *, train_cfg: TrainConfig |
     _check_local_resources(cfg)
     init_ray(cfg.ray)
     run_dir = cfg.out_dir.resolve() / RUNS_DIR / name
+    run_callbacks: list[Any] = [*callbacks, EpochProgress(name, model_cfg.label, train_cfg.epochs,
+                                                          train_cfg.eval.metric)]
     trainer = LeanTorchTrainer(
         _train_worker,
         local_ray=cfg.ray.address is None,
-        train_loop_config=worker_config(cfg, model_cfg, name=name, train_cfg=train_cfg),
+        train_loop_config=worker_config(cfg, model_cfg, name=name, train_cfg=train_cfg, wrap_report=wrap_report),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=train_cfg.num_workers, use_gpu=train_cfg.use_gpu or bool(gpus_per_worker),
-            resources_per_worker={"CPU": train_cfg.cpus_per_worker,
+            num_workers=train_cfg.scaling.num_workers, use_gpu=train_cfg.scaling.use_gpu or bool(gpus_per_worker),
+            resources_per_worker={"CPU": train_cfg.scaling.cpus_per_worker,
                                   **({"GPU": gpus_per_worker} if gpus_per_worker else {})}),
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=cfg.storage.where(RAY_RESULTS_DIR),
-            failure_config=ray.train.FailureConfig(max_failures=train_cfg.max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=train_cfg.fault_tolerance.max_failures),
             # Checkpoints exist to resume; the latest one holds the best state too.
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-            callbacks=list(callbacks),
+            callbacks=run_callbacks,
         ),
     )
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as err:
         raise _failure(err, name, cfg.storage.where(f"{RAY_RESULTS_DIR}/{name}")) from err
-    fitted: FitResult = result.return_value
-    record = {
-        "model": model_cfg.name,
-        "label": model_cfg.label,
-        "features": list(model_cfg.features),
-        "fusion": model_cfg.fusion if model_cfg.fuses else None,
-        "config": {"model": model_to_dict(model_cfg), "train": dataclasses.asdict(train_cfg)},
-        "identity": inputs.identity,
-        "inputs": inputs.to_dict(),
-        "dataset": cfg.dataset.name,
-        "best_epoch": fitted.best_epoch,
-        "valid": fitted.valid,
-        "test": fitted.test,
+    # Ray Train v2's Result has return_value; its fit() is annotated with v1's Result class, which has not.
+    fitted: FitResult = result.return_value  # type: ignore[attr-defined]
+    record = RunRecord(
+        run_name=name,
+        model=model_cfg.name,
+        label=model_cfg.label,
+        features=tuple(model_cfg.features),
+        fusion=model_cfg.fusion if model_cfg.fuses else None,
+        config={"model": model_to_dict(model_cfg), "train": dataclasses.asdict(train_cfg)},
+        identity=inputs.identity,
+        inputs=inputs.to_dict(),
+        dataset=cfg.dataset.name,
+        best_epoch=fitted.best_epoch,
+        valid=fitted.valid,
+        test=fitted.test,
         # Test metrics on the cold items only ({} without any). An ID-only model never trained a cold item's
         # embedding, so its numbers are recorded but flagged, and the report shows them as n/a.
-        "test_cold": fitted.test_cold,
-        "test_cold_id_only": not get_model_class(model_cfg.name).uses_features,
-        "train_seconds": fitted.train_seconds,
-        "history": fitted.history,
-        "resumed_after_epoch": fitted.resumed_after_epoch,
-        "run_name": name,
-        "run_dir": str(run_dir),
-        "seed": train_cfg.seed,
-        "library_versions": library_versions(),
-    }
+        test_cold=fitted.test_cold,
+        test_cold_id_only=not model_spec(model_cfg.name).uses_features,
+        train_seconds=fitted.train_seconds,
+        history=tuple(fitted.history),
+        resumed_after_epoch=fitted.resumed_after_epoch,
+        run_dir=str(run_dir),
+        seed=train_cfg.seed,
+        library_versions=library_versions(),
+    )
     # The run's own config: this model and these train settings, no sweep.
     run_cfg = cfg.replace(train=train_cfg, model=(model_cfg,), tune=TuneConfig())
     _write_run(run_dir, record, fitted, run_cfg, result.path)
     return record
 
 
-def finished_record(cfg: Config, name: str, identity: str) -> dict[str, Any] | None:
+def finished_record(cfg: Config, name: str, identity: str) -> RunRecord | None:
     """The record of run ``name`` when it finished with exactly this identity (its ``run.json`` and weights are
     there), else None. A run directory of another identity under the same name (a hash-prefix clash) is
     never reused."""
@@ -189,25 +199,25 @@ def finished_record(cfg: Config, name: str, identity: str) -> dict[str, Any] | N
     run_dir = cfg.out_dir / RUNS_DIR / name
     if not (run_dir / RUN_FILE).exists() or not (run_dir / MODEL_FILE).exists():
         return None
-    record = json.loads((run_dir / RUN_FILE).read_text())
-    if record.get("identity") != identity:
+    record = load_run_record(cfg.out_dir, name)
+    if record.identity != identity:
         log.warning("run directory %s holds another run (identity %s, expected %s); training anew",
-                    run_dir, record.get("identity"), identity)
+                    run_dir, record.identity, identity)
         return None
     return record
 
 
-def worker_config(cfg: Config, model_cfg: ModelConfig, *, name: str, train_cfg: TrainConfig) -> dict[str, Any]:
+def worker_config(cfg: Config, model_cfg: ModelConfig, *, name: str, train_cfg: TrainConfig,
+                  wrap_report: Callable[[ReportFn], ReportFn] | None = None) -> dict[str, Any]:
     """The ``train_loop_config`` of one run's workers: where the outputs live and, relative to it, the dataset,
-    features, run and kNN cache directories (never data), plus the model and train settings. A local
-    ``output`` is absolute (workers do not run in the driver's working directory); a URI is kept, so a worker
-    on another node reads the same store through its own mirror."""
-    fail_at = os.environ.get(FAIL_AT_EPOCH_ENV)
+    features, run and kNN cache directories (never data), plus the model and train settings and
+    :func:`train_model`'s ``wrap_report``. A local ``output`` is absolute (workers do not run in the driver's
+    working directory); a URI is kept, so a worker on another node reads the same store through its own mirror."""
     storage = cfg.storage
     return {"output": storage.where(),
             "dataset_dir": storage.relative(cfg.dataset_dir), "feature_root": storage.relative(cfg.feature_root),
             "run_dir": f"{RUNS_DIR}/{name}", "knn_cache_dir": KNN_CACHE_DIR,
-            "model_cfg": model_cfg, "train_cfg": train_cfg, "fail_at_epoch": int(fail_at) if fail_at else None}
+            "model_cfg": model_cfg, "train_cfg": train_cfg, "wrap_report": wrap_report}
 
 
 def check_inputs(cfg: Config, model_cfg: ModelConfig, train_cfg: TrainConfig) -> RunInputs:
@@ -215,7 +225,7 @@ def check_inputs(cfg: Config, model_cfg: ModelConfig, train_cfg: TrainConfig) ->
     model/feature choice, a missing dataset or feature, a feature made from other items than the dataset's
     (lineage), a split without valid or test interactions, a cut-off beyond the number of items. Returns the
     run's inputs (its identity)."""
-    get_model_class(model_cfg.name).check_inputs(model_cfg.features, model_cfg.fusion)
+    model_spec(model_cfg.name).check_inputs(model_cfg.features, model_cfg.fusion)
     storage = cfg.storage
     storage.pull(*model_input_files(storage.relative(cfg.dataset_dir), storage.relative(cfg.feature_root),
                                     model_cfg.features))
@@ -227,9 +237,9 @@ def check_inputs(cfg: Config, model_cfg: ModelConfig, train_cfg: TrainConfig) ->
         if not counts.get(split):
             raise DataError(f"dataset {cfg.dataset_dir} has no {split} interactions, so {split} metrics cannot be "
                             f"computed; re-prepare it with dataset.split_ratios that give every part a share")
-    if max(train_cfg.topk) > counts["items"]:
-        raise ConfigError(f"train.topk {list(train_cfg.topk)} asks for cut-offs beyond the {counts['items']} items "
-                          f"of dataset {cfg.dataset.name!r}; lower train.topk")
+    if max(train_cfg.eval.topk) > counts["items"]:
+        raise ConfigError(f"train.eval.topk {list(train_cfg.eval.topk)} asks for cut-offs beyond the "
+                          f"{counts['items']} items of dataset {cfg.dataset.name!r}; lower train.eval.topk")
     for name in model_cfg.features:
         check_lineage(cfg.feature_root, name, inputs.dataset[ITEMS_FILE], cfg.dataset_dir)
     return inputs
@@ -258,8 +268,8 @@ def _failure(error: ray.train.TrainingFailedError, name: str, ray_dir: str) -> E
               "it wrote no checkpoint yet, so a rerun starts from the beginning")
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     cause = lines[-1] if lines else type(error).__name__  # a worker's traceback ends with its exception
-    return RuntimeError(f"training run {name} failed ({cause}); {resume} (or set train.max_failures to let Ray "
-                        f"retry by itself)")
+    return RuntimeError(f"training run {name} failed ({cause}); {resume} (or set "
+                        f"train.fault_tolerance.max_failures to let Ray retry by itself)")
 
 
 def last_checkpoint_epoch(ray_dir: str) -> int | None:
@@ -278,14 +288,14 @@ def last_checkpoint_epoch(ray_dir: str) -> int | None:
     return max(epochs, default=None)
 
 
-def _write_run(run_dir: Path, record: dict[str, Any], fitted: FitResult, cfg: Config, ray_path: str) -> None:
+def _write_run(run_dir: Path, record: RunRecord, fitted: FitResult, cfg: Config, ray_path: str) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     fitted.test_per_user.to_parquet(run_dir / PER_USER_FILE, index=False)
     if len(fitted.test_cold_per_user):
         fitted.test_cold_per_user.to_parquet(run_dir / PER_USER_COLD_FILE, index=False)
-    (run_dir / RUN_FILE).write_text(json.dumps({**record, "ray_path": ray_path}, indent=2, allow_nan=False))
+    write_run_record(run_dir, dataclasses.replace(record, ray_path=ray_path))
     save_snapshot(cfg, run_dir)
-    log.info("%s: test %s; record in %s", record["label"], record["test"], run_dir)
+    log.info("%s: test %s; record in %s", record.label, record.test, run_dir)
 
 
 def _train_worker(config: dict[str, Any]) -> FitResult:
@@ -317,10 +327,8 @@ def fit_in_worker(config: dict[str, Any], *, resume_from: str | None = None) -> 
     data = load_dataset(storage.local / dataset_dir)
     features = {name: torch.from_numpy(load_feature(storage.local / feature_root, name))
                 for name in model_cfg.features}
-    report = _ray_report
-    if config.get("fail_at_epoch") is not None:
-        report = functools.partial(_report_or_fail, fail_at=config["fail_at_epoch"],
-                                   marker=storage.local / config["run_dir"] / _FAILED_MARKER)
+    wrap_report = config.get("wrap_report")
+    report = _ray_report if wrap_report is None else wrap_report(_ray_report)
     return fit(model_cfg, config["train_cfg"], data, features, report=report, prepare_model=_prepare_ddp,
                resume_from=resume_from, device=ray.train.torch.get_device(),
                knn_cache_dir=storage.local / config["knn_cache_dir"])
@@ -337,18 +345,6 @@ def _prepare_ddp(model: nn.Module) -> nn.Module:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
         return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=kwargs)
-
-
-def _report_or_fail(metrics: dict[str, float], checkpoint_dir: str | None, *, fail_at: int, marker: Path) -> None:
-    """``_ray_report``, except that the last-ranked worker fails instead at epoch ``fail_at``, once per run."""
-    context = ray.train.get_context()
-    if (metrics["epoch"] == fail_at and context.get_world_rank() == context.get_world_size() - 1
-            and not marker.exists()):
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()
-        raise InjectedFailure(f"{FAIL_AT_EPOCH_ENV}={fail_at}: worker {context.get_world_rank()} fails at "
-                              f"epoch {fail_at}")
-    _ray_report(metrics, checkpoint_dir)
 
 
 def _ray_report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:

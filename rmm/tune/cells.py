@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from rmm.report.results import first_best
+from rmm.runs import first_best
 
 FINISHED = "finished"  # trained to the end: its run.json holds valid and test metrics
 STOPPED = "stopped"    # stopped early by the scheduler (ASHA): no test metrics
@@ -56,7 +56,7 @@ class Cell:
 def best_per_cell(outcomes: Iterable[TrialOutcome], mode: str = "max") -> list[Cell]:
     """Group ``outcomes`` by cell (in order of first appearance) and pick each cell's best finished trial by
     ``value``, its validation metric (``mode`` max or min; the earlier trial wins a tie, a NaN value never wins),
-    with :func:`rmm.report.results.first_best`, the rule the report chooses its cells by."""
+    with :func:`rmm.runs.first_best`, the rule the report chooses its cells by."""
     if mode not in ("max", "min"):
         raise ValueError(f"mode must be max or min, got {mode!r}")
     groups: dict[str, list[TrialOutcome]] = {}

@@ -33,17 +33,16 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
+from rmm import console
 from rmm.cluster import init_ray
-from rmm.config import SEEDS_WITHOUT_TUNE, Config, ConfigError, ModelConfig, TrainConfig, model_to_dict, \
-    tuned_models
+from rmm.config import SEEDS_WITHOUT_TUNE, Config, ConfigError, ModelConfig, TrainConfig, model_to_dict, tuned_models
+from rmm.config.search import FEATURES_KEY, apply_params, effective_params, features_value, max_evaluations, model_space
 from rmm.data.schema import dataset_fingerprint
 from rmm.errors import user_error_in
-from rmm.report.results import RUNS_DIR
-from rmm.train.identity import RUNTIME_TRAIN_FIELDS, readable_name
+from rmm.runs import RUNS_DIR, RunRecord, load_run_record, readable_name
 from rmm.storage import TUNE_DIR, join_location, read_text, write_text
+from rmm.train.identity import RUNTIME_TRAIN_FIELDS
 from rmm.tune.cells import ERROR, FINISHED, STOPPED, TrialOutcome, best_per_cell
-from rmm.tune.space import FEATURES_KEY, apply_params, effective_params, features_value, max_evaluations, \
-    model_space
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +101,7 @@ def plan_sweeps(cfg: Config) -> list[Sweep]:
         elif tune_cfg.search_alg in OPTIONAL_SEARCH_ALGS and space.sampled:
             per_point += [Sweep(f"{cell_name(index, apply_params(cfg, model, plain)[1])}-p{j:02d}", (point,),
                                 space.sampled, tune_cfg.num_samples, tune_cfg.search_alg)
-                          for j, (plain, point) in enumerate(zip(space.points, points))]
+                          for j, (plain, point) in enumerate(zip(space.points, points, strict=True))]
         else:
             joint += points
             sampled_keys.update(space.sampled)
@@ -182,9 +181,11 @@ def trial_resources(cfg: Config) -> dict[str, float]:
 
 def trial_train(cfg: Config, train: TrainConfig) -> tuple[TrainConfig, float | None]:
     """A trial's train settings (``tune.num_workers`` workers, on GPUs when ``tune.gpus_per_trial`` > 0) and the
-    GPU share of each of its workers (None: CPU, or ``train.use_gpu``'s whole GPU per worker)."""
+    GPU share of each of its workers (None: CPU, or ``train.scaling.use_gpu``'s whole GPU per worker)."""
     gpus = cfg.tune.gpus_per_trial
-    train = dataclasses.replace(train, num_workers=cfg.tune.num_workers, use_gpu=train.use_gpu or gpus > 0)
+    scaling = dataclasses.replace(train.scaling, num_workers=cfg.tune.num_workers,
+                                  use_gpu=train.scaling.use_gpu or gpus > 0)
+    train = dataclasses.replace(train, scaling=scaling)
     return train, (gpus / cfg.tune.num_workers if gpus > 0 else None)
 
 
@@ -196,10 +197,9 @@ def _trial(config: dict[str, Any], base: Config, models: tuple[ModelConfig, ...]
     entry, params = trial_params(config)
     cfg, trial_model = apply_params(base, models[entry], params)
     train_cfg, gpus_per_worker = trial_train(base, cfg.train)
-    extra = {"gpus_per_worker": gpus_per_worker} if gpus_per_worker else {}
     record = train_model(cfg, trial_model, train_cfg=train_cfg, callbacks=[TuneReportCallback()], fresh=fresh,
-                         **extra)
-    tune.report({**{f"valid/{k}": v for k, v in record["valid"].items()}, "run_name": record["run_name"]})
+                         gpus_per_worker=gpus_per_worker or None)
+    tune.report({**{f"valid/{k}": v for k, v in record.valid.items()}, "run_name": record.run_name})
 
 
 def cell_name(entry: int, model: ModelConfig) -> str:
@@ -208,7 +208,7 @@ def cell_name(entry: int, model: ModelConfig) -> str:
     return f"tune-{entry:02d}-{readable_name(model)}"
 
 
-def tune_models(cfg: Config, fresh: bool = False) -> list[dict[str, Any]]:
+def tune_models(cfg: Config, fresh: bool = False) -> list[RunRecord]:
     """Run the sweep; return one run record per (model entry, features, fusion) cell: that of the cell's best
     trial by validation metric, whose test metrics come from that same run, marked ``stage: tune``, with the
     searched values (``search``) and the cell's trials. ``fresh``: start the sweep anew and retrain every trial
@@ -232,7 +232,7 @@ def tune_models(cfg: Config, fresh: bool = False) -> list[dict[str, Any]]:
     # Tune runs each trial in its own directory: a relative output.dir must not resolve there.
     if not cfg.storage.is_remote:
         cfg = cfg.replace(output=dataclasses.replace(cfg.output, dir=str(cfg.out_dir.resolve())))
-    metric = f"valid/{cfg.train.metric}"
+    metric = f"valid/{cfg.train.eval.metric}"
     storage = cfg.storage.where(TUNE_DIR)
     outcomes: list[TrialOutcome] = []
     cell_models: dict[str, ModelConfig] = {}
@@ -272,9 +272,21 @@ def _fit(cfg: Config, models: tuple[ModelConfig, ...], sweep: Sweep, storage: st
                                         search_alg=make_search_alg(sweep, cfg.train.seed,
                                                                    cfg.tune.max_concurrent_trials),
                                         scheduler=make_scheduler(cfg)),
-            run_config=tune.RunConfig(name=sweep.name, storage_path=storage, verbose=1),
+            # Tune's status table only with -v: otherwise the console's tune bar counts the trials.
+            run_config=tune.RunConfig(name=sweep.name, storage_path=storage, callbacks=[TrialProgress()],
+                                      verbose=0 if console.current().quiet else 1),
         )
     return tuner.fit()
+
+
+class TrialProgress(tune.Callback):
+    """Each ended trial advances the console's tune bar (Tune's callbacks run in the driver)."""
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        console.current().event({"kind": "trial"})
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        console.current().event({"kind": "trial"})
 
 
 def _plan_fingerprint(cfg: Config, models: Sequence[ModelConfig], sweep: Sweep) -> dict[str, Any]:
@@ -323,21 +335,18 @@ def _outcomes(cfg: Config, models: tuple[ModelConfig, ...], grid: Any, metric: s
 
 
 def _cell_records(cfg: Config, outcomes: Sequence[TrialOutcome], cell_models: Mapping[str, ModelConfig],
-                  metric: str) -> list[dict[str, Any]]:
-    from rmm.report.results import load_run_record
-
+                  metric: str) -> list[RunRecord]:
     records = []
     for cell in best_per_cell(outcomes):
         if cell.best is None:
             log.warning("no trial of %s finished (%s); it gets no record: raise tune.num_samples or use "
                         "scheduler fifo", cell.key, ", ".join(f"{t.run_name}: {t.status}" for t in cell.trials))
             continue
-        record = load_run_record(cfg.out_dir, cell.best.run_name)
-        record.update(
-            stage="tune", cell=cell.key, search=dict(cell.best.params),
-            trials=[{"run_name": t.run_name, metric: t.value, "params": dict(t.params)} for t in cell.finished],
-            unfinished_trials=[{"run_name": t.run_name, "status": t.status, metric: t.value,
-                                "evaluations": t.iterations, "params": dict(t.params)}
-                               for t in cell.trials if t.status != FINISHED])
-        records.append(record)
+        records.append(dataclasses.replace(
+            load_run_record(cfg.out_dir, cell.best.run_name), stage="tune", cell=cell.key,
+            search=dict(cell.best.params),
+            trials=tuple({"run_name": t.run_name, metric: t.value, "params": dict(t.params)} for t in cell.finished),
+            unfinished_trials=tuple({"run_name": t.run_name, "status": t.status, metric: t.value,
+                                     "evaluations": t.iterations, "params": dict(t.params)}
+                                    for t in cell.trials if t.status != FINISHED)))
     return records

@@ -12,7 +12,8 @@ from PIL import Image
 
 from rmm.config import Config, ConfigError, DatasetConfig, OutputConfig
 from rmm.data.prepare import prepare_dataset
-from rmm.data.schema import DataError, load_dataset
+from rmm.data.schema import load_dataset
+from rmm.errors import DataError
 
 ITEMS = ("A1", "A2", "A3")
 USERS = ("U1", "U2", "U3")
@@ -45,7 +46,7 @@ def prepare(tmp_path: Path, **dataset: Any) -> Path:
     cfg = Config(dataset=DatasetConfig(name="baby", source="amazon", user_core=0, item_core=0,
                                        split="leave_last_out", **dataset),
                  output=OutputConfig(dir=str(tmp_path / "out")))
-    return prepare_dataset(cfg)
+    return prepare_dataset(cfg).root
 
 
 @pytest.fixture

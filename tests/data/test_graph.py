@@ -10,8 +10,17 @@ import torch
 import torch.nn.functional as F
 
 from rmm.data import graph as graph_module
-from rmm.data.graph import (KNNSpec, TrainGraph, combine_graphs, knn_edges, knn_graph, normalize_graph, row_norms,
-                            unit_rows, valid_rows)
+from rmm.data.graph import (
+    KNNSpec,
+    TrainGraph,
+    combine_graphs,
+    knn_edges,
+    knn_graph,
+    normalize_graph,
+    row_norms,
+    unit_rows,
+    valid_rows,
+)
 from rmm.data.knn_cache import cache_key, cached_knn_graph
 
 NUM_ITEMS, DIM, K = 23, 5, 4
@@ -74,6 +83,7 @@ def test_column_tiles_merge_into_the_same_neighbours(chunk_size: int, column_til
     assert not torch.isin(index, torch.tensor([2, 11])).any() and (index[0] != index[1]).all()
 
 
+@pytest.mark.slow  # many blocks against brute force
 @pytest.mark.parametrize(("similarity", "shrink"), [("cosine", 0.0), ("cosine", 2.0), ("dot", 0.0)])
 def test_many_blocks_match_brute_force(similarity: str, shrink: float) -> None:
     """600 items in 32-row chunks x 48-column tiles: each pair is computed once, above the diagonal, and offered

@@ -10,8 +10,10 @@ import pytest
 
 from rmm.config import Config, ConfigError, DatasetConfig, OutputConfig, SyntheticConfig
 from rmm.data.prepare import prepare_dataset
-from rmm.data.schema import TEST, TRAIN, VALID, DataError, load_dataset
+from rmm.data.schema import TEST, TRAIN, VALID, load_dataset
+from rmm.errors import DataError
 from rmm.features.store import NONFINITE_REASON, load_feature, read_manifest
+from rmm.stages import run_data
 
 HEADER = "userID\titemID\trating\ttimestamp\tx_label\n"
 
@@ -43,7 +45,7 @@ ROWS = [(0, 1, 10, 0), (0, 2, 11, 0), (0, 4, 12, 1), (0, 5, 13, 2),
 
 def test_features_are_reordered_to_new_item_ids(tmp_path: Path):
     cfg = config(tmp_path, write_mmrec(tmp_path / "mmrec", ROWS), split="predefined")
-    dataset = load_dataset(prepare_dataset(cfg))
+    dataset = load_dataset(run_data(cfg))
     assert dataset.items["source_id"].tolist() == ["0", "1", "2", "4", "5"]
     assert dataset.items["title"].tolist() == dataset.items["source_id"].tolist()
     assert (dataset.items["text"] == "").all() and dataset.items["image_path"].isna().all()
@@ -68,7 +70,7 @@ def test_non_finite_feature_rows_are_stored_as_failed_zero_rows(tmp_path: Path):
     text[5, 2] = 1e39  # finite in float64, infinite in the store's float32
     np.save(folder / "text_feat.npy", text)
     cfg = config(tmp_path, folder, split="predefined")
-    dataset = load_dataset(prepare_dataset(cfg))
+    dataset = load_dataset(run_data(cfg))
 
     assert dataset.items["source_id"].tolist() == ["0", "1", "2", "4", "5"]  # no item dropped
     skipped = dataset.info["skipped"]
@@ -86,7 +88,7 @@ def test_non_finite_feature_rows_are_stored_as_failed_zero_rows(tmp_path: Path):
 
 def test_predefined_split_keeps_x_label_and_drops_users_without_train(tmp_path: Path):
     dataset = load_dataset(prepare_dataset(config(tmp_path, write_mmrec(tmp_path / "mmrec", ROWS),
-                                                  split="predefined")))
+                                                  split="predefined")).root)
     assert dataset.users["source_id"].tolist() == ["0", "1"]
     user0 = dataset.interactions[dataset.interactions["user_id"] == 0]
     assert user0["split"].tolist() == [TRAIN, TRAIN, VALID, TEST]
@@ -98,7 +100,7 @@ def test_predefined_split_keeps_x_label_and_drops_users_without_train(tmp_path: 
 def test_without_features_items_come_from_interactions(tmp_path: Path):
     rows = [(0, 10, 1, 0), (0, 9, 2, 0), (0, 11, 3, 0), (1, 9, 1, 0), (1, 10, 2, 0)]
     cfg = config(tmp_path, write_mmrec(tmp_path / "mmrec", rows, num_feature_rows=None), split="leave_last_out")
-    dataset = load_dataset(prepare_dataset(cfg))
+    dataset = load_dataset(prepare_dataset(cfg).root)
     assert dataset.items["source_id"].tolist() == ["9", "10", "11"]
     assert dataset.info["features"] == []
 
@@ -110,7 +112,7 @@ def test_unknown_item_beyond_feature_rows(tmp_path: Path):
     message = str(err.value)
     assert message.startswith(f"{folder / 'baby.inter'}: item '7' in interactions is not in ")
     assert "image_feat.npy (1 rows)" in message and "on_unknown_item: skip" in message
-    dataset = load_dataset(prepare_dataset(config(tmp_path, folder, on_unknown_item="skip")))
+    dataset = load_dataset(prepare_dataset(config(tmp_path, folder, on_unknown_item="skip")).root)
     assert dataset.info["skipped"]["unknown_items"] == {"count": 1, "examples": ["7"]}
 
 

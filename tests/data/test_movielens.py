@@ -10,7 +10,8 @@ from PIL import Image
 
 from rmm.config import Config, DatasetConfig, OutputConfig
 from rmm.data.prepare import dataset_stats, prepare_dataset
-from rmm.data.schema import DataError, load_dataset
+from rmm.data.schema import load_dataset
+from rmm.errors import DataError
 
 GENRE_FLAGS = {"1": [0, 0, 0, 1, 1, 1] + [0] * 13,  # Animation, Children's, Comedy
                "2": [0, 1, 1] + [0] * 16,  # Action, Adventure
@@ -42,7 +43,7 @@ def prepare(tmp_path: Path, folder: Path, **dataset: Any) -> Path:
     cfg = Config(dataset=DatasetConfig(name="ml", source="movielens", path=str(folder), user_core=0, item_core=0,
                                        **dataset),
                  output=OutputConfig(dir=str(tmp_path / "out")))
-    return prepare_dataset(cfg)
+    return prepare_dataset(cfg).root
 
 
 def test_ml_100k_genres_and_posters(tmp_path: Path):

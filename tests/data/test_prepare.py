@@ -9,7 +9,8 @@ import pytest
 
 from rmm.config import config_from_dict
 from rmm.data.prepare import dataset_stats, prepare_dataset
-from rmm.data.schema import DataError, load_dataset
+from rmm.data.schema import load_dataset
+from rmm.errors import DataError
 
 
 def small_config(tmp_path: Path, **dataset):
@@ -19,7 +20,7 @@ def small_config(tmp_path: Path, **dataset):
 
 def test_dataset_json_records_provenance(tmp_path: Path):
     cfg = small_config(tmp_path, split="random_ratio", seed=7, user_core=3, item_core=2)
-    root = prepare_dataset(cfg)
+    root = prepare_dataset(cfg).root
     assert root == cfg.dataset_dir
     info = json.loads((root / "dataset.json").read_text())
     assert {"name", "source", "kcore", "split", "counts", "skipped", "sha256", "timestamp_unit",
@@ -32,7 +33,7 @@ def test_dataset_json_records_provenance(tmp_path: Path):
 
 
 def test_stats(tmp_path: Path):
-    root = prepare_dataset(small_config(tmp_path))
+    root = prepare_dataset(small_config(tmp_path)).root
     stats = dataset_stats(root)
     dataset = load_dataset(root)
     assert stats["users"] == dataset.num_users and stats["items"] == dataset.num_items
@@ -48,7 +49,7 @@ def test_rerun_leaves_no_stale_images(tmp_path: Path):
     prepare_dataset(small_config(tmp_path))
     stale = small_config(tmp_path).dataset_dir / "images" / "stale.png"
     stale.write_bytes(b"old")
-    root = prepare_dataset(small_config(tmp_path, synthetic={"num_users": 50, "num_items": 20}))
+    root = prepare_dataset(small_config(tmp_path, synthetic={"num_users": 50, "num_items": 20})).root
     images = sorted(p.name for p in (root / "images").iterdir())
     assert images == sorted(Path(p).name for p in load_dataset(root).items["image_path"])
 

@@ -8,7 +8,8 @@ import pytest
 
 from rmm.config import ConfigError, DatasetConfig
 from rmm.data.preprocess import RawData, Skips, cold_item_ids, kcore, preprocess, sorted_ids
-from rmm.data.schema import TEST, TRAIN, VALID, DataError
+from rmm.data.schema import TEST, TRAIN, VALID
+from rmm.errors import DataError
 
 
 def raw_data(rows: list[tuple[str, str, int]], split: list[int] | None = None) -> RawData:

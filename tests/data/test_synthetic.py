@@ -22,11 +22,11 @@ def synthetic_config(out: Path, **sizes: int) -> Config:
 def default_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, Dataset]:
     """The default 400 users x 300 items x ~20 interactions/user, temporal 8:1:1 split."""
     cfg = synthetic_config(tmp_path_factory.mktemp("synthetic"))
-    return cfg, load_dataset(prepare_dataset(cfg))
+    return cfg, load_dataset(prepare_dataset(cfg).root)
 
 
 def test_same_config_gives_identical_bytes(tmp_path: Path):
-    roots = [prepare_dataset(synthetic_config(tmp_path / name, num_users=40, num_items=30)) for name in "ab"]
+    roots = [prepare_dataset(synthetic_config(tmp_path / name, num_users=40, num_items=30)).root for name in "ab"]
     files = sorted(p.relative_to(roots[0]) for p in roots[0].rglob("*") if p.is_file())
     assert Path("images") in {f.parent for f in files}
     assert files == sorted(p.relative_to(roots[1]) for p in roots[1].rglob("*") if p.is_file())
@@ -58,7 +58,7 @@ def test_colour_and_pattern_are_never_written_material_and_style_always(default_
         for value in synthetic.ATTRIBUTES[attribute]:
             assert not words.str.contains(rf"\b{value}\b").any(), value
     for attribute in synthetic.TEXT_ATTRIBUTES:
-        assert all(value in text for value, text in zip(dataset.items[attribute], words))
+        assert all(value in text for value, text in zip(dataset.items[attribute], words, strict=True))
 
 
 def test_images_show_the_colour(default_dataset):

@@ -9,8 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from rmm.data.graph import UserItems
-from rmm.eval.metrics import (evaluate, hit_rate_at_k, map_at_k, metric_names, ndcg_at_k, precision_at_k,
-                              recall_at_k)
+from rmm.eval.metrics import evaluate, hit_rate_at_k, map_at_k, metric_names, ndcg_at_k, precision_at_k, recall_at_k
 
 NUM_ITEMS = 6
 RANKING = [3, 0, 5, 1, 2, 4]  # every user's ranked items, best first

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,18 @@ def rmm_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def tiny_qwen2_vl(rmm_cache: Path) -> str:
+def tiny_model(rmm_cache: Path) -> Callable[[str], str]:
+    """``tiny_model(arch)``: the local path of ``tiny:<arch>``, built into the session's cache on first use. Tests
+    that use it are in the slow tier (tests/conftest.py). The LVLM families only the tests build are registered
+    by importing tests/features/tiny_builders.py."""
     from rmm.features.tiny import resolve_model_id
 
-    return resolve_model_id("tiny:qwen2-vl")
+    def path(arch: str) -> str:
+        return resolve_model_id(f"tiny:{arch}")
+
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_vl(tiny_model: Callable[[str], str]) -> str:
+    return tiny_model("qwen2-vl")

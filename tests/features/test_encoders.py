@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ def test_image_stats_separates_colours_and_shapes() -> None:
     assert red_square @ red_circle > red_square @ blue_circle
 
 
+@pytest.mark.slow  # loads MiniLM
 def test_sentence_encoder_gives_normalised_384d_vectors() -> None:
     encoder = SentenceEncoder("minilm")
     vectors = encoder.encode(["red leather shoe", "crimson leather boot", "quantum field theory"])
@@ -42,6 +44,7 @@ def test_sentence_model_aliases() -> None:
     assert sentence_model_label("BAAI/bge_small_en/") == "bge-small-en"
 
 
+@pytest.mark.slow  # builds ResNet50
 def test_resnet50_random_and_local_weights_give_2048d(tmp_path: Path) -> None:
     import torch
 
@@ -61,22 +64,22 @@ def test_resnet50_random_and_local_weights_give_2048d(tmp_path: Path) -> None:
     np.testing.assert_allclose(loaded.encode(images), vectors, rtol=1e-5, atol=1e-5)
     torch.manual_seed(123)  # "random" weights are seeded: any process builds the same network
     fresh = load_torchvision("resnet50", None)
-    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), random.net.state_dict().values()))
+    assert all(torch.equal(a, b)
+               for a, b in zip(fresh.state_dict().values(), random.net.state_dict().values(), strict=True))
     with pytest.raises(ValueError, match="IMAGENET1K_V2"):
         load_torchvision("resnet50", "IMAGENET_BEST")
 
 
-def test_tiny_vit_and_clip_towers(rmm_cache: Path) -> None:
+def test_tiny_vit_and_clip_towers(tiny_model: Callable[[str], str]) -> None:
     from rmm.features.encoders import CLIPEncoder, ViTImageEncoder
-    from rmm.features.tiny import resolve_model_id
 
     images = [draw_item("red", "circle"), draw_item("green", "square", size=48)]
     for pooling in ("cls", "mean"):
-        vit = ViTImageEncoder(resolve_model_id("tiny:vit"), pooling=pooling)
+        vit = ViTImageEncoder(tiny_model("vit"), pooling=pooling)
         vectors = vit.encode(images)
         assert vectors.shape == (2, 32) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    clip = CLIPEncoder(resolve_model_id("tiny:clip"))
-    assert CLIPEncoder(resolve_model_id("tiny:clip")).model is clip.model  # one load per process
+    clip = CLIPEncoder(tiny_model("clip"))
+    assert CLIPEncoder(tiny_model("clip")).model is clip.model  # one load per process
     image, text = clip.encode_images(images), clip.encode_texts(["red circle", "a green square " * 40])
     assert image.shape == text.shape == (2, 16)
     np.testing.assert_allclose(np.linalg.norm(np.concatenate([image, text]), axis=1), 1.0, atol=1e-5)

@@ -6,7 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rmm.config import ExtractorConfig
+from rmm.config import (
+    ExtractorConfig,
+    ImageStatsConfig,
+    LVLMDescribeConfig,
+    LVLMEmbedConfig,
+    SentenceConfig,
+    TorchvisionConfig,
+    ViTConfig,
+)
 from rmm.features.extractors import (
     EXTRACTORS,
     FAILED,
@@ -42,14 +50,15 @@ def test_decode_images_records_reasons_and_resizes(tmp_path: Path) -> None:
     assert not items[EMPTY_TEXT_ITEM].has_text and items[0].title == "red circle"
 
 
+@pytest.mark.slow  # loads MiniLM
 def test_image_stats_and_sentence_extractors_mark_missing_inputs(tmp_path: Path) -> None:
     batch = _batch(make_dataset(tmp_path / "data", num_items=10))
-    stats = get_extractor("image_stats")(ExtractorConfig(name="img", kind="image_stats"))(batch)["img"]
+    stats = get_extractor("image_stats")(ImageStatsConfig(name="img"))(batch)["img"]
     assert stats["vector"].shape == (10, stats["vector"].shape[1])
     assert stats["status"][CORRUPT_ITEM] == "missing" and "unreadable" in stats["reason"][CORRUPT_ITEM]
     assert stats["status"][NO_IMAGE_ITEM] == "missing"
     assert not stats["vector"][CORRUPT_ITEM].any()
-    text = get_extractor("sentence")(ExtractorConfig(name="txt", kind="sentence"))(batch)["txt"]
+    text = get_extractor("sentence")(SentenceConfig(name="txt"))(batch)["txt"]
     assert text["vector"].shape == (10, 384)
     assert text["status"][EMPTY_TEXT_ITEM] == "missing" and text["status"][CORRUPT_ITEM] == "done"
 
@@ -97,7 +106,7 @@ def test_an_item_that_raises_fails_alone_and_buckets_keep_row_order() -> None:
 
 def test_lvlm_extractor_notes_partial_inputs(tmp_path: Path, tiny_qwen2_vl: str) -> None:
     batch = _batch(make_dataset(tmp_path / "data", num_items=8))
-    cfg = ExtractorConfig(name="lvlm", kind="lvlm_embed", model="tiny:qwen2-vl", pooling="image_mean")
+    cfg = LVLMEmbedConfig(name="lvlm", model="tiny:qwen2-vl", pooling="image_mean")
     info = get_extractor("lvlm_embed").describe(cfg)
     assert info["model_path"] == tiny_qwen2_vl and len(info["prompt_sha256"]) == 64
     out = get_extractor("lvlm_embed")(cfg)(batch)["lvlm"]
@@ -111,20 +120,19 @@ def test_lvlm_extractor_notes_partial_inputs(tmp_path: Path, tiny_qwen2_vl: str)
 def test_lvlm_config_errors_surface_in_describe() -> None:
     lvlm = get_extractor("lvlm_embed")
     with pytest.raises(ValueError, match="needs a model"):
-        lvlm.describe(ExtractorConfig(name="x", kind="lvlm_embed"))
+        lvlm.describe(LVLMEmbedConfig(name="x"))
     with pytest.raises(ValueError, match="valid poolings"):
-        lvlm.describe(ExtractorConfig(name="x", kind="lvlm_embed", model="m", pooling="cls"))
+        lvlm.describe(LVLMEmbedConfig(name="x", model="m", pooling="cls"))
     with pytest.raises(KeyError, match="prompt template"):
-        lvlm.describe(ExtractorConfig(name="x", kind="lvlm_embed", model="m", prompt="poem"))
+        lvlm.describe(LVLMEmbedConfig(name="x", model="m", prompt="poem"))
     with pytest.raises(KeyError, match="describe template.*baby"):
-        get_extractor("lvlm_describe").describe(ExtractorConfig(name="x", kind="lvlm_describe", model="m",
-                                                                prompt="poem"))
-    with pytest.raises(ValueError, match="cls or mean"):
-        get_extractor("vit").describe(ExtractorConfig(name="x", kind="vit", model="m", pooling="last"))
+        get_extractor("lvlm_describe").describe(LVLMDescribeConfig(name="x", model="m", prompt="poem"))
+    with pytest.raises(ValueError, match="cls or mean"):  # checked when the config is made
+        ViTConfig(name="x", model="m", pooling="last")
     with pytest.raises(ValueError, match="IMAGENET1K_V2"):
-        get_extractor("torchvision").describe(ExtractorConfig(name="x", kind="torchvision", weights="IMAGENET"))
+        get_extractor("torchvision").describe(TorchvisionConfig(name="x", weights="IMAGENET"))
     with pytest.raises(ValueError, match="unknown torchvision model"):
-        get_extractor("torchvision").describe(ExtractorConfig(name="x", kind="torchvision", model="resnet51"))
+        get_extractor("torchvision").describe(TorchvisionConfig(name="x", model="resnet51"))
 
 
 def test_failing_sort_keys_fall_back_to_input_order() -> None:

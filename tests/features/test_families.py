@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
 from rmm.features.lvlm import POOLINGS, LVLMDescriber, LVLMEmbedder
 from rmm.features.prompts import load_describe_template
-from rmm.features.tiny import resolve_model_id
 from tests.features.helpers import draw_item
+from tests.features.tiny_builders import TEST_ARCHS
 
 FAMILIES = {  # tiny arch -> (processor class, model class)
     "qwen2-vl": ("Qwen2VLProcessor", "Qwen2VLForConditionalGeneration"),
@@ -21,14 +23,18 @@ TITLES = ["red circle", "blue square", "green circle", ""]
 TEXTS = ["A red circle on white.", "A blue square.", "", ""]
 
 
+def test_every_tiny_lvlm_family_is_tested() -> None:
+    assert set(FAMILIES) == {"qwen2-vl", *TEST_ARCHS}
+
+
 def _images() -> list[np.ndarray | None]:
     return [draw_item("red", "circle"), None, draw_item("green", "circle", size=40)[:, :30],
             draw_item("yellow", "square", size=48)]
 
 
 @pytest.mark.parametrize("arch", list(FAMILIES))
-def test_family_embeds_with_every_pooling_and_generates(arch: str) -> None:
-    path = resolve_model_id(f"tiny:{arch}")
+def test_family_embeds_with_every_pooling_and_generates(arch: str, tiny_model: Callable[[str], str]) -> None:
+    path = tiny_model(arch)
     embedder = LVLMEmbedder(path, poolings=POOLINGS)
     assert (type(embedder.processor).__name__, type(embedder.model).__name__) == FAMILIES[arch]
     assert sum(p.numel() for p in embedder.model.parameters()) < 300_000

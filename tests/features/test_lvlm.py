@@ -51,7 +51,7 @@ def test_each_pooling_gives_finite_distinct_vectors_from_one_forward(embedder: L
 def test_embedding_is_deterministic_and_independent_of_batch(embedder: LVLMEmbedder) -> None:
     batch = embedder.embed(TITLES, TEXTS, _images())
     again = embedder.embed(TITLES, TEXTS, _images())
-    alone = [embedder.embed([t], [x], [i]) for t, x, i in zip(TITLES, TEXTS, _images())]
+    alone = [embedder.embed([t], [x], [i]) for t, x, i in zip(TITLES, TEXTS, _images(), strict=True)]
     for pooling in POOLINGS:
         np.testing.assert_array_equal(batch[pooling], again[pooling])
         np.testing.assert_allclose(batch[pooling], np.concatenate([a[pooling] for a in alone]), atol=1e-4)
@@ -76,7 +76,7 @@ def test_chat_prompts_rendered_once_per_shape_equal_the_template(embedder: LVLME
 
     slow = [embedder.processor.apply_chat_template(build_messages(embedder.template, t, x, i is not None),
                                                    tokenize=False, add_generation_prompt=True)
-            for t, x, i in zip(TITLES * 2, ["{{ x }}", "50% off", "a\\nb", "", "  ", "é"], _images() * 2)]
+            for t, x, i in zip(TITLES * 2, ["{{ x }}", "50% off", "a\\nb", "", "  ", "é"], _images() * 2, strict=True)]
     fast = embedder.prompts(TITLES * 2, ["{{ x }}", "50% off", "a\\nb", "", "  ", "é"],
                             [i is not None for i in _images() * 2])
     assert fast == slow and len(embedder._shapes) == 2  # with and without an image

@@ -10,7 +10,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rmm.config import Config, ExtractorConfig, FeaturesConfig, OutputConfig
+from rmm.config import (
+    EXTRACTOR_CONFIGS,
+    CLIPImageConfig,
+    CLIPTextConfig,
+    Config,
+    ExtractorConfig,
+    FeaturesConfig,
+    ImageStatsConfig,
+    LVLMDescribeConfig,
+    LVLMEmbedConfig,
+    OutputConfig,
+    SentenceConfig,
+    TorchvisionConfig,
+    ViTConfig,
+)
 from rmm.features.encoders import IMAGE_STATS_DIM
 from rmm.features.store import (
     DESCRIPTIONS_FILE,
@@ -26,20 +40,19 @@ from tests.features.helpers import CORRUPT_ITEM, EMPTY_TEXT_ITEM, NO_IMAGE_ITEM,
 NUM_ITEMS = 20
 # One group: a single actor loads the tiny Qwen2-VL once for embed and describe, MiniLM once for the text feature
 # and the description embedding, CLIP once for both towers.
-EMBED = ExtractorConfig(name="lvlm_tiny", kind="lvlm_embed", model="tiny:qwen2-vl", poolings=("mean", "last"),
+EMBED = LVLMEmbedConfig(name="lvlm_tiny", model="tiny:qwen2-vl", poolings=("mean", "last"),
                         batch_size=4, bucket_window=1, group="all")
-STATS = ExtractorConfig(name="image_stats", kind="image_stats", max_image_size=32, batch_size=4, bucket_window=1,
-                        group="all")
+STATS = ImageStatsConfig(name="image_stats", max_image_size=32, batch_size=4, bucket_window=1, group="all")
 EXTRACTORS = tuple(dataclasses.replace(e, batch_size=4, bucket_window=1, group="all") for e in (
     EMBED,
-    ExtractorConfig(name="lvlm_tiny", kind="lvlm_describe", model="tiny:qwen2-vl", prompt="synthetic",
-                    max_new_tokens=8, batch_size=4, bucket_window=1, group="all"),
-    ExtractorConfig(name="text_minilm", kind="sentence", model="minilm", group="all"),
+    LVLMDescribeConfig(name="lvlm_tiny", model="tiny:qwen2-vl", prompt="synthetic", max_new_tokens=8, batch_size=4,
+                       bucket_window=1, group="all"),
+    SentenceConfig(name="text_minilm", model="minilm", group="all"),
     STATS,
-    ExtractorConfig(name="image_resnet50", kind="torchvision", model="resnet50", max_image_size=32, group="all"),
-    ExtractorConfig(name="image_vit", kind="vit", model="tiny:vit", pooling="cls", group="all"),
-    ExtractorConfig(name="image_clip", kind="clip_image", model="tiny:clip", group="all"),
-    ExtractorConfig(name="text_clip", kind="clip_text", model="tiny:clip", group="all"),
+    TorchvisionConfig(name="image_resnet50", model="resnet50", max_image_size=32, group="all"),
+    ViTConfig(name="image_vit", model="tiny:vit", pooling="cls", group="all"),
+    CLIPImageConfig(name="image_clip", model="tiny:clip", group="all"),
+    CLIPTextConfig(name="text_clip", model="tiny:clip", group="all"),
 ))  # 4 items per Ray batch: several part files per feature
 DIMS = {"lvlm_tiny_mean": 64, "lvlm_tiny_last": 64, "lvlm_tiny_desc_minilm": 384, "text_minilm": 384,
         "image_stats": IMAGE_STATS_DIM, "image_resnet50": 2048, "image_vit": 32, "image_clip": 16, "text_clip": 16}
@@ -198,7 +211,7 @@ def test_an_actor_runs_torch_on_the_cpus_it_reserved(ray_cluster) -> None:
     from rmm.features.extractors import ExtractorGroup, actor_threads
 
     assert [actor_threads(cpus) for cpus in (0.25, 1, 2.5, 4)] == [1, 1, 2, 4]
-    minilm = ExtractorConfig(name="text_minilm", kind="sentence", model="minilm")
+    minilm = SentenceConfig(name="text_minilm", model="minilm")
     actor = ray_cluster.remote(ExtractorGroup).options(num_cpus=2).remote((minilm,), None, actor_threads(2))
     assert ray_cluster.get(actor.__ray_call__.remote(lambda group: torch.get_num_threads())) == 2
     ray_cluster.kill(actor)
@@ -207,7 +220,7 @@ def test_an_actor_runs_torch_on_the_cpus_it_reserved(ray_cluster) -> None:
 def test_fingerprint_ignores_runtime_fields_only() -> None:
     from rmm.features.pipeline import feature_fingerprint
 
-    base = ExtractorConfig(name="f", kind="lvlm_embed", model="tiny:qwen2-vl")
+    base = LVLMEmbedConfig(name="f", model="tiny:qwen2-vl")
     runtime = dataclasses.replace(base, batch_size=64, bucket_window=2, concurrency=(1, 4), num_gpus=1.0, group="g")
     assert feature_fingerprint(runtime, "sha") == feature_fingerprint(base, "sha")
     assert feature_fingerprint(dataclasses.replace(base, pooling="last"), "sha") != feature_fingerprint(base, "sha")
@@ -219,7 +232,7 @@ def test_jobs_follow_groups_and_feature_names_must_be_unique() -> None:
     from rmm.features.pipeline import Plan, _check_unique_features, group_jobs
 
     def plan(name: str, group: str | None, kind: str = "sentence", **kw: object) -> Plan:
-        cfg = ExtractorConfig(name=name, kind=kind, group=group, **kw)
+        cfg = EXTRACTOR_CONFIGS[kind](name=name, group=group, **kw)
         return Plan(cfg, get_extractor(kind), {})
 
     jobs = group_jobs([plan("a", "g"), plan("b", None), plan("c", "g"), plan("d", "h")])

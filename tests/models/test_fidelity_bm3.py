@@ -14,15 +14,24 @@ from typing import Any
 import pytest
 import torch
 
-from rmm.config import build_model_config
 from rmm.data.graph import TrainGraph
-from rmm.models.base import BPRBatch, build_model
-from rmm.models.bm3 import BM3, BM3Config
-from tests.models.history import gaussian_features, history_graph
+from rmm.models.base import BPRBatch
+from rmm.models.bm3 import BM3
+from rmm.models.hparams.bm3 import BM3Config
+from tests.models.history import (
+    HISTORY,
+    NUM_ITEMS,
+    NUM_USERS,
+    assert_close,
+    assert_close_grad,
+    dense_adjacency,
+    gaussian_features,
+    history_graph,
+    history_pairs,
+    seeded_model,
+    sym_normalized,
+)
 
-NUM_USERS, NUM_ITEMS = 6, 8
-#: 20 train interactions; item 7 has none (a cold item: a zero row of the normalised adjacency).
-HISTORY = {0: [0, 1, 2, 5], 1: [1, 3, 4], 2: [0, 2, 6], 3: [3, 4, 5, 6], 4: [0, 1], 5: [2, 4, 5, 6]}
 FEATURES = ("image", "text")
 #: A repeated user (3) and the cold item as a positive: the reference must agree on both.
 BATCH = BPRBatch(torch.tensor([0, 1, 3, 3, 5, 2]), torch.tensor([1, 4, 5, 7, 2, 0]), torch.tensor([7, 0, 1, 2, 3, 4]))
@@ -42,26 +51,10 @@ def _features() -> dict[str, torch.Tensor]:
 
 
 def _model(protocol: str, overrides: dict[str, Any]) -> BM3:
-    torch.manual_seed(0)
-    model_cfg = build_model_config({"name": "bm3", "features": list(FEATURES), **overrides}, "model[0]", protocol)
-    model = build_model(model_cfg, _graph(), _features())
-    assert isinstance(model, BM3)
-    return model
+    return seeded_model(BM3, {"name": "bm3", "features": list(FEATURES), **overrides}, protocol, _graph(), _features())
 
 
 # ------------------------------------------------------------------------------------------- dense reference
-
-
-def dense_norm_adj() -> torch.Tensor:
-    r""":math:`D^{-1/2} A D^{-1/2}` of the bipartite graph, users then items, with MMRec's ``+1e-7`` on the degrees.
-    Shapes: (U+I, U+I) float64."""
-    n = NUM_USERS + NUM_ITEMS
-    adj = torch.zeros(n, n, dtype=torch.float64)
-    for user, items in HISTORY.items():
-        for item in items:
-            adj[user, NUM_USERS + item] = adj[NUM_USERS + item, user] = 1.0
-    scale = (adj.sum(1) + 1e-7) ** -0.5
-    return scale[:, None] * adj * scale[None, :]
 
 
 def reference_params(model: BM3) -> dict[str, torch.Tensor]:
@@ -71,7 +64,7 @@ def reference_params(model: BM3) -> dict[str, torch.Tensor]:
 
 def reference_online(p: dict[str, torch.Tensor], cfg: BM3Config) -> tuple[torch.Tensor, torch.Tensor]:
     """LightGCN over the user-item graph (mean of layers 0..L), item ID embedding added back. Shapes: (U, d), (I, d)."""
-    adj = dense_norm_adj()
+    adj = sym_normalized(dense_adjacency(history_pairs(HISTORY)), degree_eps=1e-7)  # MMRec's +1e-7
     layer = torch.cat([p["user_embedding.weight"], p["item_embedding.weight"]])
     total = layer
     for _ in range(cfg.num_layers):
@@ -119,16 +112,6 @@ def reference_loss(p: dict[str, torch.Tensor], features: dict[str, torch.Tensor]
     return loss + cfg.reg_weight * reg
 
 
-def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    torch.testing.assert_close(actual.detach().double(), expected.detach(), atol=1e-5, rtol=1e-4)
-
-
-def _close_grad(actual: torch.Tensor, expected: torch.Tensor, name: str) -> None:
-    """Gradients to float32 precision relative to the largest entry (sharp softmaxes make some large)."""
-    scale = max(1.0, expected.abs().max().item())
-    torch.testing.assert_close(actual.double(), expected, atol=5e-6 * scale, rtol=1e-4, msg=name)
-
-
 # ------------------------------------------------------------------------------------------------------ tests
 
 
@@ -139,15 +122,15 @@ def test_fidelity_bm3_embeddings_and_scores(protocol: str, overrides: dict[str, 
     user_online, item_online = reference_online(p, model.cfg)
 
     users, items = model.online()
-    _close(users, user_online)
-    _close(items, item_online)
+    assert_close(users, user_online)
+    assert_close(items, item_online)
     final_users, final_items = model.embeddings()
-    _close(final_users, predictor(p, user_online))
-    _close(final_items, predictor(p, item_online))
+    assert_close(final_users, predictor(p, user_online))
+    assert_close(final_items, predictor(p, item_online))
     model.eval()
     with torch.no_grad():
-        scores = model.score_users(torch.arange(NUM_USERS))
-    _close(scores, predictor(p, user_online) @ predictor(p, item_online).T)
+        scores = model.scorer()(torch.arange(NUM_USERS))
+    assert_close(scores, predictor(p, user_online) @ predictor(p, item_online).T)
 
 
 @pytest.mark.parametrize(("protocol", "overrides"), CASES, ids=IDS)
@@ -162,10 +145,10 @@ def test_fidelity_bm3_loss_and_gradients(protocol: str, overrides: dict[str, Any
     expected = reference_loss(p, _features(), model.cfg, BATCH)
     expected.backward()
 
-    _close(loss, expected)
+    assert_close(loss, expected)
     for name, param in model.named_parameters():
         assert param.grad is not None, name
-        _close_grad(param.grad, p[name].grad, name)
+        assert_close_grad(param.grad, p[name].grad, name)
 
 
 def test_fidelity_bm3_dropout_draws_matter() -> None:
@@ -199,7 +182,7 @@ def test_fidelity_bm3_features_are_fine_tuned_only_under_mmrec() -> None:
 
     model = _model("mmrec", {})
     p = reference_params(model)
-    for table, x in zip(model.feature_tables, _features().values()):
+    for table, x in zip(model.feature_tables, _features().values(), strict=True):
         assert torch.equal(table.detach(), x)  # they start as the extracted features
     torch.manual_seed(5)
     model.loss(BATCH).backward()
@@ -210,9 +193,9 @@ def test_fidelity_bm3_features_are_fine_tuned_only_under_mmrec() -> None:
 
     touched = torch.zeros(NUM_ITEMS, dtype=torch.bool)
     touched[BATCH.pos_items] = True
-    for m, (name, x) in enumerate(_features().items()):
+    for m, x in enumerate(_features().values()):
         moved = model.feature_tables[m].detach()
-        _close(moved, x.double() - lr * p[f"feature_tables.{m}"].grad)
+        assert_close(moved, x.double() - lr * p[f"feature_tables.{m}"].grad)
         assert not torch.equal(moved[touched], x[touched]) and torch.equal(moved[~touched], x[~touched])
         assert torch.equal(model.features.matrices()[m], x)  # the frozen inputs stay as extracted
 

@@ -13,14 +13,11 @@ from typing import Any
 import pytest
 import torch
 
-from rmm.config import build_model_config
 from rmm.data.graph import TrainGraph
-from rmm.models.base import BPRBatch, build_model
+from rmm.models.base import BPRBatch
 from rmm.models.bprmf import BPRMF
-from tests.models.history import history_graph
+from tests.models.history import HISTORY, NUM_ITEMS, NUM_USERS, history_graph, seeded_model
 
-NUM_USERS, NUM_ITEMS = 6, 8
-HISTORY = {0: [0, 1, 2, 5], 1: [1, 3, 4], 2: [0, 2, 6], 3: [3, 4, 5, 6], 4: [0, 1], 5: [2, 4, 5, 6]}
 #: A repeated user (3) and repeated items, negatives that are someone's positives.
 BATCH = BPRBatch(torch.tensor([0, 1, 3, 3, 5, 2]), torch.tensor([1, 4, 5, 6, 2, 0]), torch.tensor([7, 0, 1, 2, 3, 7]))
 #: What each protocol sets (the rest of the config is rmm's defaults).
@@ -35,11 +32,7 @@ def _graph(num_users: int = NUM_USERS, num_items: int = NUM_ITEMS) -> TrainGraph
 
 
 def _model(protocol: str, overrides: dict[str, Any], graph: TrainGraph | None = None) -> BPRMF:
-    torch.manual_seed(0)
-    model_cfg = build_model_config({"name": "bprmf", **overrides}, "model[0]", protocol)
-    model = build_model(model_cfg, graph or _graph(), {})
-    assert isinstance(model, BPRMF)
-    return model
+    return seeded_model(BPRMF, {"name": "bprmf", **overrides}, protocol, graph or _graph(), {})
 
 
 # ------------------------------------------------------------------------------------------- dense reference
@@ -78,7 +71,7 @@ def test_fidelity_bprmf_scores_and_loss_match_the_dense_reference(protocol: str)
 
     user_emb, item_emb = model.embeddings()
     assert torch.allclose(user_emb.double(), users, atol=1e-6) and torch.allclose(item_emb.double(), items, atol=1e-6)
-    assert torch.allclose(model.score_users(torch.arange(NUM_USERS)).double(), expected_scores, atol=1e-5)
+    assert torch.allclose(model.scorer()(torch.arange(NUM_USERS)).double(), expected_scores, atol=1e-5)
     assert torch.allclose(loss.double(), expected_loss, atol=1e-5)
     assert torch.allclose(model.user_embedding.weight.grad.double(), users.grad, atol=1e-5)
     assert torch.allclose(model.item_embedding.weight.grad.double(), items.grad, atol=1e-5)

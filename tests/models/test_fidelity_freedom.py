@@ -19,13 +19,22 @@ import torch
 from rmm.config import build_model_config
 from rmm.data.graph import TrainGraph
 from rmm.models.base import BPRBatch, build_model, epoch_generator
-from rmm.models.freedom import FREEDOM, FREEDOMConfig
+from rmm.models.freedom import FREEDOM
+from rmm.models.hparams.freedom import FREEDOMConfig
 from rmm.models.layers import bpr_loss, projected_bpr
-from tests.models.history import gaussian_features, history_graph
+from tests.models.history import (
+    HISTORY,
+    NUM_ITEMS,
+    NUM_USERS,
+    close,
+    dense_adjacency,
+    gaussian_features,
+    history_graph,
+    history_pairs,
+    seeded_model,
+    sym_normalized,
+)
 
-NUM_USERS, NUM_ITEMS = 6, 8
-#: 20 train interactions; item 7 has none (a cold item).
-HISTORY = {0: [0, 1, 2, 5], 1: [1, 3, 4], 2: [0, 2, 6], 3: [3, 4, 5, 6], 4: [0, 1], 5: [2, 4, 5, 6]}
 #: 20 interactions of very different degrees (user 0 has every item, item 0 every user; users 3, 4 and item 7
 #: one each), so that degree-sensitive pruning is far from uniform.
 SKEWED_HISTORY = {0: list(range(8)), 1: [0, 1, 2, 4], 2: [0, 1, 5], 3: [0], 4: [0], 5: [0, 3, 6]}
@@ -51,11 +60,8 @@ def _features() -> dict[str, torch.Tensor]:
 
 
 def _model(protocol: str, overrides: dict[str, Any], history: dict[int, list[int]] = HISTORY) -> FREEDOM:
-    torch.manual_seed(0)
     entry = {"name": "freedom", "features": list(FEATURES), **SIZES, **overrides}
-    model = build_model(build_model_config(entry, "model[0]", protocol), _graph(history), _features())
-    assert isinstance(model, FREEDOM)
-    return model
+    return seeded_model(FREEDOM, entry, protocol, _graph(history), _features())
 
 
 # ------------------------------------------------------------------------------------------- dense reference
@@ -68,7 +74,7 @@ def dense_item_graph(cfg: FREEDOMConfig) -> torch.Tensor:
     features = _features()
     weights = cfg.modality_weights or (1.0,) * len(FEATURES)
     total = 0
-    for weight, name in zip(weights, FEATURES):
+    for weight, name in zip(weights, FEATURES, strict=True):
         x = features[name].double()
         unit = x / x.norm(dim=1, keepdim=True)
         sim = unit @ unit.T
@@ -81,26 +87,9 @@ def dense_item_graph(cfg: FREEDOMConfig) -> torch.Tensor:
     return total
 
 
-def edge_list(history: dict[int, list[int]] = HISTORY) -> list[tuple[int, int]]:
-    """The train edges (user, item), in the order the train graph lists them."""
-    return [(u, i) for u, items in history.items() for i in items]
-
-
-def dense_ui_adj(edges: list[tuple[int, int]]) -> torch.Tensor:
-    r""":math:`D^{-1/2} A D^{-1/2}` of the bipartite graph on ``edges``, users then items, degrees counted on those
-    edges (zero-degree rows zero). Shapes: (U+I, U+I) float64."""
-    n = NUM_USERS + NUM_ITEMS
-    adj = torch.zeros(n, n, dtype=torch.float64)
-    for user, item in edges:
-        adj[user, NUM_USERS + item] = adj[NUM_USERS + item, user] = 1.0
-    degree = adj.sum(1)
-    scale = torch.where(degree > 0, degree.clamp_min(1e-12) ** -0.5, 0.0)
-    return scale[:, None] * adj * scale[None, :]
-
-
 def keep_probabilities(history: dict[int, list[int]] = HISTORY) -> torch.Tensor:
     r"""Each edge's unnormalised pruning weight :math:`1/\sqrt{d_u d_i}`, train degrees. Shapes: (E,) float64."""
-    edges = edge_list(history)
+    edges = history_pairs(history)
     user_degree = {u: sum(1 for e in edges if e[0] == u) for u in history}
     item_degree = {i: sum(1 for e in edges if e[1] == i) for _, i in edges}
     return torch.tensor([1.0 / math.sqrt(user_degree[u] * item_degree[i]) for u, i in edges], dtype=torch.float64)
@@ -110,7 +99,7 @@ def pruned_edges(cfg: FREEDOMConfig, seed: int, epoch: int) -> list[tuple[int, i
     r"""This epoch's kept edges: :math:`\lfloor(1 - \text{dropout})|E|\rfloor` drawn without replacement with
     probability :math:`\propto 1/\sqrt{d_u d_i}`, from the model's ``(seed, epoch)`` generator (all edges when
     ``dropout`` is 0)."""
-    edges = edge_list()
+    edges = history_pairs(HISTORY)
     if cfg.dropout == 0:
         return edges
     keep = int(len(edges) * (1 - cfg.dropout))
@@ -172,10 +161,6 @@ def model_grads(model: FREEDOM) -> dict[str, torch.Tensor | None]:
     return grads
 
 
-def _close(actual: torch.Tensor, expected: torch.Tensor, atol: float = 1e-5) -> bool:
-    return torch.allclose(actual.double(), expected.detach(), atol=atol, rtol=1e-4)
-
-
 # ------------------------------------------------------------------------------------------------- tests
 
 
@@ -185,26 +170,27 @@ def test_freedom_fidelity_item_graph_embeddings_scores_loss_and_gradients(protoc
     model = _model(protocol, overrides)
     cfg = model.cfg
     p = reference_params(model)
-    assert _close(model.mm_adj.to_dense(), dense_item_graph(cfg))
+    assert close(model.mm_adj.to_dense(), dense_item_graph(cfg))
 
     model.start_epoch(seed=3, epoch=5)
-    kept = pruned_edges(cfg, seed=3, epoch=5)
-    assert _close(model.masked_adj.to_dense(), dense_ui_adj(kept))
+    pruned = sym_normalized(dense_adjacency(pruned_edges(cfg, seed=3, epoch=5)))  # degrees of the kept edges
+    assert close(model.masked_adj.to_dense(), pruned)
     loss = model(BATCH)
     loss.backward()
-    expected = reference_loss(p, *reference_embeddings(p, cfg, dense_ui_adj(kept)), BATCH, cfg)
+    expected = reference_loss(p, *reference_embeddings(p, cfg, pruned), BATCH, cfg)
     expected.backward()
-    assert _close(loss, expected)
+    assert close(loss, expected)
     for name, grad in model_grads(model).items():
         if p[name].requires_grad:
-            assert grad is not None and _close(grad, p[name].grad), name
+            assert grad is not None and close(grad, p[name].grad), name
         else:
             assert grad is None, name
 
-    users, items = reference_embeddings(p, cfg, dense_ui_adj(edge_list()))  # scoring: the full graph
+    full = sym_normalized(dense_adjacency(history_pairs(HISTORY)))  # scoring: the full graph
+    users, items = reference_embeddings(p, cfg, full)
     model_users, model_items = model.embeddings()
-    assert _close(model_users, users) and _close(model_items, items)
-    assert _close(model.score_users(torch.arange(NUM_USERS)), users @ items.T)
+    assert close(model_users, users) and close(model_items, items)
+    assert close(model.scorer()(torch.arange(NUM_USERS)), users @ items.T)
 
 
 def inclusion_probabilities(weights: list[float], keep: int) -> torch.Tensor:
@@ -227,13 +213,14 @@ def inclusion_probabilities(weights: list[float], keep: int) -> torch.Tensor:
     return inclusion
 
 
+@pytest.mark.slow  # thousands of sampled epochs
 def test_freedom_fidelity_pruning_keeps_each_edge_with_its_probability() -> None:
     """Degree-sensitive pruning is the same in both protocols (MMRec's ``dropout`` and ``torch.multinomial`` on
     :math:`1/\\sqrt{d_u d_i}`) on a graph of skewed degrees. Over 1500 epochs each edge's keep frequency must
     match its exact inclusion probability within 4.5 standard errors; every epoch keeps exactly
     ``floor((1 - dropout) |E|)`` edges."""
     model = _model("mmrec", {}, SKEWED_HISTORY)
-    edges, draws = edge_list(SKEWED_HISTORY), 1500
+    edges, draws = history_pairs(SKEWED_HISTORY), 1500
     keep = int(len(edges) * (1 - model.cfg.dropout))
     expected = inclusion_probabilities(keep_probabilities(SKEWED_HISTORY).tolist(), keep)
     assert expected.max() - expected.min() > 0.1  # degrees differ enough to tell it from uniform sampling

@@ -12,13 +12,19 @@ from torch import Tensor
 
 from rmm.config import build_model_config
 from rmm.data.graph import TrainGraph
-from rmm.models.base import BPRBatch, build_model
+from rmm.models.base import BPRBatch
 from rmm.models.grcn import GRCN
-from tests.models.history import gaussian_features, history_graph
+from tests.models.history import (
+    INTERACTIONS,
+    NUM_ITEMS,
+    NUM_USERS,
+    dense_adjacency,
+    gaussian_features,
+    history_graph,
+    history_pairs,
+    seeded_model,
+)
 
-NUM_USERS, NUM_ITEMS = 6, 8
-#: Train pairs per user; item 7 has none (an isolated node).
-INTERACTIONS = {0: [0, 1, 2], 1: [1, 3], 2: [0, 4, 5, 6], 3: [2, 3, 6], 4: [4, 5], 5: [0, 1, 3, 5, 6]}
 BATCH = BPRBatch(users=torch.tensor([0, 1, 2, 3, 4, 5, 1, 5]), pos_items=torch.tensor([2, 3, 4, 6, 5, 0, 1, 3]),
                  neg_items=torch.tensor([7, 0, 1, 5, 7, 2, 6, 4]))
 #: What each protocol must build: MMRec's routing messages go user -> item and only the user rows are kept,
@@ -38,18 +44,8 @@ def _features() -> dict[str, Tensor]:
 
 
 def _model(protocol: str, **params: Any) -> GRCN:
-    torch.manual_seed(0)
-    cfg = build_model_config({"name": "grcn", "features": ["image", "text"], **params}, "model[0]", protocol)
-    return build_model(cfg, _graph(), _features())
-
-
-def _dense_adjacency() -> Tensor:
-    n = NUM_USERS + NUM_ITEMS
-    adj = torch.zeros(n, n, dtype=torch.bool)
-    for user, items in INTERACTIONS.items():
-        for item in items:
-            adj[user, NUM_USERS + item] = adj[NUM_USERS + item, user] = True
-    return adj
+    return seeded_model(GRCN, {"name": "grcn", "features": ["image", "text"], **params}, protocol, _graph(),
+                        _features())
 
 
 def _lrelu(x: Tensor) -> Tensor:
@@ -73,7 +69,7 @@ def _params(model: GRCN, *, requires_grad: bool = False) -> dict[str, Tensor]:
 def reference_graph(params: dict[str, Tensor], spec: dict[str, Any]) -> tuple[Tensor, list[Tensor]]:
     """The refined graph ``W[v, j]`` (weight of edge j -> v, (U+I, U+I)) and every modality's content
     representation (U+I, latent)."""
-    adj = _dense_adjacency()
+    adj = dense_adjacency(history_pairs(INTERACTIONS)).bool()
     user_items = adj[:NUM_USERS, NUM_USERS:]  # (U, I)
     attentions, contents = [], []
     for m, feature in enumerate(_features().values()):
@@ -130,13 +126,13 @@ def test_fidelity_grcn_embeddings_and_scores(protocol: str) -> None:
     model, spec = _model(protocol), SPEC[protocol]
     params = _params(model)
     weights, _ = reference_graph(params, spec)
-    on_edges = weights[_dense_adjacency()]
+    on_edges = weights[dense_adjacency(history_pairs(INTERACTIONS)).bool()]
     assert (on_edges == 0).any() and (on_edges > 0).any()  # some edges pruned, some kept: both paths checked
     expected = reference_representation(params, spec)
 
     users, items = model.embeddings()
     assert torch.allclose(torch.cat([users, items]).double(), expected, atol=1e-5)
-    scores = model.score_users(torch.arange(NUM_USERS)).double()
+    scores = model.scorer()(torch.arange(NUM_USERS)).double()
     assert torch.allclose(scores, expected[:NUM_USERS] @ expected[NUM_USERS:].T, atol=1e-5)
 
 
@@ -155,6 +151,7 @@ def test_fidelity_grcn_loss_and_gradients(protocol: str) -> None:
     assert not any(name.startswith("features") for name, _ in model.named_parameters())  # frozen inputs
 
 
+@pytest.mark.slow  # trains for several steps
 @pytest.mark.parametrize("protocol", ["strict", "mmrec"])
 def test_fidelity_grcn_refined_graph_updates_with_training(protocol: str) -> None:
     """One Adam step moves the confidences and preferences, hence the refined graph, and the model still

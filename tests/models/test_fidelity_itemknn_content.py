@@ -18,12 +18,10 @@ import torch
 
 from rmm.config import build_model_config
 from rmm.data.graph import TrainGraph
-from rmm.models.base import build_model
 from rmm.models.itemknn_content import ItemKNNContent
-from tests.models.history import history_graph
+from tests.models.history import HISTORY, NUM_ITEMS, NUM_USERS, history_graph, seeded_model
 
-NUM_USERS, NUM_ITEMS, K = 6, 8, 3
-HISTORY = {0: [0, 1, 2, 5], 1: [1, 3, 4], 2: [0, 2, 6], 3: [3, 4, 5, 6], 4: [0, 1], 5: [2, 4, 5, 6]}
+K = 3
 #: What each protocol sets (``knn_k`` is given explicitly: MMRec's 10 exceeds this catalogue).
 SWITCHES = {"strict": {"knn_self": False, "modality_merge": "graph_mean", "shrink": 10.0},
             "mmrec": {"knn_self": True, "modality_merge": "feature_concat", "shrink": 10.0}}
@@ -54,9 +52,7 @@ def _features() -> dict[str, torch.Tensor]:
 def _model(protocol: str, names: tuple[str, ...], overrides: dict[str, Any]) -> ItemKNNContent:
     features = _features()
     entry = {"name": "itemknn_content", "features": list(names), "knn_k": K, **overrides}
-    model = build_model(build_model_config(entry, "model[0]", protocol), _graph(), {n: features[n] for n in names})
-    assert isinstance(model, ItemKNNContent)
-    return model
+    return seeded_model(ItemKNNContent, entry, protocol, _graph(), {n: features[n] for n in names})
 
 
 # ------------------------------------------------------------------------------------------- dense reference
@@ -76,7 +72,7 @@ def reference_graph(x: torch.Tensor, k: int, shrink: float, with_self: bool) -> 
     values, columns = torch.topk(sim, k, dim=1)
     graph = torch.zeros_like(sim)
     for row in range(len(x)):
-        for value, column in zip(values[row], columns[row]):
+        for value, column in zip(values[row], columns[row], strict=True):
             if torch.isfinite(value):
                 graph[row, column] = value
     return graph
@@ -107,7 +103,7 @@ def test_fidelity_itemknn_content_scores_match_the_dense_reference(protocol: str
     for name, value in {**SWITCHES[protocol], **overrides, "knn_k": K}.items():
         assert getattr(cfg, name) == value, name
     expected = reference_scores(names, K, cfg.shrink, cfg.knn_self, cfg.modality_merge)
-    scores = model.score_users(torch.arange(NUM_USERS))
+    scores = model.scorer()(torch.arange(NUM_USERS))
     assert scores.shape == (NUM_USERS, NUM_ITEMS)
     assert torch.allclose(scores.double(), expected, atol=1e-5)
 

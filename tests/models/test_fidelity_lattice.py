@@ -15,15 +15,22 @@ from typing import Any
 import pytest
 import torch
 
-from rmm.config import build_model_config
 from rmm.data.graph import TrainGraph
-from rmm.models.base import BPRBatch, build_model
-from rmm.models.lattice import LATTICE, LATTICEConfig
-from tests.models.history import history_graph
+from rmm.models.base import BPRBatch
+from rmm.models.hparams.lattice import LATTICEConfig
+from rmm.models.lattice import LATTICE
+from tests.models.history import (
+    HISTORY,
+    NUM_ITEMS,
+    NUM_USERS,
+    close,
+    dense_adjacency,
+    history_graph,
+    history_pairs,
+    seeded_model,
+    sym_normalized,
+)
 
-NUM_USERS, NUM_ITEMS = 6, 8
-#: 20 train interactions; item 7 has none (a cold item).
-HISTORY = {0: [0, 1, 2, 5], 1: [1, 3, 4], 2: [0, 2, 6], 3: [3, 4, 5, 6], 4: [0, 1], 5: [2, 4, 5, 6]}
 FEATURES = ("image", "text")
 #: Small sizes so that k < I matters; a visible reg_weight so that the regulariser is compared too.
 SIZES = {"knn_k": 3, "embedding_dim": 8, "feat_embed_dim": 4, "reg_weight": 0.05}
@@ -53,11 +60,8 @@ def _features() -> dict[str, torch.Tensor]:
 
 
 def _model(protocol: str, overrides: dict[str, Any]) -> LATTICE:
-    torch.manual_seed(0)
     entry = {"name": "lattice", "features": list(FEATURES), **SIZES, **overrides}
-    model = build_model(build_model_config(entry, "model[0]", protocol), _graph(), _features())
-    assert isinstance(model, LATTICE)
-    return model
+    return seeded_model(LATTICE, entry, protocol, _graph(), _features())
 
 
 # ------------------------------------------------------------------------------------------- dense reference
@@ -85,17 +89,11 @@ def sym_norm(adj: torch.Tensor) -> torch.Tensor:
 def dense_ui_adj(normalization: str) -> torch.Tensor:
     r"""The bipartite graph, users then items: :math:`D^{-1/2} A D^{-1/2}` (``sym``, zero-degree rows zero) or
     MMRec LATTICE's :math:`(D + I)^{-1}(A + I)`. Shapes: (U+I, U+I) float64."""
-    n = NUM_USERS + NUM_ITEMS
-    adj = torch.zeros(n, n, dtype=torch.float64)
-    for user, items in HISTORY.items():
-        for item in items:
-            adj[user, NUM_USERS + item] = adj[NUM_USERS + item, user] = 1.0
+    adj = dense_adjacency(history_pairs(HISTORY))
     if normalization == "row_self_loops":
-        adj = adj + torch.eye(n, dtype=torch.float64)
+        adj = adj + torch.eye(len(adj), dtype=torch.float64)
         return adj / adj.sum(1, keepdim=True)
-    degree = adj.sum(1)
-    scale = torch.where(degree > 0, degree.clamp_min(1e-12) ** -0.5, 0.0)
-    return scale[:, None] * adj * scale[None, :]
+    return sym_normalized(adj)
 
 
 def reference_params(model: LATTICE) -> dict[str, torch.Tensor]:
@@ -164,10 +162,6 @@ def model_grads(model: LATTICE) -> dict[str, torch.Tensor | None]:
     return grads
 
 
-def _close(actual: torch.Tensor, expected: torch.Tensor, atol: float = 1e-5) -> bool:
-    return torch.allclose(actual.double(), expected.detach(), atol=atol, rtol=1e-4)
-
-
 # ------------------------------------------------------------------------------------------------- tests
 
 
@@ -183,19 +177,20 @@ def test_lattice_fidelity_embeddings_scores_loss_and_gradients(protocol: str, ov
     users, items = reference_embeddings(p, cfg, reference_item_graph(p, cfg))
     expected = reference_loss(users, items, BATCHES[0], cfg)
     expected.backward()
-    assert _close(loss, expected)
+    assert close(loss, expected)
     for name, grad in model_grads(model).items():
         if p[name].requires_grad:
-            assert grad is not None and _close(grad, p[name].grad), name
+            assert grad is not None and close(grad, p[name].grad), name
         else:
             assert grad is None, name
     assert p["W0"].grad.abs().sum() > 0 and p["modal"].grad.abs().sum() > 0  # the learned graph is trained
 
     model_users, model_items = model.embeddings()
-    assert _close(model_users, users) and _close(model_items, items)
-    assert _close(model.score_users(torch.arange(NUM_USERS)), users @ items.T)
+    assert close(model_users, users) and close(model_items, items)
+    assert close(model.scorer()(torch.arange(NUM_USERS)), users @ items.T)
 
 
+@pytest.mark.slow  # trains over several epochs
 @pytest.mark.parametrize(("protocol", "overrides"), [*CASES, ("strict", {"graph_update": "step"})],
                          ids=[*IDS, "strict-graph-update-step"])
 def test_lattice_fidelity_learned_graph_update_over_epochs(protocol: str, overrides: dict[str, Any]) -> None:
@@ -231,17 +226,17 @@ def test_lattice_fidelity_learned_graph_update_over_epochs(protocol: str, overri
                 graph = held
             expected = reference_loss(*reference_embeddings(p, cfg, graph), batch, cfg)
             expected.backward()
-            assert _close(loss, expected), (epoch, step)
+            assert close(loss, expected), (epoch, step)
             if step > 0 and cfg.graph_update == "epoch":  # held graph: the projections learn once per epoch
                 assert all(grad is None for name, grad in model_grads(model).items() if name not in ("user", "item"))
             model_opt.step()
             reference_opt.step()
             for name, value in reference_params(model).items():
-                assert _close(value, p[name]), (epoch, step, name)
-    changed = any(not torch.equal(a, b) for a, b in zip(structures[0], structures[-1]))
+                assert close(value, p[name]), (epoch, step, name)
+    changed = any(not torch.equal(a, b) for a, b in zip(structures[0], structures[-1], strict=True))
     assert changed, "the learned neighbours never changed: the update path is not exercised"
     users, items = reference_embeddings(p, cfg, reference_item_graph(p, cfg))  # rebuilt for scoring, as MMRec
-    assert _close(model.score_users(torch.arange(NUM_USERS)), users @ items.T)
+    assert close(model.scorer()(torch.arange(NUM_USERS)), users @ items.T)
 
 
 def test_lattice_protocol_switches_reach_the_model() -> None:

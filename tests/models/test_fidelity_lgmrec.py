@@ -16,16 +16,25 @@ from typing import Any
 import pytest
 import torch
 
-from rmm.config import build_model_config
 from rmm.data.graph import TrainGraph
-from rmm.models.base import BPRBatch, build_model
+from rmm.models.base import BPRBatch
+from rmm.models.hparams.lgmrec import LGMRecConfig
 from rmm.models.layers import info_nce, low_rank_info_nce
-from rmm.models.lgmrec import LGMRec, LGMRecConfig
-from tests.models.history import gaussian_features, history_graph
+from rmm.models.lgmrec import LGMRec
+from tests.models.history import (
+    HISTORY,
+    NUM_ITEMS,
+    NUM_USERS,
+    assert_close,
+    assert_close_grad,
+    dense_adjacency,
+    gaussian_features,
+    history_graph,
+    history_pairs,
+    seeded_model,
+    sym_normalized,
+)
 
-NUM_USERS, NUM_ITEMS = 6, 8
-#: 20 train interactions; item 7 has none (a cold item: a zero row of the normalised adjacency).
-HISTORY = {0: [0, 1, 2, 5], 1: [1, 3, 4], 2: [0, 2, 6], 3: [3, 4, 5, 6], 4: [0, 1], 5: [2, 4, 5, 6]}
 FEATURES = ("image", "text")  # MMRec's order: the image side is the contrastive anchor
 BATCH = BPRBatch(torch.tensor([0, 1, 3, 3, 5, 2]), torch.tensor([1, 4, 5, 7, 2, 0]), torch.tensor([7, 0, 1, 2, 3, 4]))
 #: (protocol, explicit model keys): both protocols' defaults, then other values of every switch and size, with
@@ -47,12 +56,8 @@ def _features() -> dict[str, torch.Tensor]:
 
 
 def _model(protocol: str, overrides: dict[str, Any], features: tuple[str, ...] = FEATURES) -> LGMRec:
-    torch.manual_seed(0)
-    model_cfg = build_model_config({"name": "lgmrec", "features": list(features), **overrides}, "model[0]",
-                                   protocol)
-    model = build_model(model_cfg, _graph(), {name: _features()[name] for name in features})
-    assert isinstance(model, LGMRec)
-    return model
+    return seeded_model(LGMRec, {"name": "lgmrec", "features": list(features), **overrides}, protocol, _graph(),
+                        {name: _features()[name] for name in features})
 
 
 # ------------------------------------------------------------------------------------------- dense reference
@@ -64,16 +69,6 @@ def dense_interactions() -> torch.Tensor:
     for user, items in HISTORY.items():
         r[user, items] = 1.0
     return r
-
-
-def dense_norm_adj() -> torch.Tensor:
-    r""":math:`D^{-1/2} A D^{-1/2}` of :math:`A = [0, R; R^\top, 0]`, with MMRec's ``+1e-7`` on the degrees.
-    Shapes: (U+I, U+I) float64."""
-    r = dense_interactions()
-    adj = torch.cat([torch.cat([torch.zeros(NUM_USERS, NUM_USERS, dtype=torch.float64), r], 1),
-                     torch.cat([r.T, torch.zeros(NUM_ITEMS, NUM_ITEMS, dtype=torch.float64)], 1)])
-    scale = (adj.sum(1) + 1e-7) ** -0.5
-    return scale[:, None] * adj * scale[None, :]
 
 
 def row_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -104,7 +99,8 @@ def relax(logits: torch.Tensor, cfg: LGMRecConfig, train: bool) -> torch.Tensor:
 def reference_forward(p: dict[str, torch.Tensor], features: dict[str, torch.Tensor], cfg: LGMRecConfig,
                       train: bool) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """Final user and item embeddings, and every modality's hypergraph user and item embeddings."""
-    r, adj = dense_interactions(), dense_norm_adj()
+    r = dense_interactions()
+    adj = sym_normalized(dense_adjacency(history_pairs(HISTORY)), degree_eps=1e-7)  # MMRec's +1e-7
     # Collaborative graph embedding: LightGCN, the mean of layers 0..L.
     layer = torch.cat([p["user_embedding.weight"], p["item_embedding.weight"]])
     total = layer
@@ -144,7 +140,7 @@ def info_nce_sum(anchor: torch.Tensor, positive: torch.Tensor, candidates: torch
     with everything, as in MMRec's ``ssl_triple_loss``."""
     anchor, positive, candidates = row_normalize(anchor), row_normalize(positive), row_normalize(candidates)
     total = torch.zeros((), dtype=torch.float64)
-    for a, pos in zip(anchor, positive):
+    for a, pos in zip(anchor, positive, strict=True):
         cos = torch.stack([a @ c for c in candidates])
         total = total - torch.log(torch.exp(a @ pos / tau) / torch.exp(cos / tau).sum())
     return total
@@ -170,16 +166,6 @@ def reference_loss(p: dict[str, torch.Tensor], features: dict[str, torch.Tensor]
     return bpr + cfg.cl_weight * contrast + cfg.reg_weight * reg
 
 
-def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    torch.testing.assert_close(actual.detach().double(), expected.detach(), atol=1e-5, rtol=1e-4)
-
-
-def _close_grad(actual: torch.Tensor, expected: torch.Tensor, name: str) -> None:
-    """Gradients to float32 precision relative to the largest entry (sharp softmaxes make some large)."""
-    scale = max(1.0, expected.abs().max().item())
-    torch.testing.assert_close(actual.double(), expected, atol=5e-6 * scale, rtol=1e-4, msg=name)
-
-
 # ------------------------------------------------------------------------------------------------------ tests
 
 
@@ -193,13 +179,13 @@ def test_fidelity_lgmrec_scoring_embeddings_and_scores(protocol: str, overrides:
         torch.manual_seed(7)
         users, items = model.embeddings()
         torch.manual_seed(7)
-        scores = model.score_users(torch.arange(NUM_USERS))
+        scores = model.scorer()(torch.arange(NUM_USERS))
     torch.manual_seed(7)
     ref_users, ref_items, _, _ = reference_forward(p, _features(), model.cfg, train=False)
 
-    _close(users, ref_users)
-    _close(items, ref_items)
-    _close(scores, ref_users @ ref_items.T)
+    assert_close(users, ref_users)
+    assert_close(items, ref_items)
+    assert_close(scores, ref_users @ ref_items.T)
 
 
 @pytest.mark.parametrize(("protocol", "overrides"), CASES, ids=IDS)
@@ -214,11 +200,11 @@ def test_fidelity_lgmrec_training_forward(protocol: str, overrides: dict[str, An
     torch.manual_seed(11)
     ref_users, ref_items, ref_hyper_users, ref_hyper_items = reference_forward(p, _features(), model.cfg, train=True)
 
-    _close(users, ref_users)
-    _close(items, ref_items)
+    assert_close(users, ref_users)
+    assert_close(items, ref_items)
     for m in range(len(FEATURES)):
-        _close(hyper_users[m], ref_hyper_users[m])
-        _close(hyper_items[m], ref_hyper_items[m])
+        assert_close(hyper_users[m], ref_hyper_users[m])
+        assert_close(hyper_items[m], ref_hyper_items[m])
 
 
 @pytest.mark.parametrize(("protocol", "overrides"), CASES, ids=IDS)
@@ -232,11 +218,11 @@ def test_fidelity_lgmrec_loss_and_gradients(protocol: str, overrides: dict[str, 
     expected = reference_loss(p, _features(), model.cfg, BATCH)
     expected.backward()
 
-    _close(loss, expected)
+    assert_close(loss, expected)
     assert not any(name.startswith("features") for name, _ in model.named_parameters())  # frozen, as MMRec's
     for name, param in model.named_parameters():
         assert param.grad is not None, name
-        _close_grad(param.grad, p[name].grad, name)
+        assert_close_grad(param.grad, p[name].grad, name)
 
 
 def test_fidelity_lgmrec_contrast_and_regulariser_show_in_the_loss() -> None:
@@ -261,7 +247,7 @@ def test_fidelity_lgmrec_one_modality_has_no_contrast() -> None:
     torch.manual_seed(4)
     loss = model.loss(BATCH)
     torch.manual_seed(4)
-    _close(loss, reference_loss(p, {"image": _features()["image"]}, model.cfg, BATCH))
+    assert_close(loss, reference_loss(p, {"image": _features()["image"]}, model.cfg, BATCH))
 
 
 def test_fidelity_lgmrec_scoring_noise_only_under_mmrec() -> None:
@@ -269,8 +255,8 @@ def test_fidelity_lgmrec_scoring_noise_only_under_mmrec() -> None:
     for model in (strict, mmrec):
         model.eval()
     with torch.no_grad():
-        assert torch.equal(strict.score_users(torch.arange(NUM_USERS)), strict.score_users(torch.arange(NUM_USERS)))
-        assert not torch.equal(mmrec.score_users(torch.arange(NUM_USERS)), mmrec.score_users(torch.arange(NUM_USERS)))
+        assert torch.equal(strict.scorer()(torch.arange(NUM_USERS)), strict.scorer()(torch.arange(NUM_USERS)))
+        assert not torch.equal(mmrec.scorer()(torch.arange(NUM_USERS)), mmrec.scorer()(torch.arange(NUM_USERS)))
 
 
 def test_fidelity_lgmrec_membership_dropout_statistics() -> None:
@@ -310,6 +296,7 @@ def test_fidelity_lgmrec_initialisation() -> None:
             assert weight.abs().max() > 0.8 * bound, name
 
 
+@pytest.mark.slow  # up to 40,000 candidates
 @pytest.mark.parametrize("num_candidates", [11, 40_000])
 def test_low_rank_info_nce_equals_info_nce_on_the_product_and_its_gradients(num_candidates: int) -> None:
     """The factored contrastive loss (logits through the H-dim memberships, in blocks of rows: 40,000 candidates
@@ -326,5 +313,5 @@ def test_low_rank_info_nce_equals_info_nce_on_the_product_and_its_gradients(num_
     a, p, h, lat = inputs
     direct = info_nce(a, p, h @ lat, 0.2)
     assert torch.allclose(factored, direct)
-    for got, expected in zip(grads, torch.autograd.grad(direct, inputs)):
+    for got, expected in zip(grads, torch.autograd.grad(direct, inputs), strict=True):
         assert torch.allclose(got, expected)

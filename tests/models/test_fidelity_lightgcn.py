@@ -13,11 +13,10 @@ from typing import Any
 import pytest
 import torch
 
-from rmm.config import build_model_config
 from rmm.data.graph import TrainGraph
-from rmm.models.base import BPRBatch, build_model
+from rmm.models.base import BPRBatch
 from rmm.models.lightgcn import LightGCN
-from tests.models.history import history_graph
+from tests.models.history import dense_adjacency, history_graph, history_pairs, seeded_model, sym_normalized
 
 NUM_USERS, NUM_ITEMS = 6, 8
 #: 20 train interactions; user 5 and item 7 have none (zero rows of the normalised adjacency).
@@ -40,32 +39,16 @@ def _graph(num_users: int = NUM_USERS, num_items: int = NUM_ITEMS) -> TrainGraph
 
 
 def _model(protocol: str, overrides: dict[str, Any], graph: TrainGraph | None = None) -> LightGCN:
-    torch.manual_seed(0)
-    model_cfg = build_model_config({"name": "lightgcn", **overrides}, "model[0]", protocol)
-    model = build_model(model_cfg, graph or _graph(), {})
-    assert isinstance(model, LightGCN)
-    return model
+    return seeded_model(LightGCN, {"name": "lightgcn", **overrides}, protocol, graph or _graph(), {})
 
 
 # ------------------------------------------------------------------------------------------- dense reference
 
 
-def dense_norm_adj() -> torch.Tensor:
-    r""":math:`D^{-1/2} A D^{-1/2}` of the bipartite graph, users then items; an edgeless node's row and column
-    stay zero (MMRec: ``+1e-7`` on its degree, times a zero row). Shapes: (U+I, U+I) float64."""
-    n = NUM_USERS + NUM_ITEMS
-    adj = torch.zeros(n, n, dtype=torch.float64)
-    for user, items in HISTORY.items():
-        for item in items:
-            adj[user, NUM_USERS + item] = adj[NUM_USERS + item, user] = 1.0
-    degree = adj.sum(1)
-    scale = torch.where(degree > 0, degree, 1.0) ** -0.5
-    return scale[:, None] * adj * scale[None, :]
-
-
 def reference_embeddings(ego: torch.Tensor, num_layers: int) -> tuple[torch.Tensor, torch.Tensor]:
     r""":math:`E = \frac{1}{L+1}\sum_{l=0}^{L} \hat{A}^l E^{(0)}`, split into users and items."""
-    adj = dense_norm_adj()
+    # D^{-1/2} A D^{-1/2}; an edgeless node's row and column stay zero (MMRec: +1e-7 on its degree, times zeros)
+    adj = sym_normalized(dense_adjacency(history_pairs(HISTORY), NUM_USERS, NUM_ITEMS))
     layers = [ego]
     for _ in range(num_layers):
         layers.append(adj @ layers[-1])
@@ -110,7 +93,7 @@ def test_fidelity_lightgcn_embeddings_scores_loss_and_gradient_match_the_dense_r
     assert torch.allclose(users.double(), expected_users, atol=1e-6)
     assert torch.allclose(items.double(), expected_items, atol=1e-6)
     assert torch.allclose(users[5], model.embedding.weight[5] / (num_layers + 1))  # edgeless: only its layer 0
-    assert torch.allclose(model.score_users(torch.arange(NUM_USERS)).double(), expected_users @ expected_items.T,
+    assert torch.allclose(model.scorer()(torch.arange(NUM_USERS)).double(), expected_users @ expected_items.T,
                           atol=1e-5)
     assert torch.allclose(loss.double(), expected_loss, atol=1e-5)
     assert torch.allclose(model.embedding.weight.grad.double(), ego.grad, atol=1e-5)
@@ -126,7 +109,7 @@ def test_fidelity_lightgcn_initialisation_follows_the_protocol(protocol: str) ->
     joint = math.sqrt(6.0 / (num_users + num_items + dim))
     bounds = ((math.sqrt(6.0 / (num_users + dim)), math.sqrt(6.0 / (num_items + dim))) if protocol == "mmrec"
               else (joint, joint))
-    for table, bound in zip((users, items), bounds):
+    for table, bound in zip((users, items), bounds, strict=True):
         assert table.abs().max().item() <= bound
         assert table.abs().max().item() > 0.98 * bound
         assert table.std().item() == pytest.approx(bound / math.sqrt(3.0), rel=0.03)

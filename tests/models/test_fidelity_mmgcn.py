@@ -11,13 +11,19 @@ from torch import Tensor
 
 from rmm.config import ConfigError, build_model_config
 from rmm.data.graph import TrainGraph
-from rmm.models.base import BPRBatch, build_model
+from rmm.models.base import BPRBatch
 from rmm.models.mmgcn import MMGCN
-from tests.models.history import gaussian_features, history_graph
+from tests.models.history import (
+    INTERACTIONS,
+    NUM_ITEMS,
+    NUM_USERS,
+    dense_adjacency,
+    gaussian_features,
+    history_graph,
+    history_pairs,
+    seeded_model,
+)
 
-NUM_USERS, NUM_ITEMS = 6, 8
-#: Train pairs per user; item 7 has none (an isolated node).
-INTERACTIONS = {0: [0, 1, 2], 1: [1, 3], 2: [0, 4, 5, 6], 3: [2, 3, 6], 4: [4, 5], 5: [0, 1, 3, 5, 6]}
 BATCH = BPRBatch(users=torch.tensor([0, 1, 2, 3, 4, 5, 1, 5]), pos_items=torch.tensor([2, 3, 4, 6, 5, 0, 1, 3]),
                  neg_items=torch.tensor([7, 0, 1, 5, 7, 2, 6, 4]))
 #: What each protocol must build: MMRec's code runs 3 layers, concatenates (``concate='False'`` is a true
@@ -39,18 +45,8 @@ def _features() -> dict[str, Tensor]:
 
 
 def _model(protocol: str, **params: Any) -> MMGCN:
-    torch.manual_seed(0)
-    cfg = build_model_config({"name": "mmgcn", "features": ["image", "text"], **params}, "model[0]", protocol)
-    return build_model(cfg, _graph(), _features())
-
-
-def _dense_adjacency() -> Tensor:
-    n = NUM_USERS + NUM_ITEMS
-    adj = torch.zeros(n, n, dtype=torch.float64)
-    for user, items in INTERACTIONS.items():
-        for item in items:
-            adj[user, NUM_USERS + item] = adj[NUM_USERS + item, user] = 1.0
-    return adj
+    return seeded_model(MMGCN, {"name": "mmgcn", "features": ["image", "text"], **params}, protocol, _graph(),
+                        _features())
 
 
 def _lrelu(x: Tensor) -> Tensor:
@@ -68,7 +64,7 @@ def _params(model: MMGCN, *, requires_grad: bool = False) -> dict[str, Tensor]:
 
 def reference_representation(params: dict[str, Tensor], spec: dict[str, Any]) -> Tensor:
     """Eqs. 1-7 per modality with mean aggregation, then the branches' mean: dense (U+I, d)."""
-    adj = _dense_adjacency()
+    adj = dense_adjacency(history_pairs(INTERACTIONS))
     mean_adj = adj / adj.sum(1, keepdim=True).clamp_min(1)  # isolated nodes aggregate nothing
     ids = params["id_embedding"]
     outputs = []
@@ -114,7 +110,7 @@ def test_fidelity_mmgcn_embeddings_and_scores(protocol: str) -> None:
 
     users, items = model.embeddings()
     assert torch.allclose(torch.cat([users, items]).double(), expected, atol=1e-5)
-    scores = model.score_users(torch.arange(NUM_USERS)).double()
+    scores = model.scorer()(torch.arange(NUM_USERS)).double()
     assert torch.allclose(scores, expected[:NUM_USERS] @ expected[NUM_USERS:].T, atol=1e-5)
     assert len(model.branches[0].conv) == spec["layers"]
     assert (model.branches[1].mlp is not None) == spec["project"][1]

@@ -15,8 +15,8 @@ import torch
 
 from rmm.config import build_model_config
 from rmm.data.graph import TrainGraph
-from rmm.models.base import build_model
 from rmm.models.profile import ProfileMatching
+from tests.models.history import seeded_model
 
 NUM_USERS, NUM_ITEMS = 6, 8
 #: User 5 has no train item (scores 0 everywhere); user 4's only items include 3, which has no image vector.
@@ -47,9 +47,7 @@ def _features() -> dict[str, torch.Tensor]:
 def _model(protocol: str, names: tuple[str, ...], overrides: dict[str, Any]) -> ProfileMatching:
     features = _features()
     entry = {"name": "profile", "features": list(names), **overrides}
-    model = build_model(build_model_config(entry, "model[0]", protocol), _graph(), {n: features[n] for n in names})
-    assert isinstance(model, ProfileMatching)
-    return model
+    return seeded_model(ProfileMatching, entry, protocol, _graph(), {n: features[n] for n in names})
 
 
 # ------------------------------------------------------------------------------------------- dense reference
@@ -85,7 +83,7 @@ def test_fidelity_profile_scores_match_the_docstring_equations(protocol: str, na
                                                                overrides: dict[str, Any]) -> None:
     model = _model(protocol, names, overrides)
     expected = reference_scores(names, model.cfg.normalize_items)
-    scores = model.score_users(torch.arange(NUM_USERS))
+    scores = model.scorer()(torch.arange(NUM_USERS))
     assert scores.shape == (NUM_USERS, NUM_ITEMS)
     assert torch.allclose(scores.double(), expected, atol=1e-5)
     assert torch.equal(scores[5], torch.zeros(NUM_ITEMS))  # no history

@@ -14,14 +14,11 @@ from typing import Any
 import pytest
 import torch
 
-from rmm.config import build_model_config
 from rmm.data.graph import TrainGraph
-from rmm.models.base import BPRBatch, build_model
+from rmm.models.base import BPRBatch
 from rmm.models.vbpr import VBPR
-from tests.models.history import gaussian_features, history_graph
+from tests.models.history import HISTORY, NUM_ITEMS, NUM_USERS, gaussian_features, history_graph, seeded_model
 
-NUM_USERS, NUM_ITEMS = 6, 8
-HISTORY = {0: [0, 1, 2, 5], 1: [1, 3, 4], 2: [0, 2, 6], 3: [3, 4, 5, 6], 4: [0, 1], 5: [2, 4, 5, 6]}
 #: A repeated user (3), repeated items, the item without an image vector (3) as positive and negative.
 BATCH = BPRBatch(torch.tensor([0, 1, 3, 3, 5, 2]), torch.tensor([1, 3, 5, 6, 2, 0]), torch.tensor([7, 0, 1, 3, 3, 7]))
 #: What each protocol sets (the rest of the config is rmm's defaults).
@@ -43,12 +40,9 @@ def _features() -> dict[str, torch.Tensor]:
 
 def _model(protocol: str, names: tuple[str, ...], fusion: str, overrides: dict[str, Any],
            features: dict[str, torch.Tensor] | None = None) -> VBPR:
-    torch.manual_seed(0)
     features = features or _features()
     entry = {"name": "vbpr", "features": list(names), "fusion": fusion, **overrides}
-    model = build_model(build_model_config(entry, "model[0]", protocol), _graph(), {n: features[n] for n in names})
-    assert isinstance(model, VBPR)
-    return model
+    return seeded_model(VBPR, entry, protocol, _graph(), {n: features[n] for n in names})
 
 
 # ------------------------------------------------------------------------------------------- dense reference
@@ -105,7 +99,7 @@ def test_fidelity_vbpr_item_rows_scores_loss_and_gradient_match_the_dense_refere
     assert users.shape == (NUM_USERS, 128) and items.shape == (NUM_ITEMS, 128)
     assert torch.allclose(items.double(), expected_items, atol=1e-5)
     expected_scores = p["user_embedding.weight"] @ expected_items.T  # (U, I)
-    assert torch.allclose(model.score_users(torch.arange(NUM_USERS)).double(), expected_scores, atol=1e-5)
+    assert torch.allclose(model.scorer()(torch.arange(NUM_USERS)).double(), expected_scores, atol=1e-5)
     assert torch.allclose(loss.double(), expected_loss, atol=1e-5)
     for name, param in model.named_parameters():
         assert torch.allclose(param.grad.double(), p[name].grad, atol=1e-5), name

@@ -9,7 +9,7 @@ import torch
 from rmm.config import ModelConfig
 from rmm.data.graph import TrainGraph, knn_graph
 from rmm.models.base import build_model
-from rmm.models.itemknn_content import ItemKNNContentConfig
+from rmm.models.hparams.itemknn_content import ItemKNNContentConfig
 
 NUM_USERS, NUM_ITEMS, MISSING = 8, 12, 2
 
@@ -28,7 +28,7 @@ def _image() -> torch.Tensor:
 def _scores(features: dict[str, torch.Tensor], shrink: float) -> torch.Tensor:
     model = build_model(ModelConfig("itemknn_content", features=tuple(features),
                                     params=ItemKNNContentConfig(knn_k=3, shrink=shrink)), _graph(), features)
-    return model.score_users(torch.arange(NUM_USERS))  # (U, I)
+    return model.scorer()(torch.arange(NUM_USERS))  # (U, I)
 
 
 @pytest.mark.parametrize("scale", [1e30, 1e-30])

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from rmm.config import ModelConfig
 from rmm.data.graph import TrainGraph
-from rmm.models import MODELS, get_model_class
+from rmm.errors import UnknownNameError
+from rmm.models import MODELS, get_model_class, register
 from rmm.models.base import DEFAULT_FUSION, BPRBatch, build_model
 from rmm.models.layers import FUSIONS, build_fusion, propagate
+from rmm.models.registry import registry_table
 
 NUM_USERS, NUM_ITEMS, BATCH = 7, 11, 5
 MISSING_ITEM = 4  # its feature rows are all zero in every modality (a failed extraction)
@@ -33,11 +37,11 @@ def _cases() -> list[tuple[str, str, int]]:
     """(model, fusion, number of modalities): ID-only models with none; content models with one modality, and
     with two under every fusion they accept (per-modality models: the default)."""
     cases = []
-    for name, cls in sorted(MODELS.items()):
-        if not cls.uses_features:
+    for name, spec in sorted(MODELS.items()):
+        if not spec.uses_features:
             cases.append((name, "concat", 0))
             continue
-        fusions = cls.fusions or (DEFAULT_FUSION,)
+        fusions = spec.fusions or (DEFAULT_FUSION,)
         cases += [(name, fusions[0], 1)] + [(name, fusion, 2) for fusion in fusions]
     return cases
 
@@ -53,19 +57,24 @@ def test_model_forward_loss_backward_scores(name: str, fusion: str, modalities: 
                      torch.randint(NUM_ITEMS, (BATCH,)))
     batch = BPRBatch(batch.users, torch.cat([batch.pos_items[:-1], torch.tensor([MISSING_ITEM])]), batch.neg_items)
 
-    loss = model(batch)
-    loss.backward()
-
-    assert loss.shape == () and torch.isfinite(loss)
-    grads = [p.grad for p in model.parameters()]
-    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)  # DDP needs every one used
-    assert any(g.abs().sum() > 0 for g in grads) == cls.trainable
-    scores = model.score_users(torch.tensor([0, 3, 6]))
+    if cls.trainable:
+        loss = model(batch)
+        loss.backward()
+        assert loss.shape == () and torch.isfinite(loss)
+        grads = [p.grad for p in model.parameters()]
+        assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)  # DDP needs every one used
+        assert any(g.abs().sum() > 0 for g in grads)
+    else:  # fitted when built: nothing for an optimiser or DDP, and no loss to train
+        assert not list(model.parameters())
+        with pytest.raises(TypeError, match="training-free"):
+            model(batch)
+    score = model.scorer()
+    scores = score(torch.tensor([0, 3, 6]))
     assert scores.shape == (3, NUM_ITEMS) and torch.isfinite(scores).all()
-    assert torch.allclose(model.scorer()(torch.tensor([3])), scores[1:2], atol=1e-6)
+    assert torch.allclose(score(torch.tensor([3])), scores[1:2], atol=1e-6)
     model.eval()
     with torch.no_grad():
-        assert torch.isfinite(model.score_users(torch.arange(NUM_USERS))).all()
+        assert torch.isfinite(model.scorer()(torch.arange(NUM_USERS))).all()
 
 
 def test_id_only_model_rejects_features_and_feature_model_needs_them() -> None:
@@ -99,6 +108,7 @@ def test_norm_adj_is_symmetric_normalised_and_safe_for_isolated_nodes() -> None:
     assert graph.norm_adj() is graph.norm_adj()  # cached
 
 
+@pytest.mark.slow  # gradcheck: finite differences per input entry
 def test_propagation_gradient_matches_finite_differences() -> None:
     graph = _graph(seed=1)
     adj = graph.norm_adj().to(torch.float64)
@@ -109,12 +119,12 @@ def test_propagation_gradient_matches_finite_differences() -> None:
     assert torch.allclose(propagate(adj, x, num_layers=2), expected)
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", [name for name in sorted(MODELS) if get_model_class(name).trainable])
 def test_model_trains_under_bf16_autocast(name: str) -> None:
     """``train.precision: bf16`` autocasts the step; sparse propagation stays float32 inside (no bfloat16 sparse
     kernels), so every model's loss and gradients come out finite. CPU autocast stands in for the GPU's here."""
     torch.manual_seed(0)
-    features = _features(2) if get_model_class(name).uses_features else {}
+    features = _features(2) if MODELS[name].uses_features else {}
     model = build_model(ModelConfig(name, features=tuple(features)), _graph(), features)
     model.start_epoch(seed=0, epoch=1)
     batch = BPRBatch(torch.randint(NUM_USERS, (BATCH,)), torch.randint(NUM_ITEMS, (BATCH,)),
@@ -137,3 +147,49 @@ def test_vbpr_batch_loss_equals_the_full_catalogue_loss(fusion: str) -> None:
     model = build_model(ModelConfig("vbpr", features=tuple(features), fusion=fusion), _graph(), features)
     batch = BPRBatch(torch.tensor([0, 1, 1, 6]), torch.tensor([2, 2, 5, 10]), torch.tensor([3, 7, 2, 0]))
     assert torch.allclose(model.loss(batch), EmbeddingRecommender.loss(model, batch), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", [name for name in sorted(MODELS) if get_model_class(name).trainable])
+def test_reset_parameters_initialises_every_weight(name: str) -> None:
+    """``reset_parameters`` is a model's one init site: it draws every parameter again, and two models built under
+    one seed start from the same values (no uninitialised memory is left by a submodule built without init)."""
+    features = _features(2) if MODELS[name].uses_features else {}
+    config = ModelConfig(name, features=tuple(features))
+    torch.manual_seed(0)
+    model = build_model(config, _graph(), features)
+    initial = {key: value.clone() for key, value in model.state_dict().items()}
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.fill_(7.0)
+    torch.manual_seed(1)
+    model.reset_parameters()
+    assert not [key for key, value in model.named_parameters() if (value == 7.0).all()]
+    torch.manual_seed(0)
+    again = build_model(config, _graph(), features).state_dict()
+    assert all(torch.equal(again[key], value) for key, value in initial.items())
+
+
+def test_every_registry_line_names_its_class_and_torch_free_hyperparameters() -> None:
+    """A line's module registers the class bound to that line; its hyperparameters live in ``hparams/<name>.py``
+    (importable without torch) and their defaults are valid."""
+    for name, spec in MODELS.items():
+        cls = get_model_class(name)
+        assert cls.spec is spec and cls.__module__ == spec.module == f"rmm.models.{name}"
+        assert dataclasses.is_dataclass(spec.config_class)
+        assert spec.config_class.__module__ == f"rmm.models.hparams.{name}"
+        assert isinstance(spec.config_class(), spec.config_class)
+        assert set(spec.fusions) <= set(FUSIONS) and (spec.uses_features or not spec.fusions)
+
+
+def test_unknown_and_duplicate_model_names_raise() -> None:
+    with pytest.raises(UnknownNameError, match=r"Unknown model 'lightgnc'. Available: \[.*'lightgcn'"):
+        get_model_class("lightgnc")
+    with pytest.raises(UnknownNameError, match="Unknown model 'newmodel'"):
+        register("newmodel")  # a class needs its registry line first
+    lightgcn = get_model_class("lightgcn")
+    with pytest.raises(KeyError, match="Duplicate model name 'lightgcn': already registered by LightGCN"):
+        register("lightgcn")(type("OtherLightGCN", (lightgcn,), {}))
+    assert get_model_class("lightgcn") is lightgcn
+    spec = MODELS["lightgcn"]
+    with pytest.raises(KeyError, match="Duplicate model name 'lightgcn' in the registry"):
+        registry_table(spec, dataclasses.replace(spec, config_class=MODELS["bprmf"].config_class))

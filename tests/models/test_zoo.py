@@ -8,12 +8,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rmm.config import ConfigError, ModelConfig, TrainConfig, build_model_config
+from rmm.config import (
+    ConfigError,
+    EvalConfig,
+    FaultToleranceConfig,
+    ModelConfig,
+    ScalingConfig,
+    TrainConfig,
+    build_model_config,
+)
 from rmm.data.graph import TrainGraph, knn_graph, normalize_graph
 from rmm.data.schema import TEST, TRAIN, Dataset, load_dataset
-from rmm.models import MODELS
+from rmm.models import MODELS, get_model_class
 from rmm.models.base import BPRBatch, build_model
-from rmm.models.freedom import FREEDOMConfig
+from rmm.models.hparams.freedom import FREEDOMConfig
 from rmm.models.layers import info_nce, segment_softmax, sparse_matmul
 from rmm.train.loop import fit
 from tests.train.planted import write_planted_dataset
@@ -111,8 +119,8 @@ def test_itemknn_content_scores_are_history_times_similarity() -> None:
     similarity = sum(knn_graph(x, 10, shrink=10.0).to_dense() for x in features.values()) / 2
     history = torch.zeros(NUM_USERS, NUM_ITEMS)
     history[graph.users, graph.items] = 1.0
-    assert torch.allclose(model.score_users(torch.arange(NUM_USERS)), history @ similarity, atol=1e-6)
-    assert model(BPRBatch(torch.tensor([0]), torch.tensor([1]), torch.tensor([2]))) == 0.0
+    assert torch.allclose(model.scorer()(torch.arange(NUM_USERS)), history @ similarity, atol=1e-6)
+    assert not list(model.parameters())  # fitted when built: nothing to train
 
 
 def test_profile_scores_are_cosines_to_the_mean_history_vector() -> None:
@@ -125,7 +133,7 @@ def test_profile_scores_are_cosines_to_the_mean_history_vector() -> None:
         unit = F.normalize(x, dim=1)
         profile = history @ unit / history.sum(1, keepdim=True).clamp_min(1)
         expected = expected + F.normalize(profile, dim=1) @ unit.T
-    assert torch.allclose(model.score_users(torch.arange(NUM_USERS)), expected / 2, atol=1e-6)
+    assert torch.allclose(model.scorer()(torch.arange(NUM_USERS)), expected / 2, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -163,10 +171,12 @@ def _popularity_recall(data: Dataset, k: int) -> float:
 
 #: Every model the short fit trains: the zoo above and the ID-only and VBPR baselines.
 FITTED = (*ZOO, "bprmf", "lightgcn", "vbpr")
-SHORT_FIT = TrainConfig(epochs=10, batch_size=128, learning_rate=0.01, topk=(5, 10), metric="recall@10",
-                        num_workers=1, checkpoint_every=10, eval_every=1, patience=10)
+SHORT_FIT = TrainConfig(epochs=10, batch_size=128, learning_rate=0.01,
+                        eval=EvalConfig(topk=(5, 10), metric="recall@10", every=1, patience=10),
+                        scaling=ScalingConfig(num_workers=1), fault_tolerance=FaultToleranceConfig(checkpoint_every=10))
 
 
+@pytest.mark.slow  # a 10-epoch fit of every model
 @pytest.mark.parametrize("name", FITTED)
 def test_short_fit_on_planted_data_learns_the_groups(name: str, planted: Dataset) -> None:
     """Ranking the user's group first puts the test item (1 of ~3 group candidates among ~33) in the top 10, far
@@ -180,7 +190,7 @@ def test_short_fit_on_planted_data_learns_the_groups(name: str, planted: Dataset
     baseline = _popularity_recall(planted, 10)
     assert 0.2 < baseline < 0.4  # the planted groups are equally popular: popularity is no better than chance
     assert result.test["recall@10"] > baseline + 0.5, f"{name} ranks no better than popularity"
-    if MODELS[name].trainable:
+    if get_model_class(name).trainable:
         # The epoch-mean loss varies by ~5% between epochs with frozen weights (fresh negatives, dropout).
         assert losses[-1] < 0.85 * losses[0], f"{name} did not reduce its training loss: {losses}"
     else:

@@ -37,12 +37,10 @@ def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for trial, lr in (("00000", 0.001), ("00001", 0.01)):
         trial_run = write_run(out, f"tune-00-vbpr-lvlm-{trial}", "vbpr", ["lvlm"], per_user(base * 0.95, base / 2),
                               curve=(0.05, 0.1 + lr), record=False)
-        trials.append({"run_name": trial_run["run_name"], "valid/recall@20": 0.1 + lr,
+        trials.append({"run_name": trial_run.run_name, "valid/recall@20": 0.1 + lr,
                        "params": {"train.learning_rate": lr}})
-    best = write_run(out, "tune-00-vbpr-lvlm-00001", "vbpr", ["lvlm"], per_user(base * 0.95, base / 2),
-                     curve=(0.05, 0.11), record=False)
-    write_run(out, "tune-00-vbpr-lvlm", "vbpr", ["lvlm"], per_user(base * 0.95, base / 2), record=True,
-              stage="tune", best_trial=best["run_name"], trials=trials, history=best["history"])
+    write_run(out, "tune-00-vbpr-lvlm-00001", "vbpr", ["lvlm"], per_user(base * 0.95, base / 2),
+              curve=(0.05, 0.11), record=True, stage="tune", cell="tune-00-vbpr-lvlm", trials=tuple(trials))
     write_report(out)
     return out
 
@@ -76,14 +74,14 @@ def test_significance_section_and_csv(out: Path) -> None:
     with open(out / CSV_FILE) as handle:
         rows = {r["run_name"]: r for r in csv.DictReader(handle)}
     assert set(rows) == {"train-00-lightgcn", "train-01-bprmf", "train-02-vbpr-image", "train-03-vbpr-text",
-                         "train-04-vbpr-image+text-concat", "train-04-vbpr-image+text-mean", "tune-00-vbpr-lvlm"}
+                         "train-04-vbpr-image+text-concat", "train-04-vbpr-image+text-mean", "tune-00-vbpr-lvlm-00001"}
     assert all(r["baseline"] == "train-00-lightgcn" for r in rows.values())
     assert rows["train-00-lightgcn"]["p_ttest_recall@20"] == ""  # the baseline is not tested against itself
     assert float(rows["train-02-vbpr-image"]["p_ttest_recall@20"]) < 1e-6
     assert float(rows["train-02-vbpr-image"]["p_wilcoxon_ndcg@20"]) < 1e-6
     assert float(rows["train-03-vbpr-text"]["p_wilcoxon_recall@20"]) == 1.0
     # The sweep's row is tested on its best trial's per-user metrics.
-    assert float(rows["tune-00-vbpr-lvlm"]["delta_recall@20"]) < 0
+    assert float(rows["tune-00-vbpr-lvlm-00001"]["delta_recall@20"]) < 0
 
 
 def test_plots_are_written_and_referenced(out: Path) -> None:
@@ -95,7 +93,7 @@ def test_plots_are_written_and_referenced(out: Path) -> None:
 
 
 def test_validation_curves_cover_runs_and_every_trial(out: Path) -> None:
-    from rmm.report.results import load_results
+    from rmm.runs import load_results
 
     series = curve_series(out, load_results(out), "recall@20")
     assert sorted(series) == ["bprmf", "lightgcn", "vbpr"]
@@ -112,7 +110,7 @@ def test_cells_are_chosen_on_validation_and_show_test() -> None:
             record("image-c", "vbpr", ["image"], valid=0.4, test=0.5),  # ties image-b: the earlier stays
             record("id-a", "vbpr", valid=0.1, test=0.2), record("id-b", "vbpr", valid=0.3, test=0.1)]
     cells = best_cells(runs)
-    assert {key: run["run_name"] for key, run in cells.items()} == {("vbpr", "image"): "image-b",
+    assert {key: run.run_name for key, run in cells.items()} == {("vbpr", "image"): "image-b",
                                                                      ("vbpr", "ID only"): "id-b"}
     table = model_by_features_table(runs)
     assert table[0] == "| model | ID only | image |"
@@ -156,6 +154,7 @@ def test_runs_evaluated_at_other_cut_offs_head_the_report_with_theirs(tmp_path: 
     assert "test recall@5" in report and "Δ recall@5" in report
 
 
+@pytest.mark.slow  # a subprocess importing pandas and matplotlib
 def test_rendering_imports_neither_ray_nor_torch(out: Path) -> None:
     import subprocess
 

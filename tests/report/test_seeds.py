@@ -24,12 +24,12 @@ def test_a_seed_group_is_one_record_of_means_and_sample_stds() -> None:
             record("bpr", "bprmf", valid=0.1, test=0.1, seed_group="bpr-seeds", seed=1)]  # one seed: itself
     group, vbpr, bpr = by_seed_group(runs)
     assert (vbpr, bpr) == (runs[1], runs[3])
-    assert group["run_name"] == group["seed_group"] == "lgn-seeds" and group["model"] == "lightgcn"
-    assert group["seeds"] == [3, 7] and group["seed_runs"] == ["lgn-a", "lgn-b"]  # in order of seed
-    assert group["valid"]["recall@20"] == pytest.approx(0.3) and group["test"]["recall@20"] == pytest.approx(0.2)
-    assert group["test"]["ndcg@20"] == pytest.approx(0.1)
-    assert group["test_std"]["recall@20"] == pytest.approx(statistics.stdev([0.1, 0.3]))  # n - 1: 0.1414
-    assert group["valid_std"]["recall@20"] == pytest.approx(statistics.stdev([0.2, 0.4]))
+    assert group.run_name == group.seed_group == "lgn-seeds" and group.model == "lightgcn"
+    assert group.seeds == (3, 7) and group.seed_runs == ("lgn-a", "lgn-b")  # in order of seed
+    assert group.valid["recall@20"] == pytest.approx(0.3) and group.test["recall@20"] == pytest.approx(0.2)
+    assert group.test["ndcg@20"] == pytest.approx(0.1)
+    assert group.test_std["recall@20"] == pytest.approx(statistics.stdev([0.1, 0.3]))  # n - 1: 0.1414
+    assert group.valid_std["recall@20"] == pytest.approx(statistics.stdev([0.2, 0.4]))
 
 
 def test_a_cell_is_chosen_by_the_mean_validation_metric_of_its_seeds() -> None:
@@ -41,7 +41,7 @@ def test_a_cell_is_chosen_by_the_mean_validation_metric_of_its_seeds() -> None:
         record("lone", "vbpr", ["image"], valid=0.38, test=0.8),  # better mean test than "steady"
     ]
     cells = best_cells(runs)
-    assert cells[("vbpr", "image")]["run_name"] == "steady"  # mean validation 0.4 > 0.38 > 0.35
+    assert cells[("vbpr", "image")].run_name == "steady"  # mean validation 0.4 > 0.38 > 0.35
     table = model_by_features_table(runs)
     recall, ndcg = (f"{np.mean(v):.4f} ± {statistics.stdev(v):.4f}" for v in ([0.30, 0.32], [0.15, 0.16]))
     assert table[2] == f"| vbpr | **{recall} / {ndcg}** |"
@@ -54,8 +54,8 @@ def test_the_baseline_is_the_id_only_seed_group_best_on_mean_validation() -> Non
             record("bpr-seeds-1", "bprmf", valid=0.45, test=0.2, seed_group="bpr", seed=1),
             record("bpr-seeds-2", "bprmf", valid=0.44, test=0.2, seed_group="bpr", seed=2),
             record("vbpr", "vbpr", ["image"], valid=0.9, test=0.9)]
-    assert best_id_only(runs, "recall@20")["run_name"] == "bpr"  # mean 0.445 over lgn's 0.4 and bpr's 0.35
-    assert best_id_only(runs[:3], "recall@20")["run_name"] == "lgn"  # mean 0.4 over 0.35, despite its test
+    assert best_id_only(runs, "recall@20").run_name == "bpr"  # mean 0.445 over lgn's 0.4 and bpr's 0.35
+    assert best_id_only(runs[:3], "recall@20").run_name == "lgn"  # mean 0.4 over 0.35, despite its test
 
 
 def test_per_user_means_cover_the_users_and_metrics_every_seed_has() -> None:

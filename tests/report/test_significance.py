@@ -64,6 +64,6 @@ def test_baseline_is_the_id_only_run_best_on_validation_not_test() -> None:
             record("b", "bprmf", valid=0.3, test=0.1),     # best ID-only on validation: the baseline
             record("c", "vbpr", ["image"], valid=0.9, test=0.9),
             record("d", "lightgcn", valid=0.3, test=0.4)]  # ties b on validation: the earlier run stays
-    assert best_id_only(runs, "recall@20")["run_name"] == "b"
+    assert best_id_only(runs, "recall@20").run_name == "b"
     assert best_id_only(runs[2:3], "recall@20") is None
 

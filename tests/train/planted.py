@@ -40,7 +40,7 @@ def write_planted_dataset(root: str | Path, num_users: int = 80, num_items: int 
     for user in range(num_users):
         chosen = rng.choice(np.arange(user % groups, num_items, groups), per_user, replace=False)
         splits = [TRAIN] * (per_user - 2) + [VALID, TEST]
-        rows += [(user, int(item), t, split) for t, (item, split) in enumerate(zip(chosen, splits))]
+        rows += [(user, int(item), t, split) for t, (item, split) in enumerate(zip(chosen, splits, strict=True))]
     interactions = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "split"])
     items = pd.DataFrame({"item_id": np.arange(num_items), "source_id": [f"i{i}" for i in range(num_items)],
                           "title": "", "text": "", "image_path": None})

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from rmm.config import DatasetConfig, ModelConfig, TrainConfig
+from rmm.config import DatasetConfig, EvalConfig, FaultToleranceConfig, ModelConfig, ScalingConfig, TrainConfig
 from rmm.data.graph import TrainGraph
 from rmm.data.preprocess import RawData, Skips, cold_item_ids, preprocess
 from rmm.data.schema import TEST, TRAIN, VALID, Dataset, load_dataset, write_dataset
@@ -20,8 +20,8 @@ from rmm.train.loop import fit
 from tests.train.planted import write_planted_dataset
 
 GROUPS = 4
-TRAIN_CFG = TrainConfig(epochs=6, batch_size=64, learning_rate=0.01, topk=(5, 10), metric="recall@10",
-                        num_workers=1, checkpoint_every=6)
+TRAIN_CFG = TrainConfig(epochs=6, batch_size=64, learning_rate=0.01, eval=EvalConfig(topk=(5, 10), metric="recall@10"),
+                        scaling=ScalingConfig(num_workers=1), fault_tolerance=FaultToleranceConfig(checkpoint_every=6))
 
 
 def planted_raw(num_users: int = 120, num_items: int = 80, per_user: int = 10, seed: int = 0) -> RawData:
@@ -60,6 +60,7 @@ def cold_test_users(data: Dataset) -> set[int]:
     return set(test.loc[test["item_id"].isin(cold_item_ids(data.info)), "user_id"].tolist())
 
 
+@pytest.mark.slow  # model fits
 def test_content_model_scores_cold_items_an_id_only_model_cannot(cold: Dataset) -> None:
     features = group_features(cold.num_items)
     content = fit(ModelConfig("vbpr", features=("image",)), TRAIN_CFG, cold, features)
@@ -80,6 +81,7 @@ def test_content_model_scores_cold_items_an_id_only_model_cannot(cold: Dataset) 
     assert len(cold_test_users(cold)) == cold.info["cold_items"]["users"]["test"]
 
 
+@pytest.mark.slow  # model fits
 def test_training_never_touches_a_cold_item(cold: Dataset) -> None:
     # Neither a positive nor a negative: BPR-MF's cold item rows get no gradient and keep their initial values.
     result = fit(ModelConfig("bprmf"), dataclasses.replace(TRAIN_CFG, epochs=3), cold, {})

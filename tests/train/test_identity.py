@@ -9,11 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rmm.config import Config, ModelConfig, OutputConfig, TrainConfig, build_model_config
+from rmm.config import (
+    Config,
+    EvalConfig,
+    FaultToleranceConfig,
+    ModelConfig,
+    OutputConfig,
+    ScalingConfig,
+    TrainConfig,
+    build_model_config,
+)
 from rmm.data.schema import load_dataset
 from rmm.errors import DataError
 from rmm.features.store import write_feature
-from rmm.train.identity import changed_inputs, run_inputs, run_name
+from rmm.runs import run_name
+from rmm.train.identity import changed_inputs, run_inputs
 from tests.train.planted import write_planted_dataset
 
 VBPR = ModelConfig("vbpr", features=("image",))
@@ -27,7 +37,8 @@ def _write_inputs(cfg: Config, seed: int = 0, scale: float = 1.0) -> None:
 
 @pytest.fixture
 def cfg(tmp_path: Path) -> Config:
-    cfg = Config(output=OutputConfig(dir=str(tmp_path)), train=TrainConfig(topk=(5, 10), metric="recall@10"))
+    cfg = Config(output=OutputConfig(dir=str(tmp_path)),
+                 train=TrainConfig(eval=EvalConfig(topk=(5, 10), metric="recall@10")))
     _write_inputs(cfg)
     return cfg
 
@@ -41,15 +52,15 @@ def test_identity_changes_with_what_decides_the_numbers(cfg: Config) -> None:
     assert _identity(cfg) == base  # deterministic
     assert _identity(cfg, learning_rate=0.01) != base
     assert _identity(cfg, seed=7) != base
-    assert _identity(cfg, topk=(5, 20), metric="recall@20") != base
+    assert _identity(cfg, eval=EvalConfig(topk=(5, 20), metric="recall@20")) != base
     wider = build_model_config({"name": "vbpr", "features": ["image"], "embedding_dim": 32}, "model[0]")
     assert _identity(cfg, wider) != base
 
 
 def test_identity_ignores_how_the_run_executes(cfg: Config) -> None:
     base = _identity(cfg)
-    assert _identity(cfg, num_workers=1, cpus_per_worker=0.25, checkpoint_every=9, max_failures=3,
-                     use_gpu=True) == base
+    assert _identity(cfg, scaling=ScalingConfig(num_workers=1, cpus_per_worker=0.25, use_gpu=True),
+                     fault_tolerance=FaultToleranceConfig(checkpoint_every=9, max_failures=3)) == base
 
 
 def test_identity_changes_with_the_dataset_and_the_features(cfg: Config) -> None:

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from rmm.config import ModelConfig, TrainConfig
+from rmm.config import EvalConfig, FaultToleranceConfig, ModelConfig, ScalingConfig, TrainConfig
 from rmm.data.graph import TrainGraph
 from rmm.data.schema import TEST, VALID, Dataset, load_dataset
 from rmm.train.loop import BPRSampler, EvalSplit, epoch_learning_rate, fit
 from tests.train.planted import write_planted_dataset
 
-TRAIN = TrainConfig(epochs=8, batch_size=64, learning_rate=0.01, topk=(5, 10), metric="recall@10",
-                    num_workers=1, checkpoint_every=2)
+TRAIN = TrainConfig(epochs=8, batch_size=64, learning_rate=0.01, eval=EvalConfig(topk=(5, 10), metric="recall@10"),
+                    scaling=ScalingConfig(num_workers=1), fault_tolerance=FaultToleranceConfig(checkpoint_every=2))
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +25,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
     return load_dataset(write_planted_dataset(tmp_path_factory.mktemp("planted")))
 
 
+@pytest.mark.slow  # model fits
 def test_fit_learns_planted_structure_and_reports(planted: Dataset) -> None:
     reports = []
     result = fit(ModelConfig("bprmf"), TRAIN, planted, {}, report=lambda m, c: reports.append((m, c)))
@@ -46,13 +47,16 @@ def test_nan_loss_names_model_and_epoch(planted: Dataset) -> None:
         fit(ModelConfig("vbpr", features=("image",)), TRAIN, planted, features)
 
 
+@pytest.mark.slow  # model fits
 def test_early_stopping_after_patience_evaluations_without_gain(planted: Dataset) -> None:
-    frozen = dataclasses.replace(TRAIN, epochs=50, learning_rate=1e-12, patience=2)  # the ranking never moves
+    patient = dataclasses.replace(TRAIN.eval, patience=2)
+    frozen = dataclasses.replace(TRAIN, epochs=50, learning_rate=1e-12, eval=patient)  # the ranking never moves
     result = fit(ModelConfig("lightgcn"), frozen, planted, {})
     assert result.best_epoch == 1
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
 
 
+@pytest.mark.slow  # model fits
 @pytest.mark.parametrize("model", [ModelConfig("lightgcn"), ModelConfig("bm3", features=("image",)),
                                    ModelConfig("lgmrec", features=("image",))], ids=lambda m: m.name)
 def test_resume_from_checkpoint_replays_the_uninterrupted_run(model: ModelConfig, planted: Dataset,
@@ -82,12 +86,12 @@ def test_sampler_shards_one_epoch_evenly_and_never_samples_a_train_item() -> Non
     shards = [sampler.epoch(seed=1, epoch=1, batch_size=4, rank=r, world_size=2) for r in range(2)]
 
     assert len(shards[0]) == len(shards[1]) == len(whole) == 2
-    seen = set(zip(graph.users.tolist(), graph.items.tolist()))
-    triples = [t for b in whole for t in zip(b.users.tolist(), b.pos_items.tolist(), b.neg_items.tolist())]
+    seen = set(zip(graph.users.tolist(), graph.items.tolist(), strict=True))
+    triples = [t for b in whole for t in zip(b.users.tolist(), b.pos_items.tolist(), b.neg_items.tolist(), strict=True)]
     assert {(u, i) for u, i, _ in triples} == seen
     assert all((u, j) not in seen for u, _, j in triples)
     shard_triples = {t for s in shards for b in s for t in zip(b.users.tolist(), b.pos_items.tolist(),
-                                                                b.neg_items.tolist())}
+                                                                b.neg_items.tolist(), strict=True)}
     assert shard_triples == set(triples)  # the shards split the same global epoch (plus one wrapped repeat)
 
 
@@ -99,6 +103,7 @@ def test_training_free_model_is_evaluated_once_and_knn_graphs_are_cached(planted
     assert len(list(tmp_path.glob("knn-*.pt"))) == 1
 
 
+@pytest.mark.slow  # model fits
 def test_bf16_precision_trains_with_float32_weights(planted: Dataset) -> None:
     features = {"image": torch.nn.functional.one_hot(torch.arange(planted.num_items) % 4, 4).float()}
     bf16 = dataclasses.replace(TRAIN, epochs=2, precision="bf16")

@@ -1,5 +1,5 @@
 """Every registered model trains data-parallel through Ray Train with 2 workers, on the synthetic dataset and on
-an MMRec-format one (``.inter`` + ``image_feat.npy`` / ``text_feat.npy``), each prepared by ``prepare_dataset``.
+an MMRec-format one (``.inter`` + ``image_feat.npy`` / ``text_feat.npy``), each prepared by the data stage.
 
 A worker group costs ~10 s to start, so one ``TorchTrainer`` trains all 22 (dataset, model) runs in turn:
 each is :func:`rmm.train.ray_trainer.fit_in_worker`, exactly what ``train_model``'s workers run (inputs read
@@ -16,18 +16,31 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rmm.config import Config, DatasetConfig, ModelConfig, OutputConfig, SyntheticConfig, TrainConfig
+from rmm.config import (
+    Config,
+    DatasetConfig,
+    EvalConfig,
+    FaultToleranceConfig,
+    ModelConfig,
+    OutputConfig,
+    ScalingConfig,
+    SyntheticConfig,
+    TrainConfig,
+)
 from rmm.data.prepare import prepare_dataset
 from rmm.data.schema import load_dataset
 from rmm.features.store import write_feature
-from rmm.models import MODELS
+from rmm.models import MODELS, get_model_class
+from rmm.stages import run_data
 from rmm.train.ray_trainer import worker_config
 from tests.train.planted import write_mmrec_folder
 
 pytestmark = pytest.mark.ray
 
-TRAIN = TrainConfig(epochs=2, batch_size=128, learning_rate=0.01, eval_every=2, topk=(5, 10), metric="recall@10",
-                    num_workers=2, cpus_per_worker=0.5, checkpoint_every=2)
+TRAIN = TrainConfig(epochs=2, batch_size=128, learning_rate=0.01,
+                    eval=EvalConfig(every=2, topk=(5, 10), metric="recall@10"),
+                    scaling=ScalingConfig(num_workers=2, cpus_per_worker=0.5),
+                    fault_tolerance=FaultToleranceConfig(checkpoint_every=2))
 
 
 def _synthetic(root: Path) -> tuple[Config, tuple[str, ...]]:
@@ -38,7 +51,7 @@ def _synthetic(root: Path) -> tuple[Config, tuple[str, ...]]:
                                        synthetic=SyntheticConfig(num_users=60, num_items=40,
                                                                  interactions_per_user=10, image_size=8)),
                  output=OutputConfig(dir=str(root)), train=TRAIN)
-    dataset = load_dataset(prepare_dataset(cfg))
+    dataset = load_dataset(prepare_dataset(cfg).root)
     items = dataset.items
     rng = np.random.default_rng(0)
     for name, attributes in (("image_attrs", ["category", "colour", "pattern"]),
@@ -58,7 +71,7 @@ def _mmrec(root: Path) -> tuple[Config, tuple[str, ...]]:
     cfg = Config(dataset=DatasetConfig(name="baby", source="mmrec", path=str(folder), user_core=0, item_core=0,
                                        split="predefined"),
                  output=OutputConfig(dir=str(root / "out")), train=TRAIN)
-    prepare_dataset(cfg)
+    run_data(cfg)  # the data stage: the dataset, and its shipped features into the store
     return cfg, ("mmrec_image", "mmrec_text")
 
 
@@ -69,8 +82,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     out = {}
     for dataset, build in (("synthetic", _synthetic), ("mmrec", _mmrec)):
         cfg, features = build(tmp_path_factory.mktemp(dataset))
-        for name, cls in sorted(MODELS.items()):
-            model_cfg = ModelConfig(name, features=features if cls.uses_features else ())
+        for name, spec in sorted(MODELS.items()):
+            model_cfg = ModelConfig(name, features=features if spec.uses_features else ())
             out[f"{dataset}/{name}"] = worker_config(cfg, model_cfg, name=name, train_cfg=TRAIN)
     return out
 
@@ -108,7 +121,7 @@ def test_every_model_trains_with_two_ray_train_workers_on_synthetic_and_mmrec_da
         model = key.split("/")[1]
         assert result["world_size"] == 2, key
         assert result["ranks_agree"], f"{key}: DDP replicas diverged"  # gradients were all-reduced every step
-        assert [h["epoch"] for h in result["history"]] == ([2] if MODELS[model].trainable else [1]), key
+        assert [h["epoch"] for h in result["history"]] == ([2] if get_model_class(model).trainable else [1]), key
         loss = result["history"][-1]["loss"]
-        assert np.isfinite(loss) and (loss > 0) == MODELS[model].trainable, key
+        assert np.isfinite(loss) and (loss > 0) == get_model_class(model).trainable, key
         assert all(0.0 <= value <= 1.0 for value in result["test"].values()), key

@@ -8,8 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from rmm.config import Config, ConfigError, ModelConfig, OutputConfig, TrainConfig, config_from_dict
-from rmm.report.results import RUN_FILE, load_results, run_dir
+from rmm.config import (
+    Config,
+    ConfigError,
+    EvalConfig,
+    FaultToleranceConfig,
+    ModelConfig,
+    OutputConfig,
+    ScalingConfig,
+    TrainConfig,
+    config_from_dict,
+)
+from rmm.runs import RUN_FILE, load_results, run_dir
 from rmm.stages import run_train
 from tests.train.planted import write_planted_dataset
 
@@ -51,30 +61,32 @@ def test_train_with_two_seeds_records_one_group_and_a_rerun_trains_nothing(ray_c
     from rmm.report.tables import write_report
 
     cfg = Config(stages=("train",), output=OutputConfig(dir=str(tmp_path)), model=(ModelConfig("bprmf"),),
-                 train=TrainConfig(epochs=2, batch_size=64, learning_rate=0.01, topk=(5, 10), metric="recall@10",
-                                   num_workers=1, cpus_per_worker=0.5, checkpoint_every=1, seeds=(1, 2)))
+                 train=TrainConfig(epochs=2, batch_size=64, learning_rate=0.01, seeds=(1, 2),
+                                   eval=EvalConfig(topk=(5, 10), metric="recall@10"),
+                                   scaling=ScalingConfig(num_workers=1, cpus_per_worker=0.5),
+                                   fault_tolerance=FaultToleranceConfig(checkpoint_every=1)))
     write_planted_dataset(cfg.dataset_dir)
 
     records = run_train(cfg)
 
     recorded = load_results(tmp_path)
-    assert [(r["run_name"], r["seed"], r["seed_group"]) for r in recorded] == [
-        (r["run_name"], r["seed"], r["seed_group"]) for r in records]
-    assert [r["seed"] for r in recorded] == [1, 2] and recorded[0]["run_name"] != recorded[1]["run_name"]
-    assert recorded[0]["seed_group"] == recorded[1]["seed_group"] and recorded[0]["seed_group"].startswith("bprmf-")
-    assert all(r["config"]["train"]["seed"] == r["seed"] and r["config"]["train"]["seeds"] == [] for r in recorded)
-    assert recorded[0]["history"][0]["loss"] != recorded[1]["history"][0]["loss"]  # really other seeds
-    written = {r["run_name"]: (run_dir(tmp_path, r["run_name"]) / RUN_FILE).stat().st_mtime_ns for r in recorded}
+    assert [(r.run_name, r.seed, r.seed_group) for r in recorded] == [
+        (r.run_name, r.seed, r.seed_group) for r in records]
+    assert [r.seed for r in recorded] == [1, 2] and recorded[0].run_name != recorded[1].run_name
+    assert recorded[0].seed_group == recorded[1].seed_group and recorded[0].seed_group.startswith("bprmf-")
+    assert all(r.config["train"]["seed"] == r.seed and r.config["train"]["seeds"] == [] for r in recorded)
+    assert recorded[0].history[0]["loss"] != recorded[1].history[0]["loss"]  # really other seeds
+    written = {r.run_name: (run_dir(tmp_path, r.run_name) / RUN_FILE).stat().st_mtime_ns for r in recorded}
 
     again = run_train(cfg)  # both runs finished: reused, not trained
     alone = run_train(cfg.replace(train=dataclasses.replace(cfg.train, seed=2, seeds=())))  # seed 2 on its own
 
-    assert [r["run_name"] for r in again] == list(written) and alone[0]["run_name"] == recorded[1]["run_name"]
-    assert [r["train_seconds"] for r in again + alone] == [r["train_seconds"] for r in recorded + recorded[1:]]
+    assert [r.run_name for r in again] == list(written) and alone[0].run_name == recorded[1].run_name
+    assert [r.train_seconds for r in again + alone] == [r.train_seconds for r in recorded + recorded[1:]]
     assert {name: (run_dir(tmp_path, name) / RUN_FILE).stat().st_mtime_ns for name in written} == written
-    assert [(r["run_name"], r["seed_group"]) for r in load_results(tmp_path)] == [
-        (r["run_name"], r["seed_group"]) for r in recorded]
+    assert [(r.run_name, r.seed_group) for r in load_results(tmp_path)] == [
+        (r.run_name, r.seed_group) for r in recorded]
     report = write_report(tmp_path).read_text()
     row = next(line for line in report.splitlines() if line.startswith("| bprmf |"))
     assert row.count(" ± ") == 2 and "(baseline)" in row
-    assert f"seed group `{recorded[0]['seed_group']}`, 2 seeds" in report
+    assert f"seed group `{recorded[0].seed_group}`, 2 seeds" in report

@@ -29,9 +29,9 @@ def sweep_config(out: Path, model: list[dict[str, Any]] | None = None, **tune: A
     return {
         "stages": ["tune"],
         "model": model or [{"name": "vbpr", "features": list(FEATURES)}],
-        "train": {"epochs": 2, "batch_size": 64, "learning_rate": 0.01, "eval_every": 1, "patience": 5,
-                  "topk": [5, 10], "metric": "recall@10", "num_workers": 1, "cpus_per_worker": 0.5,
-                  "checkpoint_every": 1},
+        "train": {"epochs": 2, "batch_size": 64, "learning_rate": 0.01,
+                  "eval": {"every": 1, "patience": 5, "topk": [5, 10], "metric": "recall@10"},
+                  "scaling": {"num_workers": 1, "cpus_per_worker": 0.5}, "fault_tolerance": {"checkpoint_every": 1}},
         "tune": {"max_concurrent_trials": 1, "num_workers": 1, **tune},
         "ray": {"num_cpus": 4},
         "output": {"dir": str(out)},

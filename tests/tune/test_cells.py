@@ -34,8 +34,8 @@ def test_best_trial_is_chosen_on_validation_as_the_report_chooses() -> None:
     # Tune: its record's valid metrics (rmm.tune.search._trial).
     trials = [record(name, "vbpr", ["image"], valid=valid, test=test)
               for name, valid, test in (("t1", 0.30, 0.10), ("t2", 0.10, 0.50), ("t3", 0.30, 0.40), ("t4", 0.20, 0.45))]
-    outcomes = [outcome(t["run_name"], "vbpr-image", t["valid"]["recall@20"]) for t in trials]
+    outcomes = [outcome(t.run_name, "vbpr-image", t.valid["recall@20"]) for t in trials]
     outcomes.append(outcome("t5", "vbpr-image", float("nan")))  # a diverged trial never wins
     best = best_per_cell(outcomes)[0].best
-    assert best.run_name == "t1" == best_by_validation(trials, "recall@20")["run_name"]
+    assert best.run_name == "t1" == best_by_validation(trials, "recall@20").run_name
     assert best_per_cell([outcome("t0", "x", float("nan")), outcome("t1", "x", 0.1)])[0].best.run_name == "t1"

@@ -3,16 +3,34 @@ configs, sweep plans."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 import pytest
 
-from rmm.config import Config, ConfigError, ModelConfig, TrainConfig, TuneConfig, build_model_config, config_from_dict
-from rmm.tune.search import ENTRY_KEY, GRID_KEY, JOINT_SWEEP, plan_sweeps, require_search_alg, to_tune_domain, \
-    trial_params, trial_train
-from rmm.tune.space import apply_params, effective_params, features_value, max_evaluations, model_space
+from rmm.config import (
+    Config,
+    ConfigError,
+    EvalConfig,
+    ModelConfig,
+    TrainConfig,
+    TuneConfig,
+    build_model_config,
+    config_from_dict,
+)
+from rmm.config.search import apply_params, effective_params, features_value, max_evaluations, model_space
+from rmm.tune.search import (
+    ENTRY_KEY,
+    GRID_KEY,
+    JOINT_SWEEP,
+    plan_sweeps,
+    require_search_alg,
+    to_tune_domain,
+    trial_params,
+    trial_train,
+)
 from tests.train.planted import write_planted_dataset
 from tests.tune.helpers import sweep_config
 
@@ -65,11 +83,14 @@ def test_apply_params_builds_the_trial_model_and_train_settings() -> None:
     # A fusion sampled for a single feature is dropped, not an error.
     assert apply_params(base, base.model[0], {"model.features": ["img"], "model.fusion": "mean"})[1].label == \
         "vbpr[img]"
+    # A key of a train sub-section is searched by its dotted path and changes that key alone.
+    patient, _ = apply_params(base, base.model[0], {"train.eval.patience": 3})
+    assert patient.train.eval == dataclasses.replace(base.train.eval, patience=3)
 
 
 def test_search_space_errors_name_the_key_and_the_fix() -> None:
     vbpr = (model({"name": "vbpr", "features": ["img", "txt"]}),)
-    from rmm.tune.space import check_search_space
+    from rmm.config.search import check_search_space
 
     with pytest.raises(ConfigError, match=r"tune.search.model.fusion: vbpr fusions are .*got \['sume'\]"):
         check_search_space({"model.fusion": {"grid": ["concat", "sume"]}}, vbpr)
@@ -83,6 +104,10 @@ def test_search_space_errors_name_the_key_and_the_fix() -> None:
         check_search_space({"model.embedding_dim": {"randint": [8.5, 32]}}, vbpr)
     with pytest.raises(ConfigError, match="unknown model key 'embedding_dimm'"):
         check_search_space({"model.embedding_dimm": {"choice": [8]}}, vbpr)
+    with pytest.raises(ConfigError, match="tune.search.train.patience: train.patience moved to train.eval.patience"):
+        check_search_space({"train.patience": {"grid": [3]}}, vbpr)
+    with pytest.raises(ConfigError, match="valid train keys: .*eval.every, eval.metric"):
+        check_search_space({"train.eval.patient": {"grid": [3]}}, vbpr)
     # An ID-only model given features by the search is fine: they do not apply to it.
     check_search_space({"model.features": {"grid": [["img"]]}}, (model({"name": "lightgcn"}),))
 
@@ -107,10 +132,10 @@ def test_features_values_and_tune_domains() -> None:
 
 
 def test_max_evaluations_covers_every_searched_epoch_count() -> None:
-    train = TrainConfig(epochs=10, eval_every=3)
+    train = TrainConfig(epochs=10, eval=EvalConfig(every=3))
     assert max_evaluations(train, {}) == 4
     assert max_evaluations(train, {"train.epochs": {"choice": [5, 20]}}) == 7
-    assert max_evaluations(train, {"train.epochs": {"randint": [5, 13]}, "train.eval_every": {"grid": [2, 4]}}) == 6
+    assert max_evaluations(train, {"train.epochs": {"randint": [5, 13]}, "train.eval.every": {"grid": [2, 4]}}) == 6
 
 
 def test_plan_one_joint_sweep_for_random_and_one_per_cell_for_optuna(tmp_path: Path) -> None:
@@ -147,9 +172,9 @@ def test_models_nothing_sampled_applies_to_run_once_per_point(tmp_path: Path) ->
 def test_trial_resources_split_gpus_across_train_workers(tmp_path: Path) -> None:
     cfg = config_from_dict(sweep_config(tmp_path, num_workers=2, gpus_per_trial=0.5))
     train, gpus_per_worker = trial_train(cfg, cfg.train)
-    assert train.num_workers == 2 and train.use_gpu and gpus_per_worker == 0.25
+    assert train.scaling.num_workers == 2 and train.scaling.use_gpu and gpus_per_worker == 0.25
     cpu = config_from_dict(sweep_config(tmp_path))
-    assert trial_train(cpu, cpu.train)[0].use_gpu is False and trial_train(cpu, cpu.train)[1] is None
+    assert trial_train(cpu, cpu.train)[0].scaling.use_gpu is False and trial_train(cpu, cpu.train)[1] is None
 
 
 @pytest.mark.parametrize("name", ["optuna", "hyperopt"])
@@ -170,7 +195,7 @@ def test_a_sweep_resumes_only_with_the_plan_it_started_with(tmp_path: Path) -> N
     plan_file = tmp_path / "tune-sweep.sweep.json"
     plan_file.write_text(json.dumps(_plan_fingerprint(cfg, cfg.model, sweep)))
     # How trials run (workers' CPUs, concurrency) may change on resume ...
-    raw["train"]["cpus_per_worker"] = 0.25
+    raw["train"]["scaling"]["cpus_per_worker"] = 0.25
     raw["tune"]["max_concurrent_trials"] = 4
     same = config_from_dict(raw)
     _check_same_plan(plan_file, _plan_fingerprint(same, same.model, plan_sweeps(same)[0]), tmp_path)

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from rmm.config import config_from_dict
-from rmm.report.results import load_results
+from rmm.console import LOGS_DIR, RMM_LOG
+from rmm.runs import load_results
 from tests.tune.helpers import sweep_config, write_config, write_inputs
 
 pytestmark = pytest.mark.ray
@@ -59,20 +60,20 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path) 
     second = _rmm_tune(config, tmp_path / "second.log")
     log = tmp_path / "second.log"
     assert second.wait(300) == 0, log.read_text()
-    assert "resuming sweep" in log.read_text()
+    assert "resuming sweep" in (out / LOGS_DIR / RMM_LOG).read_text()  # an info record: in the log, not on the console
 
     runs = _run_files(out)
     assert {name: runs[name] for name in finished} == finished  # finished trials were not trained again
     assert len(runs) == 3  # one training run per cell: no trial repeated
-    records = {r["cell"]: r for r in load_results(out)}
+    records = {r.cell: r for r in load_results(out)}
     assert set(records) == CELLS
-    assert set(finished) < {r["run_name"] for r in records.values()}
+    assert set(finished) < {r.run_name for r in records.values()}
     for cell, record in records.items():
-        assert record["stage"] == "tune" and len(record["trials"]) == 1 and not record["unfinished_trials"]
-        assert {"recall@10", "ndcg@10"} <= set(record["test"])
-        assert record["run_name"].startswith(cell.removeprefix("tune-00-") + "-")  # label + identity hash
-    assert records["tune-00-vbpr-feat_a+feat_b-mean"]["fusion"] == "mean"
-    assert records["tune-00-vbpr-feat_a"]["features"] == ["feat_a"] and records["tune-00-vbpr-feat_a"]["fusion"] is None
+        assert record.stage == "tune" and len(record.trials) == 1 and not record.unfinished_trials
+        assert {"recall@10", "ndcg@10"} <= set(record.test)
+        assert record.run_name.startswith(cell.removeprefix("tune-00-") + "-")  # label + identity hash
+    assert records["tune-00-vbpr-feat_a+feat_b-mean"].fusion == "mean"
+    assert records["tune-00-vbpr-feat_a"].features == ("feat_a",) and records["tune-00-vbpr-feat_a"].fusion is None
 
 
 def test_asha_stops_a_weak_trial_on_its_evaluation_reports(ray_cluster, tmp_path: Path) -> None:
@@ -86,13 +87,13 @@ def test_asha_stops_a_weak_trial_on_its_evaluation_reports(ray_cluster, tmp_path
     [record] = tune_models(config_from_dict(raw))
 
     # The good rate ran all 4 evaluations; the useless one fell below the first rung and was stopped there.
-    assert record["search"] == {"train.learning_rate": 0.05}
-    assert [t["params"] for t in record["trials"]] == [{"train.learning_rate": 0.05}]
-    [stopped] = record["unfinished_trials"]
+    assert record.search == {"train.learning_rate": 0.05}
+    assert [t["params"] for t in record.trials] == [{"train.learning_rate": 0.05}]
+    [stopped] = record.unfinished_trials
     assert stopped["status"] == "stopped" and stopped["params"] == {"train.learning_rate": 1.0e-7}
     assert stopped["evaluations"] < 4
-    assert [p.parent.name for p in (out / "runs").glob("*/run.json")] == [record["run_name"]]  # none for it
-    assert len(record["history"]) == 4
+    assert [p.parent.name for p in (out / "runs").glob("*/run.json")] == [record.run_name]  # none for it
+    assert len(record.history) == 4
 
 
 @pytest.mark.parametrize("search_alg", ["optuna", "hyperopt"])
@@ -106,10 +107,10 @@ def test_model_based_search_runs_within_each_cell(ray_cluster, tmp_path: Path, s
                        search={"model.features": {"grid": ["feat_a", "feat_b"]},
                                "train.learning_rate": {"loguniform": [1.0e-3, 1.0e-1]}})
     raw["train"]["epochs"] = 1
-    records = {r["cell"]: r for r in tune_models(config_from_dict(raw))}
+    records = {r.cell: r for r in tune_models(config_from_dict(raw))}
     assert set(records) == {"tune-00-vbpr-feat_a", "tune-00-vbpr-feat_b"}
     for record in records.values():
-        rates = [t["params"]["train.learning_rate"] for t in record["trials"]]
+        rates = [t["params"]["train.learning_rate"] for t in record.trials]
         assert len(rates) == 2 and len(set(rates)) == 2 and all(1e-3 <= r <= 1e-1 for r in rates)
     assert sorted(p.name for p in (out / "tune").iterdir() if p.is_dir()) == [
         "tune-00-vbpr-feat_a-p00", "tune-00-vbpr-feat_b-p01"]

@@ -22,11 +22,19 @@ from tqdm import tqdm
 
 from rmm.config import DatasetConfig
 from rmm.data.preprocess import Skips
-from rmm.data.schema import DataError
+from rmm.errors import ConfigError, DataError
 
 IMAGES_DIR = "images"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def raw_path(cfg: DatasetConfig) -> Path:
+    """``dataset.path``, the raw input every importer reads. DatasetConfig already requires it for these
+    sources; the check here is for a config built without that validation."""
+    if not cfg.path:
+        raise ConfigError(f"source {cfg.source!r} needs dataset.path (the raw input)")
+    return Path(cfg.path)
 
 
 def existing_file(path: Path, what: str) -> Path:
@@ -145,7 +153,7 @@ def place_images(items: pd.DataFrame, root: Path, skips: Skips) -> pd.DataFrame:
     target.mkdir(parents=True, exist_ok=True)
     paths: list[str | None] = []
     unreadable: list[str] = []
-    rows = zip(items["item_id"], items["source_id"], items["image_source"])
+    rows = zip(items["item_id"], items["source_id"], items["image_source"], strict=True)
     for item_id, source_id, source in tqdm(rows, total=len(items), desc="images", disable=None):
         if pd.isna(source):
             paths.append(None)

@@ -7,16 +7,23 @@ under the same category names. 2018 keys items by ``asin`` with timestamps in se
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from rmm.config import ConfigError, DatasetConfig
-from rmm.data.importers import (check_unique, drop_unknown_items, index_images, read_json_lines,
-                                require_keys)
+from rmm.config import DatasetConfig
+from rmm.data.importers import (
+    check_unique,
+    drop_unknown_items,
+    index_images,
+    raw_path,
+    read_json_lines,
+    require_keys,
+)
 from rmm.data.preprocess import RawData, Skips
-from rmm.data.schema import DataError
+from rmm.errors import ConfigError, DataError
 
 #: release -> (user key, item key, timestamp key) of a review record.
 REVIEW_KEYS = {"2018": ("reviewerID", "asin", "unixReviewTime"), "2023": ("user_id", "parent_asin", "timestamp")}
@@ -33,7 +40,7 @@ def load(cfg: DatasetConfig, skips: Skips) -> RawData:
     ``dataset.images_dir/<item id>.jpg|.jpeg|.png`` when given (missing images are allowed)."""
     if not cfg.metadata_path:
         raise ConfigError("source 'amazon' needs dataset.metadata_path (the item metadata JSON lines)")
-    reviews_path, meta_path = Path(cfg.path), Path(cfg.metadata_path)
+    reviews_path, meta_path = raw_path(cfg), Path(cfg.metadata_path)
     interactions, release = _read_reviews(reviews_path)
     items = _read_metadata(meta_path, skips)
     interactions = drop_unknown_items(interactions, items["source_id"], cfg, reviews_path, meta_path, skips)
@@ -46,7 +53,7 @@ def load(cfg: DatasetConfig, skips: Skips) -> RawData:
                    timestamp_unit=TIMESTAMP_UNITS[release])
 
 
-def _release(record: dict[str, Any], markers: dict[str, tuple[str, ...]], path: Path, line: int) -> str:
+def _release(record: dict[str, Any], markers: Mapping[str, tuple[str, ...]], path: Path, line: int) -> str:
     """The release whose marker keys the first record carries."""
     for release, keys in markers.items():
         if all(k in record for k in keys):

@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 
 from rmm.config import DatasetConfig
-from rmm.data.importers import drop_unknown_items, int_column, read_csv, require_columns
+from rmm.data.importers import drop_unknown_items, int_column, raw_path, read_csv, require_columns
 from rmm.data.preprocess import ImportedFeature, RawData, Skips
-from rmm.data.schema import TEST, TRAIN, DataError
-from rmm.features.store import nonfinite_rows
+from rmm.data.schema import TEST, TRAIN, nonfinite_rows
+from rmm.errors import DataError
 
 #: Feature-store name -> file in the MMRec dataset folder.
 FEATURE_FILES = {"mmrec_image": "image_feat.npy", "mmrec_text": "text_feat.npy"}
@@ -33,7 +33,7 @@ def load(cfg: DatasetConfig, skips: Skips) -> RawData:
     Items are the feature rows when features exist (row = itemID), else the items of the interactions.
     Titles are the source ids and texts are empty: MMRec publishes no raw text.
     """
-    folder = Path(cfg.path)
+    folder = raw_path(cfg)
     inter_path = folder / f"{cfg.name}.inter"
     raw = read_csv(inter_path, "MMRec interactions (<dataset.name>.inter)", sep="\t")
     columns = ["userID", "itemID", "timestamp"] + (["x_label"] if cfg.split == "predefined" else [])

@@ -12,10 +12,17 @@ from pathlib import Path
 import pandas as pd
 
 from rmm.config import DatasetConfig
-from rmm.data.importers import (check_unique, drop_unknown_items, index_images, int_column, read_csv,
-                                require_columns)
+from rmm.data.importers import (
+    check_unique,
+    drop_unknown_items,
+    index_images,
+    int_column,
+    raw_path,
+    read_csv,
+    require_columns,
+)
 from rmm.data.preprocess import RawData, Skips
-from rmm.data.schema import DataError
+from rmm.errors import DataError
 
 #: The 19 genre flags of ml-100k's u.item, in file order (columns 5..23).
 GENRES_100K = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
@@ -25,7 +32,7 @@ GENRES_100K = ("unknown", "Action", "Adventure", "Animation", "Children's", "Com
 
 def load(cfg: DatasetConfig, skips: Skips) -> RawData:
     """Read the MovieLens folder ``dataset.path``; see the module docstring for the layouts."""
-    folder = Path(cfg.path)
+    folder = raw_path(cfg)
     if (folder / "u.data").is_file():
         inter_path, item_path = folder / "u.data", folder / "u.item"
         interactions, items = _read_100k_ratings(inter_path), _read_100k_items(item_path)
@@ -65,7 +72,7 @@ def _read_100k_items(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: expected {5 + len(GENRES_100K)} '|'-separated fields (id|title|release date|"
                         f"video release date|url|19 genre flags), got {raw.shape[1]}")
     flags = raw.iloc[:, 5:].to_numpy() == "1"
-    genres = [", ".join(g for g, on in zip(GENRES_100K, row) if on) for row in flags]
+    genres = [", ".join(g for g, on in zip(GENRES_100K, row, strict=True) if on) for row in flags]
     raw = raw.rename(columns={0: "movie id", 1: "title"})
     return pd.DataFrame({"source_id": int_column(raw, "movie id", path, 1).astype(str), "title": raw["title"],
                          "text": genres})
@@ -97,4 +104,4 @@ def _add_overviews(items: pd.DataFrame, path: Path, skips: Skips) -> list[str]:
     skips.add("overviews_of_unknown_movies", raw.loc[~raw["movieId"].isin(items["source_id"]), "movieId"])
     overview = items["source_id"].map(raw.set_index("movieId")["overview"]).fillna("")
     return [f"{genres}. {text}" if genres and text else genres or text
-            for genres, text in zip(items["text"], overview)]
+            for genres, text in zip(items["text"], overview, strict=True)]

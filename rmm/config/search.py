@@ -23,8 +23,12 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rmm.config import Config, ConfigError, ModelConfig, TrainConfig, build_dataclass, build_model_config, \
-    model_to_dict
+from rmm.config.coerce import build_dataclass, dotted_fields, set_dotted, to_plain
+from rmm.config.model import ModelConfig, build_model_config, model_to_dict
+from rmm.config.schema import Config
+from rmm.config.train import TrainConfig
+from rmm.errors import ConfigError
+from rmm.models.registry import model_spec
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 _RANGES = ("uniform", "loguniform", "randint")
@@ -50,7 +54,7 @@ class ModelSpace:
 def check_search_space(search: Mapping[str, Any], models: Sequence[ModelConfig]) -> None:
     """Raise ConfigError naming the key when a distribution, a searched key or a grid point is not valid for the
     tuned ``models``."""
-    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    train_keys = set(dotted_fields(TrainConfig))
     for key, spec in search.items():
         where = f"tune.search.{key}"
         if not isinstance(spec, Mapping) or len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
@@ -64,6 +68,8 @@ def check_search_space(search: Mapping[str, Any], models: Sequence[ModelConfig])
         section, _, name = key.partition(".")
         if section == "train" and name in train_keys:
             continue
+        if section == "train" and name in TrainConfig.moved_keys:
+            raise ConfigError(f"{where}: train.{name} moved to train.{TrainConfig.moved_keys[name]}; search that")
         if section == "model" and models:
             valid = {f.name for m in models for f in dataclasses.fields(m.params)} | set(_MODEL_KEYS)
             if name in valid:
@@ -92,8 +98,7 @@ def model_space(search: Mapping[str, Any], model: ModelConfig) -> ModelSpace:
     Raises:
         ConfigError: a grid point or a choice value that the model rejects (an unknown fusion, a bad value).
     """
-    model_class = _model_class(model)
-    fusions = model_class.fusions if model_class.uses_features else ()
+    fusions = model_spec(model.name).fusions
     searched_fusions = next(iter(search.get(FUSION_KEY, {"choice": []}).values()))
     unknown = [f for f in searched_fusions if fusions and f not in fusions]
     if unknown:  # checked even where the base features would make fusion moot
@@ -102,8 +107,8 @@ def model_space(search: Mapping[str, Any], model: ModelConfig) -> ModelSpace:
     sampled = {k: dict(spec) for k, spec in search.items() if "grid" not in spec and _applies(model, k)}
     points: dict[str, dict[str, Any]] = {}
     for combination in itertools.product(*grid.values()):
-        point = effective_params(model, dict(zip(grid, combination)))
-        _check_applies(model, point, f"tune.search grid point {dict(zip(grid, combination))}")
+        point = effective_params(model, dict(zip(grid, combination, strict=True)))
+        _check_applies(model, point, f"tune.search grid point {dict(zip(grid, combination, strict=True))}")
         points.setdefault(json.dumps(point, sort_keys=True), point)
     for key, spec in sampled.items():
         kind, values = next(iter(spec.items()))
@@ -126,11 +131,11 @@ def _applies(model: ModelConfig, key: str) -> bool:
     section, _, name = key.partition(".")
     if section != "model":
         return True
-    model_class = _model_class(model)
+    spec = model_spec(model.name)
     if name == "features":
-        return model_class.uses_features
+        return spec.uses_features
     if name == "fusion":  # never for a model with one branch per modality
-        return model_class.uses_features and bool(model_class.fusions)
+        return spec.uses_features and bool(spec.fusions)
     return name in {f.name for f in dataclasses.fields(model.params)}
 
 
@@ -149,7 +154,7 @@ def effective_params(model: ModelConfig, params: Mapping[str, Any]) -> dict[str,
     if FEATURES_KEY in kept:
         kept[FEATURES_KEY] = features_value(kept[FEATURES_KEY])
     features = kept.get(FEATURES_KEY, list(model.features))
-    if FUSION_KEY in kept and not (len(features) > 1 and _model_class(model).fusions):
+    if FUSION_KEY in kept and not (len(features) > 1 and model_spec(model.name).fusions):
         del kept[FUSION_KEY]
     return kept
 
@@ -161,11 +166,11 @@ def apply_params(cfg: Config, model: ModelConfig, params: Mapping[str, Any]) -> 
 
 
 def _apply(cfg: Config, model: ModelConfig, params: Mapping[str, Any]) -> tuple[Config, ModelConfig]:
-    train = dataclasses.asdict(cfg.train_for(model))
+    train = to_plain(cfg.train_for(model))
     model_raw = model_to_dict(model)
     for key, value in params.items():
         section, _, name = key.partition(".")
-        (train if section == "train" else model_raw)[name] = value
+        set_dotted(train if section == "train" else model_raw, name, value)
     new_model = build_model_config(model_raw, "model")
     new_train = build_dataclass(TrainConfig, train, "train")
     return cfg.replace(train=new_train, model=(new_model,)), new_model
@@ -173,7 +178,7 @@ def _apply(cfg: Config, model: ModelConfig, params: Mapping[str, Any]) -> tuple[
 
 def max_evaluations(train: TrainConfig, search: Mapping[str, Any]) -> int:
     """The most validation reports a trial can make (epochs / eval_every, rounded up), over every value the
-    search can give ``train.epochs`` and ``train.eval_every``."""
+    search can give ``train.epochs`` and ``train.eval.every``."""
     def bound(key: str, default: int, pick: Any) -> int:
         spec = search.get(key)
         if spec is None:
@@ -184,11 +189,5 @@ def max_evaluations(train: TrainConfig, search: Mapping[str, Any]) -> int:
         return int(pick(values))
 
     epochs = bound("train.epochs", train.epochs, max)
-    eval_every = bound("train.eval_every", train.eval_every, min)
+    eval_every = bound("train.eval.every", train.eval.every, min)
     return -(-epochs // max(eval_every, 1))
-
-
-def _model_class(model: ModelConfig) -> Any:
-    from rmm.models import get_model_class  # the registry imports torch; only needed here
-
-    return get_model_class(model.name)
