@@ -601,3 +601,72 @@ class KNNSpec:
         adj = knn_graph(features, self.k, chunk_size=chunk_size, similarity=self.similarity, shrink=self.shrink,
                         name=name, include_self=self.include_self)
         return normalize_graph(adj, self.normalization, binary=self.binary)
+
+
+# ---------------------------------------------------------------------------------- user-user co-occurrence graph
+
+
+def user_cooccurrence_graph(graph: TrainGraph, k: int, *, chunk_elements: int = CHUNK_ELEMENTS) -> Tensor:
+    r"""Each user's ``k`` nearest other users by co-occurrence: the number of train items two users share,
+    :math:`C = R R^\top` off the diagonal (DualGNN's and DRAGON's user-user graph).
+
+    Row ``u`` keeps the ``k`` users ``v != u`` with the largest :math:`C_{uv} > 0` (fewer when ``u`` shares items
+    with fewer users; none for a user without items), ties broken towards the smaller user id, so the graph is a
+    deterministic function of the train graph. Built in chunks of users from the sparse product
+    ``R[chunk] @ R^T`` (chunks of at most ``chunk_elements`` user pairs), whose entries are ranked per row by a
+    stable sort; never a dense U x U matrix. The graph is directed (``v`` in ``u``'s top k does not put ``u`` in
+    ``v``'s).
+
+    Shapes:
+        -> (U, U) float32 sparse COO, coalesced, values the co-occurrence counts, at most ``k`` entries per row.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    num_users = graph.num_users
+    user_items = graph.user_items()
+    items_users = graph.interactions(transpose=True).to_sparse_coo()  # (I, U)
+    rows_per_chunk = max(1, chunk_elements // max(1, num_users))
+    rows: list[Tensor] = []
+    cols: list[Tensor] = []
+    counts: list[Tensor] = []
+    for start in range(0, num_users, rows_per_chunk):
+        stop = min(start + rows_per_chunk, num_users)
+        chunk = user_items.sparse(torch.arange(start, stop))  # (B, I) COO, ones
+        shared = torch.sparse.mm(chunk, items_users).coalesce()  # (B, U): entries by row, then column
+        row, col = shared.indices()
+        count = shared.values().round().long()  # exact integer counts
+        other = (col != row + start) & (count > 0)  # never one's own neighbour
+        row, col, count = row[other], col[other], count[other]
+        # Per row: count descending, then column ascending (the stable sort keeps the coalesced column order).
+        most = int(count.max()) + 1 if len(count) else 1
+        order = torch.sort(row * most + (most - 1 - count), stable=True).indices
+        row, col, count = row[order], col[order], count[order]
+        per_row = torch.bincount(row, minlength=stop - start)
+        rank = torch.arange(len(row)) - (torch.cumsum(per_row, 0) - per_row)[row]
+        top = rank < k
+        rows.append(row[top] + start)
+        cols.append(col[top])
+        counts.append(count[top].float())
+    index = torch.stack([torch.cat(rows), torch.cat(cols)]) if rows else torch.zeros(2, 0, dtype=torch.long)
+    values = torch.cat(counts) if counts else torch.zeros(0)
+    return torch.sparse_coo_tensor(index, values, (num_users, num_users), check_invariants=True).coalesce()
+
+
+@dataclass(frozen=True)
+class UserGraphSpec:
+    """Everything a user-user co-occurrence graph depends on besides the train graph: what a model asks for
+    (``user_graph_spec``) and what :func:`rmm.data.knn_cache.cached_user_graph` keys its files on.
+
+    Attributes:
+        k: neighbours per user (see :func:`user_cooccurrence_graph`).
+    """
+
+    k: int
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+
+    def build(self, graph: TrainGraph) -> Tensor:
+        """The co-occurrence graph of ``graph`` in memory. Shapes: -> (U, U) sparse COO, values the counts."""
+        return user_cooccurrence_graph(graph, self.k)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rmm.data.graph import KNNSpec
+from rmm.data.graph import KNNSpec, TrainGraph, UserGraphSpec
 
 log = logging.getLogger(__name__)
 
@@ -88,3 +88,47 @@ def cached_knn_graph(features: Tensor, spec: KNNSpec, *, cache_dir: str | Path |
         if os.path.exists(tmp):
             os.unlink(tmp)
     return graph
+
+
+def train_graph_digest(graph: TrainGraph) -> str:
+    """sha256 of a train graph: its sizes and its (user, item) pairs in order."""
+    digest = hashlib.sha256(f"{graph.num_users}:{graph.num_items}".encode())
+    for ids in (graph.users, graph.items):
+        digest.update(np.ascontiguousarray(ids.detach().cpu().long().numpy()).tobytes())
+    return digest.hexdigest()
+
+
+def cached_user_graph(graph: TrainGraph, spec: UserGraphSpec, *, cache_dir: str | Path | None) -> Tensor:
+    """``spec.build(graph)`` (a user-user co-occurrence graph), read from ``cache_dir`` when built before, else
+    built and written there as ``user-knn-<key>.pt``, the key the sha256 of the train graph and every spec field.
+
+    Returns:
+        (U, U) float32 sparse COO, coalesced, on the CPU.
+    """
+    if cache_dir is None:
+        return spec.build(graph)
+    payload = {"version": FORMAT_VERSION, "train_graph": train_graph_digest(graph), **dataclasses.asdict(spec)}
+    path = Path(cache_dir) / f"user-knn-{hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()}.pt"
+    if path.exists():
+        try:
+            stored = torch.load(path, weights_only=True)
+            adj = torch.sparse_coo_tensor(stored["indices"], stored["values"], tuple(stored["size"]),
+                                          check_invariants=True).coalesce()
+        except (OSError, EOFError, RuntimeError, KeyError, IndexError, ValueError, pickle.UnpicklingError) as err:
+            log.warning("user graph cache file %s is unreadable (%s); rebuilding it", path, err)
+        else:
+            log.info("user graph cache hit: %s", path)
+            return adj
+    log.info("user graph cache miss: building %s (k=%d) for %d users", path.name, spec.k, graph.num_users)
+    adj = spec.build(graph)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        torch.save({"indices": adj.indices(), "values": adj.values(), "size": list(adj.shape),
+                    "spec": dataclasses.asdict(spec)}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return adj

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from rmm.config import ModelConfig
-from rmm.data.graph import KNNSpec, TrainGraph
+from rmm.data.graph import KNNSpec, TrainGraph, UserGraphSpec
 from rmm.errors import DataError
 from rmm.models.layers import bpr_loss, l2_reg
 from rmm.models.registry import DEFAULT_FUSION, ModelSpec, get_model_class, model_spec
@@ -80,6 +80,11 @@ class Recommender(nn.Module, Generic[C]):
     @classmethod
     def item_graph_spec(cls, cfg: Any) -> KNNSpec | None:
         """The per-modality item-item kNN graph this model reads with hyperparameters ``cfg`` (None: none)."""
+        return None
+
+    @classmethod
+    def user_graph_spec(cls, cfg: Any) -> UserGraphSpec | None:
+        """The user-user co-occurrence graph this model reads with hyperparameters ``cfg`` (None: none)."""
         return None
 
     def build_item_graphs(self, features: Mapping[str, Tensor],
@@ -212,11 +217,13 @@ def model_params(model_cfg: ModelConfig) -> object:
 
 
 def build_model(model_cfg: ModelConfig, graph: TrainGraph, features: Mapping[str, Tensor], *,
-                item_graphs: Mapping[str, Tensor] | None = None) -> Recommender[Any]:
+                item_graphs: Mapping[str, Tensor] | None = None,
+                user_graph: Tensor | None = None) -> Recommender[Any]:
     """Instantiate the model ``model_cfg`` names; ``params=None`` means the model's defaults.
 
     ``item_graphs`` (feature name -> sparse (I, I)) are prebuilt graphs of the model's ``item_graph_spec``,
-    e.g. read from the disk cache; None lets the model build them in memory.
+    e.g. read from the disk cache; None lets the model build them in memory. ``user_graph`` (sparse (U, U)) is
+    likewise a prebuilt graph of the model's ``user_graph_spec`` (:func:`rmm.data.knn_cache.cached_user_graph`).
     """
     cls = get_model_class(model_cfg.name)
     cls.spec.check_inputs(list(features), model_cfg.fusion)
@@ -226,5 +233,9 @@ def build_model(model_cfg: ModelConfig, graph: TrainGraph, features: Mapping[str
         if cls.item_graph_spec(params) is None:
             raise ValueError(f"{cls.__name__} reads no item-item graph, got item_graphs for {sorted(item_graphs)}")
         kwargs["item_graphs"] = item_graphs
+    if user_graph is not None:
+        if cls.user_graph_spec(params) is None:
+            raise ValueError(f"{cls.__name__} reads no user-user graph, got a user_graph")
+        kwargs["user_graph"] = user_graph
     return cls(graph, features, params, **kwargs)
 

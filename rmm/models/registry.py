@@ -17,14 +17,22 @@ from rmm.errors import ConfigError, UnknownNameError
 from rmm.models.hparams.base import FUSIONS
 from rmm.models.hparams.bm3 import BM3Config
 from rmm.models.hparams.bprmf import BPRMFConfig
+from rmm.models.hparams.dragon import DRAGONConfig
+from rmm.models.hparams.dualgnn import DualGNNConfig
 from rmm.models.hparams.freedom import FREEDOMConfig
 from rmm.models.hparams.grcn import GRCNConfig
 from rmm.models.hparams.itemknn_content import ItemKNNContentConfig
 from rmm.models.hparams.lattice import LATTICEConfig
+from rmm.models.hparams.layergcn import LayerGCNConfig
 from rmm.models.hparams.lgmrec import LGMRecConfig
 from rmm.models.hparams.lightgcn import LightGCNConfig
+from rmm.models.hparams.mgcn import MGCNConfig
 from rmm.models.hparams.mmgcn import MMGCNConfig
+from rmm.models.hparams.mvgae import MVGAEConfig
 from rmm.models.hparams.profile import ProfileConfig
+from rmm.models.hparams.selfcf import SelfCFConfig
+from rmm.models.hparams.slmrec import SLMRecConfig
+from rmm.models.hparams.smore import SMOREConfig
 from rmm.models.hparams.vbpr import VBPRConfig
 
 if TYPE_CHECKING:
@@ -85,14 +93,22 @@ def registry_table(*specs: ModelSpec) -> dict[str, ModelSpec]:
 MODELS: Mapping[str, ModelSpec] = registry_table(
     ModelSpec("bm3", BM3Config, uses_features=True),
     ModelSpec("bprmf", BPRMFConfig),
+    ModelSpec("dragon", DRAGONConfig, uses_features=True),
+    ModelSpec("dualgnn", DualGNNConfig, uses_features=True),
     ModelSpec("freedom", FREEDOMConfig, uses_features=True),
     ModelSpec("grcn", GRCNConfig, uses_features=True),
     ModelSpec("itemknn_content", ItemKNNContentConfig, uses_features=True),
     ModelSpec("lattice", LATTICEConfig, uses_features=True),
+    ModelSpec("layergcn", LayerGCNConfig),
     ModelSpec("lgmrec", LGMRecConfig, uses_features=True),
     ModelSpec("lightgcn", LightGCNConfig),
+    ModelSpec("mgcn", MGCNConfig, uses_features=True),
     ModelSpec("mmgcn", MMGCNConfig, uses_features=True),
+    ModelSpec("mvgae", MVGAEConfig, uses_features=True),
     ModelSpec("profile", ProfileConfig, uses_features=True),
+    ModelSpec("selfcf", SelfCFConfig),
+    ModelSpec("slmrec", SLMRecConfig, uses_features=True),
+    ModelSpec("smore", SMOREConfig, uses_features=True),
     ModelSpec("vbpr", VBPRConfig, uses_features=True, fusions=FUSIONS),
 )
 

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from rmm.config import ModelConfig, TrainConfig
 from rmm.data.graph import TrainGraph, UserItems
-from rmm.data.knn_cache import cached_knn_graph
+from rmm.data.knn_cache import cached_knn_graph, cached_user_graph
 from rmm.data.preprocess import cold_item_ids
 from rmm.data.schema import TEST, TRAIN, VALID, Dataset
 from rmm.errors import ConfigError, DataError, DivergedError
@@ -263,7 +263,8 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features:
     torch.manual_seed(train_cfg.seed)
     graph = TrainGraph.from_dataset(data)
     item_graphs = _item_graphs(model_cfg, features, knn_cache_dir)
-    model = build_model(model_cfg, graph, features, item_graphs=item_graphs).to(device)
+    user_graph = _user_graph(model_cfg, graph, knn_cache_dir)
+    model = build_model(model_cfg, graph, features, item_graphs=item_graphs, user_graph=user_graph).to(device)
     # fused: Adam's update in one pass over each parameter (same algorithm): ~4x faster on the CPU than the
     # per-op default, which was a fifth of a VBPR step and most of a BPR-MF one. A training-free model (fitted
     # when built) has no parameters: no optimiser, no DDP, and its one evaluation is the result.
@@ -382,6 +383,15 @@ def _item_graphs(model_cfg: ModelConfig, features: Mapping[str, Tensor],
     if spec is None or cache_dir is None:
         return None
     return {name: cached_knn_graph(matrix, spec, cache_dir=cache_dir, name=name) for name, matrix in features.items()}
+
+
+def _user_graph(model_cfg: ModelConfig, graph: TrainGraph, cache_dir: str | Path | None) -> Tensor | None:
+    """The model's user-user co-occurrence graph, read from (or built into) ``cache_dir``; None when it reads
+    none or there is no cache dir, and the model builds it in memory."""
+    spec = get_model_class(model_cfg.name).user_graph_spec(model_params(model_cfg))
+    if spec is None or cache_dir is None:
+        return None
+    return cached_user_graph(graph, spec, cache_dir=cache_dir)
 
 
 def _initial_state(model: nn.Module) -> dict[str, Any]:

@@ -169,8 +169,12 @@ def _popularity_recall(data: Dataset, k: int) -> float:
     return sum(recalls) / len(recalls)
 
 
-#: Every model the short fit trains: the zoo above and the ID-only and VBPR baselines.
-FITTED = (*ZOO, "bprmf", "lightgcn", "vbpr")
+#: Every registered model: a new one is fitted as soon as it has its registry line.
+FITTED = tuple(sorted(MODELS))
+#: Hyperparameters a model needs on this 33-item catalogue, and why. MVGAE's decoder ranks each positive against
+#: the hardest negative of the whole batch; among 33 items that is almost always an item the user likes, so
+#: the loss works against the ranking (recall 0.36 after 10 epochs); its per-positive negative learns (0.93).
+PLANTED_PARAMS = {"mvgae": {"negatives": "paired"}}
 SHORT_FIT = TrainConfig(epochs=10, batch_size=128, learning_rate=0.01,
                         eval=EvalConfig(topk=(5, 10), metric="recall@10", every=1, patience=10),
                         scaling=ScalingConfig(num_workers=1), fault_tolerance=FaultToleranceConfig(checkpoint_every=10))
@@ -184,7 +188,8 @@ def test_short_fit_on_planted_data_learns_the_groups(name: str, planted: Dataset
     embeddings over this block-structured graph already ranks the group first (recall 0.8-1.0 at a learning
     rate of 1e-9), so a trainable model must also have cut its training loss."""
     features = _planted_features(planted) if MODELS[name].uses_features else {}
-    result = fit(ModelConfig(name, features=tuple(features)), SHORT_FIT, planted, features)
+    params = MODELS[name].config_class(**PLANTED_PARAMS.get(name, {}))
+    result = fit(ModelConfig(name, features=tuple(features), params=params), SHORT_FIT, planted, features)
     losses = [h["loss"] for h in result.history]
     assert all(torch.isfinite(torch.tensor(losses)))
     baseline = _popularity_recall(planted, 10)
@@ -192,12 +197,18 @@ def test_short_fit_on_planted_data_learns_the_groups(name: str, planted: Dataset
     assert result.test["recall@10"] > baseline + 0.5, f"{name} ranks no better than popularity"
     if get_model_class(name).trainable:
         # The epoch-mean loss varies by ~5% between epochs with frozen weights (fresh negatives, dropout).
-        assert losses[-1] < 0.85 * losses[0], f"{name} did not reduce its training loss: {losses}"
+        # By 15% of its size: some losses are negative (SelfCF's is a negative cosine).
+        assert losses[-1] < losses[0] - 0.15 * abs(losses[0]), f"{name} did not reduce its training loss: {losses}"
     else:
         # Content knows the groups: a user's test item (1 of ~3 candidates of its group among 33) ranks high.
         assert result.test["recall@10"] > 0.9
 
 
-def test_every_new_model_is_registered() -> None:
-    assert set(ZOO) <= set(MODELS)
+#: Every model rmm ships: one dropped from the registry by mistake fails here.
+SHIPPED = (*ZOO, "bprmf", "lightgcn", "vbpr", "layergcn", "selfcf", "mgcn", "slmrec", "smore", "mvgae", "dualgnn",
+           "dragon")
+
+
+def test_every_shipped_model_is_registered() -> None:
+    assert set(SHIPPED) <= set(MODELS)
     assert dataclasses.is_dataclass(MODELS["lgmrec"].config_class)

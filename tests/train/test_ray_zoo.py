@@ -1,7 +1,7 @@
 """Every registered model trains data-parallel through Ray Train with 2 workers, on the synthetic dataset and on
 an MMRec-format one (``.inter`` + ``image_feat.npy`` / ``text_feat.npy``), each prepared by the data stage.
 
-A worker group costs ~10 s to start, so one ``TorchTrainer`` trains all 22 (dataset, model) runs in turn:
+A worker group costs ~10 s to start, so one ``TorchTrainer`` trains every (dataset, model) run in turn:
 each is :func:`rmm.train.ray_trainer.fit_in_worker`, exactly what ``train_model``'s workers run (inputs read
 from disk, DDP via ``prepare_model``, sharded BPR sampling and evaluation, ``ray.train.report`` with
 checkpoints), minus the restore of a previous attempt's checkpoint, which belongs to one run.
@@ -123,5 +123,5 @@ def test_every_model_trains_with_two_ray_train_workers_on_synthetic_and_mmrec_da
         assert result["ranks_agree"], f"{key}: DDP replicas diverged"  # gradients were all-reduced every step
         assert [h["epoch"] for h in result["history"]] == ([2] if get_model_class(model).trainable else [1]), key
         loss = result["history"][-1]["loss"]
-        assert np.isfinite(loss) and (loss > 0) == get_model_class(model).trainable, key
+        assert np.isfinite(loss) and (loss != 0) == get_model_class(model).trainable, key  # SelfCF: negative
         assert all(0.0 <= value <= 1.0 for value in result["test"].values()), key
