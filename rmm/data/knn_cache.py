@@ -1,4 +1,5 @@
-"""A disk cache of item-item kNN graphs, for the trainer (models never touch files).
+"""A disk cache of item-item kNN graphs and user-user co-occurrence graphs, for the trainer (models never touch
+files).
 
 A graph is a pure function of the feature matrix and a :class:`~rmm.data.graph.KNNSpec`, so its file is named
 by the sha256 of both: the feature bytes (with dtype and shape) and every spec field (k, similarity, shrink,
@@ -16,6 +17,7 @@ import logging
 import os
 import pickle
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -62,32 +64,10 @@ def cached_knn_graph(features: Tensor, spec: KNNSpec, *, cache_dir: str | Path |
     """
     if cache_dir is None:
         return spec.build(features.cpu(), chunk_size=chunk_size, name=name)
-    key = cache_key(features, spec)
-    path = Path(cache_dir) / f"knn-{key}.pt"
-    if path.exists():
-        try:
-            stored = torch.load(path, weights_only=True)
-            graph = torch.sparse_coo_tensor(stored["indices"], stored["values"], tuple(stored["size"]),
-                                            check_invariants=True).coalesce()
-        except (OSError, EOFError, RuntimeError, KeyError, IndexError, ValueError, pickle.UnpicklingError) as err:
-            log.warning("kNN graph cache file %s is unreadable (%s); rebuilding it", path, err)
-        else:
-            log.info("kNN graph cache hit: %s", path)
-            return graph
-    log.info("kNN graph cache miss: building %s (k=%d, %s%s) for %d items", path.name, spec.k, spec.similarity,
-             ", self included" if spec.include_self else "", features.shape[0])
-    graph = spec.build(features.cpu(), chunk_size=chunk_size, name=name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save({"indices": graph.indices(), "values": graph.values(), "size": list(graph.shape),
-                    "spec": dataclasses.asdict(spec)}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return graph
+    path = Path(cache_dir) / f"knn-{cache_key(features, spec)}.pt"
+    what = (f"kNN graph (k={spec.k}, {spec.similarity}{', self included' if spec.include_self else ''}) of "
+            f"{features.shape[0]} items")
+    return _cached(path, spec, what, lambda: spec.build(features.cpu(), chunk_size=chunk_size, name=name))
 
 
 def train_graph_digest(graph: TrainGraph) -> str:
@@ -109,26 +89,32 @@ def cached_user_graph(graph: TrainGraph, spec: UserGraphSpec, *, cache_dir: str 
         return spec.build(graph)
     payload = {"version": FORMAT_VERSION, "train_graph": train_graph_digest(graph), **dataclasses.asdict(spec)}
     path = Path(cache_dir) / f"user-knn-{hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()}.pt"
+    return _cached(path, spec, f"user graph (k={spec.k}) of {graph.num_users} users", lambda: spec.build(graph))
+
+
+def _cached(path: Path, spec: KNNSpec | UserGraphSpec, what: str, build: Callable[[], Tensor]) -> Tensor:
+    """The sparse graph stored at ``path``, or ``build()`` written there (temporary file renamed into place).
+    An unreadable file is rebuilt. ``spec`` is stored beside the graph, for whoever inspects the file."""
     if path.exists():
         try:
             stored = torch.load(path, weights_only=True)
-            adj = torch.sparse_coo_tensor(stored["indices"], stored["values"], tuple(stored["size"]),
-                                          check_invariants=True).coalesce()
+            graph = torch.sparse_coo_tensor(stored["indices"], stored["values"], tuple(stored["size"]),
+                                            check_invariants=True).coalesce()
         except (OSError, EOFError, RuntimeError, KeyError, IndexError, ValueError, pickle.UnpicklingError) as err:
-            log.warning("user graph cache file %s is unreadable (%s); rebuilding it", path, err)
+            log.warning("%s cache file %s is unreadable (%s); rebuilding it", what, path, err)
         else:
-            log.info("user graph cache hit: %s", path)
-            return adj
-    log.info("user graph cache miss: building %s (k=%d) for %d users", path.name, spec.k, graph.num_users)
-    adj = spec.build(graph)
+            log.info("%s: cache hit %s", what, path)
+            return graph
+    log.info("%s: cache miss, building %s", what, path.name)
+    graph = build()
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
-        torch.save({"indices": adj.indices(), "values": adj.values(), "size": list(adj.shape),
+        torch.save({"indices": graph.indices(), "values": graph.values(), "size": list(graph.shape),
                     "spec": dataclasses.asdict(spec)}, tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return adj
+    return graph

@@ -6,13 +6,13 @@ import operator
 from collections.abc import Mapping
 from functools import reduce
 
-import torch
 from torch import Tensor, nn
 
 from rmm.data.graph import KNNSpec, TrainGraph, combine_graphs, to_csr
 from rmm.models.base import BPRBatch, EmbeddingRecommender, epoch_generator
 from rmm.models.hparams.freedom import FREEDOMConfig
 from rmm.models.layers import (
+    EdgePruning,
     FeatureBank,
     bpr_loss,
     lightgcn,
@@ -66,15 +66,12 @@ class FREEDOM(EmbeddingRecommender[FREEDOMConfig]):
         mm_adj: sparse (I, I); adj: sparse (U+I, U+I); user/item embeddings: (U, d), (I, d).
     """
 
-    # Buffers: the item graph and its transpose, the full and this epoch's pruned user-item graphs, and the
-    # train edges with their pruning weights.
+    # Buffers: the item graph and its transpose, the full and this epoch's pruned user-item graphs (the pruning
+    # draw: self.pruning).
     mm_adj: Tensor
     mm_adj_t: Tensor
     adj: Tensor
     masked_adj: Tensor | None
-    edge_users: Tensor
-    edge_items: Tensor
-    edge_weights: Tensor
 
     def __init__(self, graph: TrainGraph, features: Mapping[str, Tensor], cfg: FREEDOMConfig, *,
                  item_graphs: Mapping[str, Tensor] | None = None) -> None:
@@ -86,11 +83,7 @@ class FREEDOM(EmbeddingRecommender[FREEDOMConfig]):
         self.register_buffer("mm_adj_t", to_csr(mm_adj.t()), persistent=False)
         self.register_buffer("adj", graph.norm_adj(), persistent=False)
         self.register_buffer("masked_adj", None, persistent=False)
-        self.register_buffer("edge_users", graph.users, persistent=False)
-        self.register_buffer("edge_items", graph.items, persistent=False)
-        degree = graph.degrees()
-        self.register_buffer("edge_weights", (degree[graph.users] * degree[graph.num_users + graph.items]).rsqrt(),
-                             persistent=False)
+        self.pruning = EdgePruning(graph, cfg.dropout)
         self.user_embedding = nn.Embedding(self.num_users, cfg.embedding_dim)
         self.item_embedding = nn.Embedding(self.num_items, cfg.embedding_dim)
         self.projections = projections(self.features.dims, cfg.embedding_dim)
@@ -110,11 +103,7 @@ class FREEDOM(EmbeddingRecommender[FREEDOMConfig]):
         if self.cfg.dropout == 0:
             self.masked_adj = self.adj
             return
-        keep = max(1, int(len(self.edge_weights) * (1.0 - self.cfg.dropout)))
-        kept = torch.multinomial(self.edge_weights.cpu(), keep, replacement=False,
-                                 generator=epoch_generator(seed, epoch))  # CPU: same draw on every device
-        pruned = TrainGraph(self.num_users, self.num_items, self.edge_users.cpu()[kept], self.edge_items.cpu()[kept])
-        self.masked_adj = pruned.norm_adj().to(self.adj.device)
+        self.masked_adj = self.pruning.adjacency(epoch_generator(seed, epoch))
 
     def embeddings(self, adj: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Final embeddings over user-item graph ``adj`` (the full graph when None, as for scoring)."""

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from rmm.data.graph import TrainGraph
 from rmm.models.base import BPRBatch, EmbeddingRecommender, epoch_generator
 from rmm.models.hparams.layergcn import LayerGCNConfig
-from rmm.models.layers import bpr_loss, l2_reg, sparse_matmul
+from rmm.models.layers import EdgePruning, bpr_loss, l2_reg, sparse_matmul
 from rmm.models.registry import register
 
 
@@ -62,22 +62,15 @@ class LayerGCN(EmbeddingRecommender[LayerGCNConfig]):
         adj, masked_adj: sparse (U+I, U+I); user/item embeddings: (U, d), (I, d).
     """
 
-    # Buffers: the full and this epoch's pruned user-item graphs, the train edges and their pruning weights.
+    # Buffers: the full and this epoch's pruned user-item graphs (the pruning draw: self.pruning).
     adj: Tensor
     masked_adj: Tensor | None
-    edge_users: Tensor
-    edge_items: Tensor
-    edge_weights: Tensor
 
     def __init__(self, graph: TrainGraph, features: Mapping[str, Tensor], cfg: LayerGCNConfig) -> None:
         super().__init__(graph, features, cfg)
         self.register_buffer("adj", graph.norm_adj(), persistent=False)
         self.register_buffer("masked_adj", None, persistent=False)
-        self.register_buffer("edge_users", graph.users, persistent=False)
-        self.register_buffer("edge_items", graph.items, persistent=False)
-        degree = graph.degrees()
-        self.register_buffer("edge_weights", (degree[graph.users] * degree[graph.num_users + graph.items]).rsqrt(),
-                             persistent=False)
+        self.pruning = EdgePruning(graph, cfg.dropout)
         self.user_embedding = nn.Embedding(self.num_users, cfg.embedding_dim)
         self.item_embedding = nn.Embedding(self.num_items, cfg.embedding_dim)
         self.reset_parameters()
@@ -86,23 +79,14 @@ class LayerGCN(EmbeddingRecommender[LayerGCNConfig]):
         nn.init.xavier_uniform_(self.user_embedding.weight)
         nn.init.xavier_uniform_(self.item_embedding.weight)
 
-    def kept_edges(self, seed: int, epoch: int) -> Tensor:
-        """Indices of the train edges epoch ``epoch`` keeps: degree-sensitive, or uniform on odd epochs under
-        ``alternate_pruning``. Shapes: (keep,) int64, on the CPU."""
-        keep = max(1, int(len(self.edge_weights) * (1.0 - self.cfg.dropout)))
-        generator = epoch_generator(seed, epoch)  # CPU: the same draw on every device
-        if self.cfg.alternate_pruning and epoch % 2 == 1:
-            return torch.randperm(len(self.edge_weights), generator=generator)[:keep]
-        return torch.multinomial(self.edge_weights.cpu(), keep, replacement=False, generator=generator)
-
     def start_epoch(self, seed: int, epoch: int) -> None:
         """Edge pruning: this epoch's user-item graph."""
         if self.cfg.dropout == 0:
             self.masked_adj = self.adj
             return
-        kept = self.kept_edges(seed, epoch)
-        pruned = TrainGraph(self.num_users, self.num_items, self.edge_users.cpu()[kept], self.edge_items.cpu()[kept])
-        self.masked_adj = pruned.norm_adj().to(self.adj.device)
+        # degree-sensitive, or uniform on odd epochs under alternate_pruning
+        uniform = self.cfg.alternate_pruning and epoch % 2 == 1
+        self.masked_adj = self.pruning.adjacency(epoch_generator(seed, epoch), uniform=uniform)
 
     def embeddings(self, adj: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Final embeddings over user-item graph ``adj`` (the full graph when None, as for scoring)."""

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rmm.data.graph import to_csr, valid_rows
+from rmm.data.graph import TrainGraph, to_csr, valid_rows
 from rmm.models.hparams.base import FUSIONS, PROJECTION_INITS, REG_NORMS
 
 
@@ -564,3 +564,43 @@ _BLOCK_ELEMENTS = 2**20
 
 def _block_rows(keys: Tensor) -> int:
     return max(1, _BLOCK_ELEMENTS // max(1, len(keys)))
+
+
+class EdgePruning(nn.Module):
+    r"""Degree-sensitive pruning of the user-item graph (FREEDOM, LayerGCN): an epoch keeps
+    :math:`\max(1, \lfloor (1 - \text{dropout}) |E| \rfloor)` train edges, drawn without replacement with
+    probability :math:`\propto 1/\sqrt{d_u d_i}` (train degrees) or uniformly, and
+    :math:`D^{-1/2} A D^{-1/2}`-normalises them with the kept degrees.
+
+    The draw takes the caller's CPU generator (``epoch_generator(seed, epoch)``), so every rank and device keeps
+    the same edges and a resumed run replays them.
+
+    Shapes:
+        edge_users, edge_items, edge_weights: (E,); :meth:`adjacency`: sparse (U+I, U+I).
+    """
+
+    edge_users: Tensor
+    edge_items: Tensor
+    edge_weights: Tensor
+
+    def __init__(self, graph: TrainGraph, dropout: float) -> None:
+        super().__init__()
+        self.num_users, self.num_items, self.dropout = graph.num_users, graph.num_items, dropout
+        self.register_buffer("edge_users", graph.users, persistent=False)
+        self.register_buffer("edge_items", graph.items, persistent=False)
+        degree = graph.degrees()
+        self.register_buffer("edge_weights", (degree[graph.users] * degree[graph.num_users + graph.items]).rsqrt(),
+                             persistent=False)
+
+    def kept_edges(self, generator: torch.Generator, *, uniform: bool = False) -> Tensor:
+        """Indices of the kept train edges. Shapes: (keep,) int64, on the CPU."""
+        keep = max(1, int(len(self.edge_weights) * (1.0 - self.dropout)))
+        if uniform:
+            return torch.randperm(len(self.edge_weights), generator=generator)[:keep]
+        return torch.multinomial(self.edge_weights.cpu(), keep, replacement=False, generator=generator)
+
+    def adjacency(self, generator: torch.Generator, *, uniform: bool = False) -> Tensor:
+        """The normalised adjacency of the kept edges, on the buffers' device."""
+        kept = self.kept_edges(generator, uniform=uniform)
+        pruned = TrainGraph(self.num_users, self.num_items, self.edge_users.cpu()[kept], self.edge_items.cpu()[kept])
+        return pruned.norm_adj().to(self.edge_weights.device)
