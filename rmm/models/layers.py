@@ -305,7 +305,8 @@ class FeatureBank(nn.Module):
     Frozen by default: non-persistent buffers (inputs reloaded from the feature store, not state to checkpoint).
     With ``trainable`` they are parameters initialised from the given values (MMRec's
     ``nn.Embedding.from_pretrained(..., freeze=False)``): the optimiser fine-tunes them and the checkpoint
-    carries them.
+    carries them; the given values stay beside them (non-persistent), so :meth:`reset_parameters`, which the
+    owning model's ``reset_parameters`` calls, puts them back.
 
     Shapes:
         ``matrices()[m]``: (num_items, dims[m]) float32; ``valid()[m]``: (num_items,) bool.
@@ -318,12 +319,21 @@ class FeatureBank(nn.Module):
         for i, matrix in enumerate(features.values()):
             if trainable:
                 self.register_parameter(f"feature_{i}", nn.Parameter(matrix.detach().float().clone()))
+                self.register_buffer(f"given_{i}", matrix.detach().float(), persistent=False)
             else:
                 self.register_buffer(f"feature_{i}", matrix.detach().float(), persistent=False)
             self.register_buffer(f"valid_{i}", valid_rows(matrix, name=self.names[i]), persistent=False)
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def reset_parameters(self) -> None:
+        """Trainable features back to the given values (frozen ones never change)."""
+        with torch.no_grad():
+            for i in range(len(self)):
+                given = getattr(self, f"given_{i}", None)
+                if given is not None:
+                    getattr(self, f"feature_{i}").copy_(given)
 
     def matrices(self) -> list[Tensor]:
         return [getattr(self, f"feature_{i}") for i in range(len(self))]

@@ -136,6 +136,7 @@ class SMORE(EmbeddingRecommender[SMOREConfig]):
         return KNNSpec(k=cfg.knn_k, similarity="cosine", normalization="sym", include_self=cfg.knn_self)
 
     def reset_parameters(self) -> None:
+        self.features.reset_parameters()
         reset_projections(self.projections, self.cfg.projection_init)
         nn.init.xavier_uniform_(self.user_embedding.weight)
         nn.init.xavier_uniform_(self.item_embedding.weight)

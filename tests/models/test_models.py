@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from rmm.config import ModelConfig
+from rmm.config import PROTOCOLS, ModelConfig, build_model_config
 from rmm.data.graph import TrainGraph
 from rmm.errors import UnknownNameError
 from rmm.models import MODELS, get_model_class, register
@@ -150,11 +150,13 @@ def test_vbpr_batch_loss_equals_the_full_catalogue_loss(fusion: str) -> None:
 
 
 @pytest.mark.parametrize("name", [name for name in sorted(MODELS) if get_model_class(name).trainable])
-def test_reset_parameters_initialises_every_weight(name: str) -> None:
-    """``reset_parameters`` is a model's one init site: it draws every parameter again, and two models built under
-    one seed start from the same values (no uninitialised memory is left by a submodule built without init)."""
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_reset_parameters_initialises_every_weight(name: str, protocol: str) -> None:
+    """``reset_parameters`` is a model's one init site: it draws every parameter again (fine-tuned features, as
+    ``protocol: mmrec`` trains them, go back to the given values), and two models built under one seed start from
+    the same values (no uninitialised memory is left by a submodule built without init)."""
     features = _features(2) if MODELS[name].uses_features else {}
-    config = ModelConfig(name, features=tuple(features))
+    config = build_model_config({"name": name, "features": list(features)}, "model", protocol=protocol)
     torch.manual_seed(0)
     model = build_model(config, _graph(), features)
     initial = {key: value.clone() for key, value in model.state_dict().items()}
