@@ -89,6 +89,15 @@ def assert_close_grad(actual: torch.Tensor, expected: torch.Tensor, name: str) -
     torch.testing.assert_close(actual.double(), expected, atol=5e-6 * scale, rtol=1e-4, msg=name)
 
 
+def assert_same_gradients(model: torch.nn.Module, reference_params: Mapping[str, torch.Tensor]) -> None:
+    """Every parameter of ``model`` has a gradient, and it matches the reference's copy of that parameter
+    (``reference_params[name].grad``, after both losses were backpropagated)."""
+    for name, parameter in model.named_parameters():
+        reference_grad = reference_params[name].grad
+        assert parameter.grad is not None and reference_grad is not None, name
+        assert_close_grad(parameter.grad, reference_grad, name)
+
+
 def close(actual: torch.Tensor, expected: torch.Tensor, atol: float = 1e-5) -> bool:
     """Whether ``actual`` (float32, from rmm) is the float64 reference to float32 precision."""
     return torch.allclose(actual.double(), expected.detach(), atol=atol, rtol=1e-4)

@@ -23,7 +23,7 @@ from tests.models.history import (
     NUM_ITEMS,
     NUM_USERS,
     assert_close,
-    assert_close_grad,
+    assert_same_gradients,
     gaussian_features,
     history_graph,
     seeded_model,
@@ -136,10 +136,7 @@ def test_dragon_fidelity_loss_and_gradients(protocol: str, names: tuple[str, ...
     loss = model.loss(BATCH)
     loss.backward()
     assert_close(loss, expected)
-    for name, p in model.named_parameters():
-        reference_grad = params[name].grad
-        assert p.grad is not None and reference_grad is not None, name
-        assert_close_grad(p.grad, reference_grad, name)
+    assert_same_gradients(model, params)
 
 
 def test_dragon_fidelity_protocol_switches() -> None:

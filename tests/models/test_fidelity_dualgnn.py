@@ -27,7 +27,7 @@ from tests.models.history import (
     NUM_ITEMS,
     NUM_USERS,
     assert_close,
-    assert_close_grad,
+    assert_same_gradients,
     dense_adjacency,
     gaussian_features,
     history_graph,
@@ -168,10 +168,7 @@ def test_dualgnn_fidelity_loss_and_gradients(protocol: str, names: tuple[str, ..
     loss = model.loss(BATCH)
     loss.backward()
     assert_close(loss, expected)
-    for name, p in model.named_parameters():
-        reference_grad = params[name].grad
-        assert p.grad is not None and reference_grad is not None, name
-        assert_close_grad(p.grad, reference_grad, name)
+    assert_same_gradients(model, params)
 
 
 def test_dualgnn_fidelity_protocol_switches() -> None:
