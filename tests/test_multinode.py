@@ -199,8 +199,6 @@ def test_losing_a_worker_node_resumes_from_the_checkpoint_and_ends_like_the_unin
         lost_after = _wait_for_checkpoint(cfg.out_dir / RAY_RESULTS_DIR, LOSE_NODE_AFTER_EPOCH, run)
         lost = next(iter(cluster.worker_nodes))  # each worker node hosts one of the run's workers
         cluster.remove_node(lost, allow_graceful=False)  # killed, as a crashed machine
-        # Training may have checkpointed again between the poll and the kill; without the node it cannot go on.
-        lost_by = _wait_for_checkpoint(cfg.out_dir / RAY_RESULTS_DIR, lost_after, run)
         replacement = _add_node(cluster, num_cpus=WORKER_CPUS)  # two workers fit again
         survived = run.result(timeout=TRAIN_TIMEOUT_S)
     finally:
@@ -208,9 +206,10 @@ def test_losing_a_worker_node_resumes_from_the_checkpoint_and_ends_like_the_unin
 
     assert lost_after < TRAIN.epochs, "the run ended before the node was lost"
     assert {lost.node_id, replacement.node_id} <= _nodes_of_new_actors(cluster, before, TRAIN_WORKER)
-    # Resumed from a checkpoint of the first attempt: the last one written before the node died (or its
-    # predecessor, when the node died before Ray Train had registered it).
-    assert lost_after - 1 <= survived.resumed_after_epoch <= lost_by, (survived.resumed_after_epoch, lost_by)
+    # Resumed from a checkpoint of the first attempt, not from scratch: the one seen before the kill (or its
+    # predecessor, when the node died before Ray Train had registered it) or a later one, since the surviving
+    # worker and Ray Train's controller can still finish an epoch's report while the killed raylet is declared dead.
+    assert lost_after - 1 <= survived.resumed_after_epoch < TRAIN.epochs, survived.resumed_after_epoch
     _assert_same_run(survived, reference)
 
 
