@@ -4,6 +4,7 @@ and through ``rmm train`` (a local Ray, Ray Train), wall time, CPU time and peak
     .venv/bin/python bench/overhead.py                       # 3 repeats: fit, rmm train
     .venv/bin/python bench/overhead.py --other-ray --variant "dashboard on=--set ray.dashboard=true" \
         --baseline /tmp/rmm-head                             # + a variant, another Ray running, an older rmm
+    .venv/bin/python bench/overhead.py --floor               # + Ray's own floor, no rmm in it
 
 Each variant runs as its own command from a fresh interpreter, so imports and process start-up count in every
 row. Memory is the PSS (proportional set size: shared pages split between the processes sharing them) summed
@@ -45,6 +46,26 @@ FIT_SCRIPT = textwrap.dedent("""
     cfg = load_config(sys.argv[1])
     result = fit(cfg.model[0], cfg.train, load_dataset(cfg.dataset_dir), {})
     print("test", result.test)
+""")
+
+#: ``--floor``: what any Ray Train command pays on this machine, whatever it trains (no rmm, no data): a local Ray
+#: started as rmm starts one (no dashboard, loopback, rmm's local-Ray environment settings), then shut down; and
+#: the same with a one-worker ``TorchTrainer`` whose training function does nothing (Ray Train's controller,
+#: worker group and torch's process group set up and torn down).
+RAY_FLOOR = textwrap.dedent("""
+    import ray
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    ray.shutdown()
+""")
+RAY_TRAIN_FLOOR = textwrap.dedent("""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    import sys
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    TorchTrainer(lambda: None, scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+                 run_config=RunConfig(storage_path=sys.argv[1])).fit()
+    ray.shutdown()
 """)
 
 #: Another Ray instance on the machine, as other users' sessions would be (``--other-ray``).
@@ -174,10 +195,12 @@ def measure(command: list[str], checkout: Path, extra_env: dict[str, str], env: 
     return Sample(wall, sum(cpu.values()), peak / 1e9, len(seen), len(lingering), output.count("Traceback"), by_label)
 
 
-def variants(config: Path, extra: list[str], baseline: Path | None) -> dict[str, tuple[list[str], Path, dict]]:
+def variants(config: Path, extra: list[str], baseline: Path | None,
+             floor: bool = False) -> dict[str, tuple[list[str], Path, dict]]:
     """Variant name -> (command, rmm checkout it runs, environment it adds): the plain ``fit`` call, ``rmm
     train``, each ``--variant NAME=ARGS`` and ``rmm train`` of the ``--baseline`` checkout, with
-    ``RAY_ADDRESS=local`` (an older rmm would otherwise join, and fail on, another Ray on the machine)."""
+    ``RAY_ADDRESS=local`` (an older rmm would otherwise join, and fail on, another Ray on the machine); with
+    ``floor``, Ray's own floor (:data:`RAY_FLOOR`, :data:`RAY_TRAIN_FLOOR`)."""
     python = sys.executable
     train = [python, "-m", "rmm.cli", "train", str(config), "--fresh"]
     found = {"fit (no Ray)": ([python, "-c", FIT_SCRIPT, str(config)], REPO, {}), "rmm train": (train, REPO, {})}
@@ -186,6 +209,12 @@ def variants(config: Path, extra: list[str], baseline: Path | None) -> dict[str,
         found[f"rmm train, {name}"] = ([*train, *rest.split()], REPO, {})
     if baseline is not None:
         found[f"rmm train of {baseline}"] = (train, baseline, {"RAY_ADDRESS": "local"})
+    if floor:
+        from rmm.cluster import _LOCAL_ENV as local_ray_env  # the settings rmm's own local Ray runs with
+
+        found["floor: Ray start + stop (no training)"] = ([python, "-c", RAY_FLOOR], REPO, local_ray_env)
+        found["floor: no-op TorchTrainer, 1 worker"] = (
+            [python, "-c", RAY_TRAIN_FLOOR, str(config.parent / "floor-results")], REPO, local_ray_env)
     return found
 
 
@@ -220,6 +249,8 @@ def main() -> None:
                         help="another rmm train variant, e.g. 'dashboard=--set ray.dashboard=true'")
     parser.add_argument("--baseline", type=Path, default=None,
                         help="another rmm checkout (e.g. `git archive HEAD`) whose `rmm train` runs as a variant too")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time Ray's own floor: start + stop, and a no-op one-worker TorchTrainer")
     parser.add_argument("--other-ray", action="store_true",
                         help="keep another local Ray instance running on the machine meanwhile (not measured)")
     args = parser.parse_args()
@@ -230,7 +261,7 @@ def main() -> None:
            "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}  # as rmm's local Ray; --other-ray too
     subprocess.run([sys.executable, "-m", "rmm.cli", "data", "prepare", str(config)], cwd=REPO, env=env,
                    check=True, capture_output=True)
-    commands = variants(config, args.variant, args.baseline)
+    commands = variants(config, args.variant, args.baseline, args.floor)
     other = subprocess.Popen([sys.executable, "-c", OTHER_RAY], env=env) if args.other_ray else None
     try:
         samples = run_interleaved(commands, env, args)
