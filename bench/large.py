@@ -21,10 +21,10 @@ timed, all with rmm's own functions:
   and :func:`rmm.models.base.build_model`. ``kNN s`` is the kNN part of it.
 - ``epoch s``: the model's ``start_epoch`` (FREEDOM's edge pruning, LATTICE's learned-graph rebuild; also shown
   alone as ``per-epoch work s``), the sampler's epoch (:meth:`rmm.train.loop.BPRSampler.epoch`) and
-  :func:`rmm.train.loop._train_epoch` over the epoch's batches of 2,048 (Adam). With ``--steps N`` only
-  ``--warmup`` and then N more batches go through ``_train_epoch`` and the epoch is extrapolated as per-epoch
-  work + sampling + the warm-up steps as measured (LATTICE's first step learns its graph) + the remaining
-  steps x the mean of the N (marked "extrap." in the table).
+  :func:`rmm.train.loop._train_epoch` over the epoch's batches (``--batch-size``, 2,048 by default; Adam).
+  With ``--steps N`` only ``--warmup`` and then N more batches go through ``_train_epoch`` and the epoch is
+  extrapolated as per-epoch work + sampling + the warm-up steps as measured (LATTICE's first step learns its
+  graph) + the remaining steps x the mean of the N (marked "extrap." in the table).
 - ``--knn-placeholder``: k random neighbours per item, normalised as the model's ``KNNSpec`` asks, stand in for
   the kNN graphs (``kNN s`` then reads "placeholder"): a step costs the same on any graph of that size, so the
   steps can be timed where the I^2 d similarity build does not fit; the metrics then mean nothing.
@@ -210,11 +210,12 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(SEED)
     model, setup_s, setup_cpu_s, knn_s = set_up(model_cfg, graph, features, case["cache_dir"],
                                                 case.get("knn_placeholder", False))
-    train_cfg = TrainConfig(epochs=1, batch_size=BATCH_SIZE, seed=SEED, eval=EvalConfig(topk=TOPK))
+    batch_size = case.get("batch_size", BATCH_SIZE)
+    train_cfg = TrainConfig(epochs=1, batch_size=batch_size, seed=SEED, eval=EvalConfig(topk=TOPK))
     optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.learning_rate)
     sampler = BPRSampler(graph, train_cfg.negatives)
     _, epoch_work_s, epoch_work_cpu = timed(model.start_epoch, SEED, 1)
-    batches, sample_s, sample_cpu = timed(sampler.epoch, SEED, 1, BATCH_SIZE)
+    batches, sample_s, sample_cpu = timed(sampler.epoch, SEED, 1, batch_size)
     out: dict[str, Any] = {"model": name, "train_pairs": len(graph.users), "load_s": load_s,
                            "rss_loaded_mib": rss_loaded, "setup_s": setup_s, "setup_cpu_s": setup_cpu_s,
                            "knn_s": knn_s, "epoch_work_s": epoch_work_s, "sample_s": sample_s,
@@ -342,6 +343,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per case")
     parser.add_argument("--steps", type=int, default=0, help="timed steps, epoch extrapolated (0: a full epoch)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before --steps")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+                        help="BPR batch: full-graph models propagate the whole graph once per batch")
     parser.add_argument("--eval-users", type=int, default=0, help="evaluate a random sample (0: every valid user)")
     parser.add_argument("--data-dir", help="generated data to reuse (created when missing)")
     parser.add_argument("--knn-placeholder", action="store_true",
@@ -381,7 +384,7 @@ def run_table(args: argparse.Namespace) -> None:
         print(f"data: {shape['num_users']:,} users, {shape['num_items']:,} items, {len(split):,} interactions "
               f"(train {int((split == TRAIN).sum()):,} / valid {int((split == VALID).sum()):,} / test "
               f"{int((split == TEST).sum()):,}), " + ", ".join(f"{m} {d:,}-d" for m, d in shape["dims"].items())
-              + f"; batch {BATCH_SIZE}, Adam, {args.threads} torch thread(s) per case\n")
+              + f"; batch {args.batch_size:,}, Adam, {args.threads} torch thread(s) per case\n")
         print("wall s (CPU s of the process in brackets: the work, without the wait for a core)\n")
         print("| model | set-up s | kNN s | per-epoch work s | epoch s | step ms x steps | eval s (valid) | "
               "Recall@20 / NDCG@20 | peak GiB |")
@@ -390,7 +393,8 @@ def run_table(args: argparse.Namespace) -> None:
             wait_for_memory(args.need_gib, log_path)
             case = {"shape": args.shape, "model": name, "data_dir": str(data_dir), "threads": args.threads,
                     "steps": args.steps, "warmup": args.warmup, "eval_users": args.eval_users,
-                    "cache_dir": str(Path(tmp) / f"knn-{name}"), "knn_placeholder": args.knn_placeholder}
+                    "cache_dir": str(Path(tmp) / f"knn-{name}"), "knn_placeholder": args.knn_placeholder,
+                    "batch_size": args.batch_size}
             with open(log_path, "a") as log:
                 print(f"{datetime.now(UTC):%H:%M:%S} start {args.shape} {name} (load {loadavg()})",
                       file=log, flush=True)

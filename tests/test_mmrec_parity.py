@@ -39,5 +39,6 @@ def test_parity_config_trains_every_model_with_mmrecs_conventions(ray_cluster, t
     assert runs["lattice"].config["model"]["ui_normalization"] == "row_self_loops"
     assert runs["freedom"].config["model"]["modality_weights"] == [0.1, 0.9]
     assert runs["bprmf"].config["model"]["reg_norm"] == "frobenius"
-    assert runs["slmrec"].config["train"]["weight_decay"] == 1e-4 and runs["lightgcn"].config["train"]["weight_decay"] == 0
+    assert runs["slmrec"].config["train"]["weight_decay"] == 1e-4
+    assert runs["lightgcn"].config["train"]["weight_decay"] == 0
     assert (out / "report.md").exists()

@@ -535,6 +535,22 @@ def low_rank_info_nce(anchor: Tensor, positive: Tensor, memberships: Tensor, lat
     return (_ProductLogSumExp.apply(queries.to(dtype), keys.to(dtype)) - positive_logit).sum()
 
 
+def all_pairs_info_nce(anchor: Tensor, positive: Tensor, temperature: float) -> Tensor:
+    r"""Mean InfoNCE of each row of ``anchor`` against the same row of ``positive`` among *all* rows of
+    ``positive`` (cosine / temperature), :math:`\frac{1}{N}\sum_n \big(\log \sum_{c} e^{s(a_n, p_c)/\tau}
+    - s(a_n, p_n)/\tau\big)` (MENTOR's perturbed-view loss over every user or every item), by blocks of rows:
+    the (N, N) logits are never formed (a block at a time, remade in backward).
+
+    Shapes:
+        anchor, positive: (N, D) -> ().
+    """
+    anchor, positive = F.normalize(anchor, dim=-1), F.normalize(positive, dim=-1)
+    positive_logit = (anchor * positive).sum(-1) / temperature  # (N,)
+    dtype = torch.promote_types(torch.promote_types(anchor.dtype, positive.dtype), torch.float32)  # bf16 -> fp32
+    logsumexp = _ProductLogSumExp.apply((anchor / temperature).to(dtype), positive.to(dtype))  # (N,)
+    return (logsumexp - positive_logit).mean()
+
+
 class _ProductLogSumExp(torch.autograd.Function):
     """Row-wise ``logsumexp(queries @ keys.T)`` by blocks of rows, for few columns (H) and many rows (N) of keys.
 
@@ -614,3 +630,4 @@ class EdgePruning(nn.Module):
         kept = self.kept_edges(generator, uniform=uniform)
         pruned = TrainGraph(self.num_users, self.num_items, self.edge_users.cpu()[kept], self.edge_items.cpu()[kept])
         return pruned.norm_adj().to(self.edge_weights.device)
+

@@ -17,6 +17,8 @@ from rmm.errors import ConfigError, UnknownNameError
 from rmm.models.hparams.base import FUSIONS
 from rmm.models.hparams.bm3 import BM3Config
 from rmm.models.hparams.bprmf import BPRMFConfig
+from rmm.models.hparams.cohesion import COHESIONConfig
+from rmm.models.hparams.damrs import DAMRSConfig
 from rmm.models.hparams.dragon import DRAGONConfig
 from rmm.models.hparams.dualgnn import DualGNNConfig
 from rmm.models.hparams.freedom import FREEDOMConfig
@@ -26,9 +28,12 @@ from rmm.models.hparams.lattice import LATTICEConfig
 from rmm.models.hparams.layergcn import LayerGCNConfig
 from rmm.models.hparams.lgmrec import LGMRecConfig
 from rmm.models.hparams.lightgcn import LightGCNConfig
+from rmm.models.hparams.mentor import MENTORConfig
 from rmm.models.hparams.mgcn import MGCNConfig
+from rmm.models.hparams.mmgcf import MMGCFConfig
 from rmm.models.hparams.mmgcn import MMGCNConfig
 from rmm.models.hparams.mvgae import MVGAEConfig
+from rmm.models.hparams.pgl import PGLConfig
 from rmm.models.hparams.profile import ProfileConfig
 from rmm.models.hparams.selfcf import SelfCFConfig
 from rmm.models.hparams.slmrec import SLMRecConfig
@@ -93,6 +98,8 @@ def registry_table(*specs: ModelSpec) -> dict[str, ModelSpec]:
 MODELS: Mapping[str, ModelSpec] = registry_table(
     ModelSpec("bm3", BM3Config, uses_features=True),
     ModelSpec("bprmf", BPRMFConfig),
+    ModelSpec("cohesion", COHESIONConfig, uses_features=True),
+    ModelSpec("damrs", DAMRSConfig, uses_features=True),
     ModelSpec("dragon", DRAGONConfig, uses_features=True),
     ModelSpec("dualgnn", DualGNNConfig, uses_features=True),
     ModelSpec("freedom", FREEDOMConfig, uses_features=True),
@@ -102,9 +109,12 @@ MODELS: Mapping[str, ModelSpec] = registry_table(
     ModelSpec("layergcn", LayerGCNConfig),
     ModelSpec("lgmrec", LGMRecConfig, uses_features=True),
     ModelSpec("lightgcn", LightGCNConfig),
+    ModelSpec("mentor", MENTORConfig, uses_features=True),
     ModelSpec("mgcn", MGCNConfig, uses_features=True),
+    ModelSpec("mmgcf", MMGCFConfig, uses_features=True),
     ModelSpec("mmgcn", MMGCNConfig, uses_features=True),
     ModelSpec("mvgae", MVGAEConfig, uses_features=True),
+    ModelSpec("pgl", PGLConfig, uses_features=True),
     ModelSpec("profile", ProfileConfig, uses_features=True),
     ModelSpec("selfcf", SelfCFConfig),
     ModelSpec("slmrec", SLMRecConfig, uses_features=True),
