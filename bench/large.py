@@ -58,6 +58,7 @@ from rmm.data.graph import KNNSpec, TrainGraph, UserItems, normalize_graph  # no
 from rmm.data.knn_cache import cached_knn_graph  # noqa: E402
 from rmm.models.base import build_model, model_params  # noqa: E402
 from rmm.models.registry import MODELS, get_model_class, model_spec  # noqa: E402
+from rmm.train.cpu import prepare_cpu_process  # noqa: E402
 from rmm.train.loop import BPRSampler, EvalSplit, _train_epoch, evaluate_split  # noqa: E402
 from train import machine, peak_rss_mib  # noqa: E402  (bench/train.py, a sibling script)
 
@@ -199,6 +200,7 @@ def load_pairs(data_dir: Path, num_users: int, num_items: int) -> tuple[TrainGra
 def run_case(case: dict[str, Any]) -> dict[str, Any]:
     """In the case's own subprocess: set-up, one epoch (or timed steps), one valid evaluation."""
     torch.set_num_threads(case["threads"])
+    prepare_cpu_process()  # as rmm.train.loop.fit
     shape = SHAPES[case["shape"]]
     data_dir = Path(case["data_dir"])
     name = case["model"]

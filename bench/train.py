@@ -81,6 +81,7 @@ from rmm.data.graph import KNNSpec, TrainGraph
 from rmm.models.base import BPRBatch, Recommender, build_model, model_params
 from rmm.models.layers import bpr_loss, l2_reg
 from rmm.models.registry import get_model_class, model_spec
+from rmm.train.cpu import prepare_cpu_process
 from rmm.train.loop import BPRSampler
 
 BABY = {"num_users": 19_445, "num_items": 7_050, "num_interactions": 160_792}
@@ -682,8 +683,8 @@ def start_epoch(model: nn.Module, epoch: int) -> None:
 def time_steps(case: dict[str, Any], rank: int = 0, world_size: int = 1) -> dict[str, Any]:
     """Build the case's model and time its optimiser steps on this rank's batches of epoch 1."""
     torch.set_num_threads(case["threads"])
-    if case["impl"] == "rmm":  # as rmm.train.loop.fit; MMRec does not, so the references keep subnormals
-        torch.set_flush_denormal(True)
+    if case["impl"] == "rmm":  # as rmm.train.loop.fit; MMRec does neither, so the references keep subnormals
+        prepare_cpu_process()  # and glibc's default allocator
     tic = time.perf_counter()
     graph, features = load_baby(Path(case["data_dir"]))
     load_s = time.perf_counter() - tic

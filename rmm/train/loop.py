@@ -33,6 +33,7 @@ from rmm.errors import ConfigError, DataError, DivergedError
 from rmm.eval.metrics import evaluate, metric_names
 from rmm.models.base import BPRBatch, Recommender, build_model, model_params
 from rmm.models.registry import get_model_class
+from rmm.train.cpu import prepare_cpu_process
 
 log = logging.getLogger(__name__)
 
@@ -246,10 +247,7 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, data: Dataset, features:
         DivergedError: the epoch loss, or a metric, is NaN or infinite.
         DataError: a split to train, validate or test on is empty.
     """
-    # Subnormal floats (real sentence-encoder features hold values below 1e-30, and their products with small
-    # gradients underflow into that range) take x86 CPUs tens of times longer per operation; flushed to zero,
-    # FREEDOM's epoch was measured 3x faster. Returns False where unsupported; a no-op on GPUs.
-    torch.set_flush_denormal(True)
+    prepare_cpu_process()  # subnormals flushed, freed memory kept for the next step
     rank, world_size = rank_and_world()
     autocast_dtype = _autocast_dtype(train_cfg)
     ks = tuple(train_cfg.eval.topk)
