@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -212,3 +213,10 @@ SHIPPED = (*ZOO, "bprmf", "lightgcn", "vbpr", "layergcn", "selfcf", "mgcn", "slm
 def test_every_shipped_model_is_registered() -> None:
     assert set(SHIPPED) <= set(MODELS)
     assert dataclasses.is_dataclass(MODELS["lgmrec"].config_class)
+
+
+def test_every_registered_model_is_in_the_readmes_model_table() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("### Models", 1)[1].split("\n### ", 1)[0]
+    listed = {line.split("|")[1].strip().strip("`") for line in table.splitlines() if line.startswith("| `")}
+    assert listed == set(MODELS)
