@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rmm.data.graph import KNNSpec, TrainGraph, UserGraphSpec, combine_graphs, to_csr
+from rmm.data.graph import KNNSpec, TrainGraph, UserGraphSpec, to_csr
 from rmm.models.base import BPRBatch, Recommender, epoch_generator, inner_product_scorer
 from rmm.models.dualgnn import padded_user_graph_weights, user_graph_weights
-from rmm.models.freedom import mixing_weights
+from rmm.models.freedom import register_mixed_item_graph
 from rmm.models.hparams.cohesion import COHESIONConfig
 from rmm.models.layers import (
     FeatureBank,
@@ -100,10 +100,7 @@ class COHESION(Recommender[COHESIONConfig]):
         self.features = FeatureBank(features)
         d, branches = cfg.embedding_dim, len(self.features) + 1
         self.register_buffer("adj", graph.norm_adj(), persistent=False)
-        weights = mixing_weights(cfg.modality_weights, len(self.features), type(self).__name__)
-        mm_adj = combine_graphs(self.build_item_graphs(features, item_graphs), weights)
-        self.register_buffer("mm_adj", to_csr(mm_adj), persistent=False)  # directed: keep the transpose
-        self.register_buffer("mm_adj_t", to_csr(mm_adj.t()), persistent=False)
+        register_mixed_item_graph(self, features, item_graphs, cfg.modality_weights)
         if user_graph is None:
             user_graph = UserGraphSpec(cfg.user_knn_k).build(graph)
         elif not user_graph.is_sparse or tuple(user_graph.shape) != (self.num_users, self.num_users):

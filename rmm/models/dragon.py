@@ -7,9 +7,9 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from rmm.data.graph import KNNSpec, TrainGraph, combine_graphs, to_csr
+from rmm.data.graph import KNNSpec, TrainGraph
 from rmm.models.dualgnn import DualGraphModel
-from rmm.models.freedom import mixing_weights
+from rmm.models.freedom import register_mixed_item_graph
 from rmm.models.hparams.dragon import DRAGONConfig
 from rmm.models.layers import smooth
 from rmm.models.registry import register
@@ -54,10 +54,7 @@ class DRAGON(DualGraphModel[DRAGONConfig]):
     def __init__(self, graph: TrainGraph, features: Mapping[str, Tensor], cfg: DRAGONConfig, *,
                  item_graphs: Mapping[str, Tensor] | None = None, user_graph: Tensor | None = None) -> None:
         super().__init__(graph, features, cfg, user_graph=user_graph)
-        weights = mixing_weights(cfg.modality_weights, len(self.features), type(self).__name__)
-        mm_adj = combine_graphs(self.build_item_graphs(features, item_graphs), weights)
-        self.register_buffer("mm_adj", to_csr(mm_adj), persistent=False)  # directed: keep the transpose
-        self.register_buffer("mm_adj_t", to_csr(mm_adj.t()), persistent=False)
+        register_mixed_item_graph(self, features, item_graphs, cfg.modality_weights)
 
     @classmethod
     def item_graph_spec(cls, cfg: DRAGONConfig) -> KNNSpec:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import operator
 from collections.abc import Mapping
 from functools import reduce
+from typing import Any
 
 from torch import Tensor, nn
 
 from rmm.data.graph import KNNSpec, TrainGraph, combine_graphs, to_csr
-from rmm.models.base import BPRBatch, EmbeddingRecommender, epoch_generator
+from rmm.models.base import BPRBatch, EmbeddingRecommender, Recommender, epoch_generator
 from rmm.models.hparams.freedom import FREEDOMConfig
 from rmm.models.layers import (
     EdgePruning,
@@ -34,6 +35,18 @@ def mixing_weights(weights: tuple[float, ...] | None, count: int, model: str) ->
                          f"weight per feature, in feature order (protocol: mmrec defaults it to MMRec's [0.1, 0.9] "
                          f"for features [image, text]; set it explicitly, or to null for uniform, otherwise)")
     return [w / sum(weights) for w in weights]
+
+
+def register_mixed_item_graph(model: Recommender[Any], features: Mapping[str, Tensor],
+                              item_graphs: Mapping[str, Tensor] | None,
+                              modality_weights: tuple[float, ...] | None) -> None:
+    """FREEDOM's frozen item-item graph on ``model``: its per-modality kNN graphs (``build_item_graphs``) mixed by
+    ``modality_weights`` (:func:`mixing_weights`), as the CSR buffers ``mm_adj`` and, the kNN graph being
+    directed, its transpose ``mm_adj_t``. Shapes: (I, I) each."""
+    weights = mixing_weights(modality_weights, len(features), type(model).__name__)
+    mm_adj = combine_graphs(model.build_item_graphs(features, item_graphs), weights)
+    model.register_buffer("mm_adj", to_csr(mm_adj), persistent=False)
+    model.register_buffer("mm_adj_t", to_csr(mm_adj.t()), persistent=False)
 
 
 @register("freedom")
@@ -77,10 +90,7 @@ class FREEDOM(EmbeddingRecommender[FREEDOMConfig]):
                  item_graphs: Mapping[str, Tensor] | None = None) -> None:
         super().__init__(graph, features, cfg)
         self.features = FeatureBank(features, trainable=cfg.train_features)
-        weights = mixing_weights(cfg.modality_weights, len(self.features), type(self).__name__)
-        mm_adj = combine_graphs(self.build_item_graphs(features, item_graphs), weights)
-        self.register_buffer("mm_adj", to_csr(mm_adj), persistent=False)  # directed: keep the transpose
-        self.register_buffer("mm_adj_t", to_csr(mm_adj.t()), persistent=False)
+        register_mixed_item_graph(self, features, item_graphs, cfg.modality_weights)
         self.register_buffer("adj", graph.norm_adj(), persistent=False)
         self.register_buffer("masked_adj", None, persistent=False)
         self.pruning = EdgePruning(graph, cfg.dropout)

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rmm.data.graph import KNNSpec, TrainGraph, combine_graphs, to_csr
+from rmm.data.graph import KNNSpec, TrainGraph
 from rmm.models.base import BPRBatch, Recommender, epoch_generator, inner_product_scorer
-from rmm.models.freedom import mixing_weights
+from rmm.models.freedom import register_mixed_item_graph
 from rmm.models.hparams.mentor import MENTORConfig
 from rmm.models.layers import (
     FeatureBank,
@@ -131,10 +131,7 @@ class MENTOR(Recommender[MENTORConfig]):
         self.features = FeatureBank(features)
         d, count = cfg.embedding_dim, len(self.features)
         self.register_buffer("adj", graph.norm_adj(), persistent=False)
-        weights = mixing_weights(cfg.modality_weights, count, type(self).__name__)
-        mm_adj = combine_graphs(self.build_item_graphs(features, item_graphs), weights)
-        self.register_buffer("mm_adj", to_csr(mm_adj), persistent=False)  # directed: keep the transpose
-        self.register_buffer("mm_adj_t", to_csr(mm_adj.t()), persistent=False)
+        register_mixed_item_graph(self, features, item_graphs, cfg.modality_weights)
         self.modal = GraphEncoders(self.num_users, self.features.dims, d)
         self.guide = GraphEncoders(self.num_users, [d], d)
         self.id_features = nn.Parameter(torch.empty(self.num_items, d))

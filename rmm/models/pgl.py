@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rmm.data.graph import KNNSpec, TrainGraph, combine_graphs, to_csr
+from rmm.data.graph import KNNSpec, TrainGraph, to_csr
 from rmm.models.base import BPRBatch, EmbeddingRecommender, epoch_generator
-from rmm.models.freedom import mixing_weights
+from rmm.models.freedom import register_mixed_item_graph
 from rmm.models.hparams.pgl import PGLConfig
 from rmm.models.layers import (
     EdgePruning,
@@ -137,10 +137,7 @@ class PGL(EmbeddingRecommender[PGLConfig]):
                  item_graphs: Mapping[str, Tensor] | None = None) -> None:
         super().__init__(graph, features, cfg)
         self.features = FeatureBank(features, trainable=cfg.train_features)
-        weights = mixing_weights(cfg.modality_weights, len(self.features), type(self).__name__)
-        mm_adj = combine_graphs(self.build_item_graphs(features, item_graphs), weights)
-        self.register_buffer("mm_adj", to_csr(mm_adj), persistent=False)  # directed: keep the transpose
-        self.register_buffer("mm_adj_t", to_csr(mm_adj.t()), persistent=False)
+        register_mixed_item_graph(self, features, item_graphs, cfg.modality_weights)
         self.register_buffer("adj", graph.norm_adj(), persistent=False)
         self.register_buffer("masked_adj", None, persistent=False)
         global_adj = (global_principal_graph(graph, cfg.rank, cfg.global_threshold) if cfg.mode == "global"
