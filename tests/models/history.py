@@ -7,7 +7,7 @@ compares rmm's sparse model code against them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -89,11 +89,16 @@ def assert_close_grad(actual: torch.Tensor, expected: torch.Tensor, name: str) -
     torch.testing.assert_close(actual.double(), expected, atol=5e-6 * scale, rtol=1e-4, msg=name)
 
 
-def assert_same_gradients(model: torch.nn.Module, reference_params: Mapping[str, torch.Tensor]) -> None:
+def assert_same_gradients(model: torch.nn.Module, reference_params: Mapping[str, torch.Tensor],
+                          no_gradient: Callable[[str], bool] = lambda name: False) -> None:
     """Every parameter of ``model`` has a gradient, and it matches the reference's copy of that parameter
-    (``reference_params[name].grad``, after both losses were backpropagated)."""
+    (``reference_params[name].grad``, after both losses were backpropagated); except the parameters
+    ``no_gradient(name)`` names, which get none on either side (the model's may be all zeros)."""
     for name, parameter in model.named_parameters():
         reference_grad = reference_params[name].grad
+        if no_gradient(name):
+            assert reference_grad is None and (parameter.grad is None or not parameter.grad.any()), name
+            continue
         assert parameter.grad is not None and reference_grad is not None, name
         assert_close_grad(parameter.grad, reference_grad, name)
 

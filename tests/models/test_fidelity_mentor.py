@@ -30,6 +30,7 @@ from tests.models.history import (
     NUM_USERS,
     assert_close,
     assert_close_grad,
+    assert_same_gradients,
     dense_adjacency,
     gaussian_features,
     history_graph,
@@ -240,13 +241,8 @@ def test_mentor_fidelity_loss_and_gradients(protocol: str, names: tuple[str, ...
     loss = model.loss(BATCH)
     loss.backward()
     assert_close(loss, expected)
-    for name, parameter in model.named_parameters():
-        reference_grad = params[name].grad
-        if reference_grad is None:  # the masking MLP without mask_gradient (or unused), as in the reference
-            assert parameter.grad is None or not parameter.grad.any(), name
-            continue
-        assert parameter.grad is not None, name
-        assert_close_grad(parameter.grad, reference_grad, name)
+    # the masking MLP without mask_gradient (or unused) gets no gradient, as in the reference
+    assert_same_gradients(model, params, no_gradient=lambda name: params[name].grad is None)
     unused = [name for name, p in model.named_parameters() if p.grad is None]
     assert bool(unused) <= model.has_unused_parameters, unused
 
