@@ -18,13 +18,13 @@ Per kind (``sentence``: the shipped all-MiniLM-L6-v2; ``lvlm_embed`` and ``lvlm_
   (no Ray): length bucketing, model batches of ``batch_size``, status bookkeeping.
 - ``rmm extract (Ray Data)``: the pipeline as ``rmm extract`` runs it (:func:`extract_features` on a dataset
   folder of ``--items`` synthetic items, one actor with ``num_cpus`` = threads, Ray already started), from the
-  items file to the consolidated ``matrix.npy``. Its wall time counts the actor's start and model load; its CPU
-  time is that of Ray Data's tasks (the sum of every operator's "remote cpu time" in ``ds.stats()``, printed
-  in full above the table), i.e. the steady-state work without the start.
-- ``rmm extract (Ray Data), the actor's batches``: the same runs, counting only the extractor actor's batches
-  (the ``MapBatches(ExtractorGroup)`` operator's remote wall and CPU time in ``ds.stats()``): what the model
-  costs per item inside Ray once the actor has started and loaded it, the figure to hold against the warm
-  library loop; the row above adds the one-off start (worker, imports, model load) and Ray Data's work.
+  items file to the consolidated ``matrix.npy``, wall time: it counts the actor's start (worker, imports, model
+  load) and Ray Data's work. ``twice the items``: the same on twice as many items (the same ones first).
+- ``rmm extract (Ray Data), steady state``: the difference of those two, i.e. what the second half of the items
+  cost once the actor runs (the one-off start cancels out): the figure to hold against the warm library loop.
+  No CPU column for the Ray rows: their work runs in other processes, and Ray Data's per-task CPU times overlap
+  (an actor's queued task counts the running one's CPU as well), so their sum measures nothing. The Ray Data
+  stats of the last run are printed above the table (per operator: tasks, blocks, times).
 
 Every row takes the best of ``--repeats`` interleaved rounds (in-process rows after a warm-up call). Items/s per
 core divides by the threads (Ray: the actor's CPUs). Ratios are against ``library, batched``; >= 1 means rmm is at
@@ -36,9 +36,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import platform
-import re
 import shutil
 import tempfile
 import time
@@ -79,11 +79,8 @@ WORDS = ("soft cotton baby blanket with a classic stripe pattern machine washabl
 KINDS = ("sentence", "lvlm_embed", "lvlm_describe")
 BASELINE, PER_ITEM = "library, batched", "library, per item"
 CLASS, RAY = "rmm extractor, one batch", "rmm extract (Ray Data)"
-ACTOR = "rmm extract (Ray Data), the actor's batches"
-CPU_TIME = re.compile(r"Remote cpu time: .* ([\d.]+)(us|ms|s) total")
-ACTOR_TIMES = re.compile(r"MapBatches\(ExtractorGroup\).*?\n\* Remote wall time: .* ([\d.]+)(us|ms|s) total\n"
-                         r"\* Remote cpu time: .* ([\d.]+)(us|ms|s) total")
-SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+RAY_TWICE = "rmm extract (Ray Data), twice the items"
+STEADY = "rmm extract (Ray Data), steady state"
 
 Batch = dict[str, np.ndarray]
 Runner = Callable[[Batch], object]
@@ -231,8 +228,6 @@ class RayExtract:
             write_items(self.data, batch)
         self.runs = 0
         self.stats = ""
-        self.cpu_seconds = 0.0
-        self.actor_best = (float("inf"), float("inf"))  # best (wall, CPU) seconds of the actor's batches
 
     def __call__(self, batch: Batch) -> None:
         from rmm.features.pipeline import extract_features
@@ -245,13 +240,6 @@ class RayExtract:
         with _captured("rmm.features.pipeline") as records:
             extract_features(cfg)
         self.stats = "\n".join(r.getMessage() for r in records if r.getMessage().startswith("Ray Data stats"))
-        self.cpu_seconds = sum(float(value) * SECONDS[unit] for value, unit in CPU_TIME.findall(self.stats))
-        actor = ACTOR_TIMES.search(self.stats)
-        if actor is None:
-            raise RuntimeError(f"no ExtractorGroup operator in the Ray Data stats:\n{self.stats}")
-        wall, wall_unit, cpu, cpu_unit = actor.groups()
-        self.actor_best = (min(self.actor_best[0], float(wall) * SECONDS[wall_unit]),
-                           min(self.actor_best[1], float(cpu) * SECONDS[cpu_unit]))
         shutil.rmtree(out)
 
 
@@ -278,8 +266,9 @@ class _captured:
 
 def best_times(runners: dict[str, tuple[Runner, Batch]], repeats: int) -> dict[str, tuple[float, float]]:
     """Best (wall, CPU) seconds of each runner on its batch over ``repeats`` rounds that run every runner once, in
-    turn (interleaving spreads a busy neighbour's load over all runners alike). CPU: of this process, or of Ray
-    Data's tasks for a :class:`RayExtract`."""
+    turn (interleaving spreads a busy neighbour's load over all runners alike). CPU: of this process; NaN for a
+    :class:`RayExtract`, whose work runs in other processes (Ray Data's per-task CPU times overlap: an actor's
+    queued task counts the running one's CPU too, so their sum is no measure)."""
     wall = dict.fromkeys(runners, float("inf"))
     cpu = dict.fromkeys(runners, float("inf"))
     for _ in range(repeats):
@@ -287,8 +276,7 @@ def best_times(runners: dict[str, tuple[Runner, Batch]], repeats: int) -> dict[s
             start, start_cpu = time.perf_counter(), time.process_time()
             run(batch)
             wall[name] = min(wall[name], time.perf_counter() - start)
-            used = run.cpu_seconds if isinstance(run, RayExtract) else time.process_time() - start_cpu
-            cpu[name] = min(cpu[name], used)
+            cpu[name] = math.nan if isinstance(run, RayExtract) else min(cpu[name], time.process_time() - start_cpu)
     return {name: (wall[name], cpu[name]) for name in runners}
 
 
@@ -306,9 +294,12 @@ def bench_kind(kind: str, args: argparse.Namespace, scratch: Path, ray_cfg: RayC
         run(warmup)
     runners: dict[str, tuple[Runner, Batch]] = {BASELINE: (baseline, items), PER_ITEM: (per_item, few),
                                                 CLASS: (extractor, items), RAY: (ray_run, items)}
+    twice = make_items(2 * len(items["item_id"]))  # the same items first, then as many again
+    runners[RAY_TWICE] = (RayExtract(scratch, twice, extractor_cfg, ray_cfg), twice)
     seconds = best_times(runners, args.repeats)
-    seconds[ACTOR] = ray_run.actor_best
-    runners[ACTOR] = (ray_run, items)
+    # the second half of the items alone: the one-off start and the tail of a run cancel out
+    seconds[STEADY] = (seconds[RAY_TWICE][0] - seconds[RAY][0], math.nan)
+    runners[STEADY] = runners[RAY]
     print(f"\n<details><summary>Ray Data stats, {kind}</summary>\n\n```\n{ray_run.stats}\n```\n</details>\n",
           flush=True)
     rows = []
@@ -358,8 +349,9 @@ def main() -> None:
           "| vs library |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for kind, mode, batch_size, count, wall, rate, per_core, ratio, per_cpu, cpu_ratio in rows:
+        cpu = f"{per_cpu:.1f} | {cpu_ratio:.2f}x" if math.isfinite(per_cpu) else "– | –"
         print(f"| {kind} | {mode} | {batch_size} | {count} | {wall:.2f} | {rate:.1f} | {per_core:.1f} | {ratio:.2f}x | "
-              f"{per_cpu:.1f} | {cpu_ratio:.2f}x |")
+              f"{cpu} |")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -64,18 +63,6 @@ log = logging.getLogger(__name__)
 ITEM_COLUMNS = ["item_id", "title", "text", "image_path"]
 # How an extractor runs, not what it computes: changing these must not invalidate a finished feature.
 RUNTIME_FIELDS = ("batch_size", "bucket_window", "concurrency", "num_cpus", "num_gpus", "group")
-
-
-def actor_env() -> dict[str, str]:
-    """Environment of the extraction actors: OpenMP's wait policy PASSIVE unless the driver's environment sets
-    ``OMP_WAIT_POLICY`` (then that), so a torch thread that reaches a barrier first sleeps instead of spinning.
-
-    Measured with MiniLM on 2,000 items, 2 threads, on 2 cores with a training run beside it: in a Ray actor the
-    batches took 22-25 s and 24-30 CPU-s, py-spy put 40% of the actor's samples in libgomp's wait loops; the
-    same extractor class in a plain process took 13 s and 13 CPU-s (12% in libgomp); the actor with PASSIVE
-    16.5 s and 15.7 CPU-s. A spinning thread holds a core its partner (or the driver, Ray's own processes, a
-    neighbour) needs, and Ray runs its workers at niceness 15, below all of those."""
-    return {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
 
 
 @dataclass(frozen=True)
@@ -281,11 +268,10 @@ def _extract(feature_root: str, dataset_dir: str, items: pd.DataFrame, plans: li
     ``dataset_dir`` are absolute paths or URIs, which every node reaches.
 
     A group runs with the largest ``batch_rows``, ``num_cpus``, ``num_gpus`` and ``concurrency`` of its members;
-    each actor runs torch on as many threads as the CPUs it reserved, OpenMP waiting passively (:func:`actor_env`).
-    Image decoding and the sink reserve no CPU: an actor pool holding every CPU of the node (``num_cpus`` = the
-    node's cores, the fastest way to run one model on a CPU box) would otherwise leave them waiting until the pool
-    is done, so images would never be decoded and parts would not be written batch by batch. Both are cheap next
-    to a model (they run between its batches).
+    each actor runs torch on as many threads as the CPUs it reserved. Image decoding and the sink reserve no CPU:
+    an actor pool holding every CPU of the node (``num_cpus`` = the node's cores, the fastest way to run one model
+    on a CPU box) would otherwise leave them waiting until the pool is done, so images would never be decoded
+    and parts would not be written batch by batch. Both are cheap next to a model (they run between its batches).
     """
     cfgs = [plan.cfg for plan in plans]
     batch_rows = max(c.batch_rows for c in cfgs)
@@ -304,8 +290,7 @@ def _extract(feature_root: str, dataset_dir: str, items: pd.DataFrame, plans: li
     ds = ds.map_batches(ExtractorGroup, fn_constructor_kwargs={"cfgs": tuple(cfgs), "cache_dir": cache_dir,
                                                                "num_threads": actor_threads(num_cpus)},
                         batch_size=batch_rows, compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high),
-                        num_cpus=num_cpus, num_gpus=max(c.num_gpus for c in cfgs),
-                        runtime_env={"env_vars": actor_env()})
+                        num_cpus=num_cpus, num_gpus=max(c.num_gpus for c in cfgs))
     names = ", ".join(f"{p.cfg.name} ({p.cfg.kind})" for p in plans)
     log.info("extracting %s for %d items into %s", names, len(items), feature_root)
     with console.current().progress("extract", len(items), "item", counts="items"):

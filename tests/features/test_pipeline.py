@@ -240,12 +240,3 @@ def test_jobs_follow_groups_and_feature_names_must_be_unique() -> None:
     clash = [plan("x_mean", None), plan("x", None, "lvlm_embed", model="m", poolings=("mean", "last"))]
     with pytest.raises(ValueError, match="both write feature 'x_mean'"):
         _check_unique_features(clash)
-
-
-def test_extraction_actors_wait_passively_unless_the_driver_chose(monkeypatch: pytest.MonkeyPatch) -> None:
-    from rmm.features.pipeline import actor_env
-
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    assert actor_env() == {"OMP_WAIT_POLICY": "PASSIVE"}
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    assert actor_env() == {"OMP_WAIT_POLICY": "ACTIVE"}
