@@ -29,13 +29,17 @@ LOOPBACK = "127.0.0.1"
 # A local Ray (loopback only, see above) needs no auth token file, reports no usage stats, and checks Train
 # workers often. It starts no idle workers ahead of use (Ray would start one per CPU for the job's environment,
 # which Ray Train's and Tune's actors, each with an environment of their own, never reuse), and Ray Train runs no
-# preemption watcher actor: a single local node is never drained. Never applied when joining a cluster.
+# preemption watcher actor: a single local node is never drained. An idle worker lives 10 s rather than Ray's 1 s
+# once the node has as many workers as CPUs: an extraction's actor pool holds every CPU, so each zero-CPU sink task
+# between two of its batches otherwise starts a new worker process (~2 CPU-s of start-up and imports, taken from
+# the model's cores). Never applied when joining a cluster.
 _LOCAL_ENV = {
     "RAY_AUTH_MODE": "disabled",
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "RAY_prestart_worker_first_driver": "0",
+    "RAY_idle_worker_killing_time_threshold_ms": "10000",
     "TOKENIZERS_PARALLELISM": "false",
 }
 

@@ -1,6 +1,7 @@
 """rmm.cluster on the session's local Ray (tests/conftest.py): it listens on loopback only, its workers import
 the driver's rmm, a driver joining it leaves token auth as it found it, another local Ray starts beside it
-(never joins it), and a training run on it starts no helper actor that rmm does not use."""
+(never joins it), a training run on it starts no helper actor that rmm does not use, and zero-CPU tasks beside
+an actor pool that holds every CPU keep their worker."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import ipaddress
 import os
 import subprocess
 import sys
+import textwrap
 import uuid
 from pathlib import Path
 
@@ -116,3 +118,38 @@ def test_training_on_a_local_ray_starts_no_idle_helper_actors(ray_cluster, tmp_p
                if actor_id not in before}
     assert "TrainController" in started, started
     assert not started & {"PlacementGroupCleaner", "DatasetManager", "PreemptionWatcher"}, started
+
+
+def test_zero_cpu_tasks_beside_a_full_actor_pool_reuse_their_worker(ray_cluster) -> None:
+    """On a local Ray whose CPUs an actor holds (an extraction's pool), zero-CPU tasks 1.5 s apart (its sink
+    writes between batches) run in one worker process; Ray's default would kill the idle worker after 1 s and
+    start a new one for each task."""
+    script = textwrap.dedent("""
+        import os, time, ray
+        from rmm.cluster import init_ray
+        from rmm.config import RayConfig
+
+        @ray.remote(num_cpus=1)
+        class Holder:
+            def ping(self) -> int:
+                return 1
+
+        @ray.remote(num_cpus=0)
+        def pid() -> int:
+            return os.getpid()
+
+        init_ray(RayConfig(num_cpus=1))
+        holder = Holder.remote()
+        ray.get(holder.ping.remote())
+        pids = []
+        for _ in range(4):
+            pids.append(ray.get(pid.remote()))
+            time.sleep(1.5)
+        print("pids", len(set(pids)))
+        """)
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("RAY_ADDRESS", "RAY_idle_worker_killing_time_threshold_ms")}
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "pids 1" in done.stdout, done.stdout[-2000:]
