@@ -125,11 +125,15 @@ class MMGCF(EmbeddingRecommender[MMGCFConfig]):
             raise RuntimeError("concat fusion needs its linear map")
         return layer(rows)
 
-    def fused_items(self, items: Tensor) -> Tensor:
-        """The collaborative item embeddings ``items`` fused with the projected modalities, by ``weighting``.
-        Shapes: (I, d) -> (I, d)."""
-        modal = [proj(x) for proj, x in zip(modules_of(self.projections, nn.Linear), self.features.matrices(),
-                                            strict=True)]  # M x (I, f)
+    def fused_items(self, items: Tensor, rows: Tensor | None = None) -> Tensor:
+        """The collaborative item embeddings ``items`` of catalogue rows ``rows`` (every item when None) fused
+        with their projected modalities, by ``weighting`` (row-wise: any subset gives the same rows).
+        Shapes: (n, d), (n,) -> (n, d)."""
+        matrices = self.features.matrices()
+        if rows is not None:
+            matrices = [x.index_select(0, rows) for x in matrices]
+        modal = [proj(x) for proj, x in zip(modules_of(self.projections, nn.Linear), matrices,
+                                            strict=True)]  # M x (n, f)
         layers: list[ConcatFusion | None] = list(modules_of(self.concat_layers, ConcatFusion)) or [None, None]
         if self.cfg.weighting == "equal":
             mixed = modal[0] if len(modal) == 1 else self.fuse(modal, layers[0])  # (I, f)
@@ -151,9 +155,15 @@ class MMGCF(EmbeddingRecommender[MMGCFConfig]):
     def loss(self, batch: BPRBatch) -> Tensor:
         if self.masked_adj is None:  # a loop that never calls start_epoch still trains on a pruned graph
             self.start_epoch(0, 0)
-        user_emb, item_emb = self.embeddings(self.masked_adj)
+        user_emb, collaborative = lightgcn(self.masked_adj, self.user_embedding.weight, self.item_embedding.weight,
+                                           self.cfg.num_ui_layers)
+        # Fusion is row-wise, so only the batch's distinct items are projected, not the catalogue: at 7k items x
+        # 4,096-d image features the projections were two thirds of a step.
+        rows, inverse = torch.unique(torch.cat([batch.pos_items, batch.neg_items]), return_inverse=True)
+        pos, neg = self.fused_items(collaborative.index_select(0, rows), rows).index_select(0, inverse).split(
+            len(batch.pos_items))  # (B, d) each
         users = user_emb[batch.users]  # (B, d)
-        ranking = bpr_loss((users * item_emb[batch.pos_items]).sum(-1), (users * item_emb[batch.neg_items]).sum(-1))
+        ranking = bpr_loss((users * pos).sum(-1), (users * neg).sum(-1))
         reg = l2_reg(self.user_embedding.weight.index_select(0, batch.users),
                      self.item_embedding.weight.index_select(0, batch.pos_items),
                      self.item_embedding.weight.index_select(0, batch.neg_items), norm=self.cfg.reg_norm)
