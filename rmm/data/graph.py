@@ -47,6 +47,20 @@ def to_csr(adj: Tensor) -> Tensor:
         return adj.coalesce().to_sparse_csr()
 
 
+def csr_of_row_major(rows: Tensor, cols: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
+    """A CSR matrix from entries already in row-major order (``rows`` non-decreasing, distinct (row, col) pairs):
+    :func:`to_csr` without its sort, for a subset of a CSR matrix's entries drawn each step (edge dropout).
+
+    Shapes:
+        rows, cols: (nnz,) int64; values: (nnz,) -> sparse CSR ``shape``.
+    """
+    crow = torch.zeros(shape[0] + 1, dtype=torch.int64, device=rows.device)
+    torch.cumsum(torch.bincount(rows, minlength=shape[0]), 0, out=crow[1:])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, cols, values, shape, check_invariants=False)
+
+
 @dataclass(frozen=True, eq=False)
 class UserItems:
     """A user -> items relation in CSR form (row = user), e.g. the train items to mask at evaluation.

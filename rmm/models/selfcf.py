@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rmm.data.graph import TrainGraph, to_csr
+from rmm.data.graph import TrainGraph, csr_of_row_major
 from rmm.models.base import BPRBatch, EmbeddingRecommender
 from rmm.models.hparams.selfcf import SelfCFConfig
 from rmm.models.layers import l2_reg, lightgcn
@@ -51,18 +51,22 @@ class SelfCF(EmbeddingRecommender[SelfCFConfig]):
         product is the score.
     """
 
-    # Buffers: the normalised user-item graph, and its stored entries (COO, row-major) for the edge dropout.
+    # Buffers: the normalised user-item graph; for the edge dropout, its stored entries (row-major) and the
+    # permutation that lists them in the transpose's row-major order.
     adj: Tensor
     adj_index: Tensor
     adj_values: Tensor
+    transpose_order: Tensor
 
     def __init__(self, graph: TrainGraph, features: Mapping[str, Tensor], cfg: SelfCFConfig) -> None:
         super().__init__(graph, features, cfg)
         adj = graph.norm_adj()
         self.register_buffer("adj", adj, persistent=False)
         entries = adj.to_sparse_coo().coalesce()
+        rows, cols = entries.indices()
         self.register_buffer("adj_index", entries.indices(), persistent=False)
         self.register_buffer("adj_values", entries.values(), persistent=False)
+        self.register_buffer("transpose_order", torch.argsort(cols * adj.shape[0] + rows), persistent=False)
         self.user_embedding = nn.Embedding(self.num_users, cfg.embedding_dim)
         self.item_embedding = nn.Embedding(self.num_items, cfg.embedding_dim)
         self.predictor = nn.Linear(cfg.embedding_dim, cfg.embedding_dim)
@@ -79,16 +83,20 @@ class SelfCF(EmbeddingRecommender[SelfCFConfig]):
         rescaled by :math:`1/(1-r)` (the two directions of an edge independently: not symmetric).
 
         Draws, from torch's global generator: the rate (one float32 on the CPU), then one uniform per stored entry
-        (row-major) on the graph's device."""
+        (row-major) on the graph's device. Both are built as CSR straight from the kept entries, in row-major
+        order already (the transpose's through ``transpose_order``): no per-step sort."""
         if self.cfg.edge_dropout == 0:
             return self.adj, self.adj
         rate = float(torch.rand(())) * self.cfg.edge_dropout
         kept = torch.rand(len(self.adj_values), device=self.adj_values.device) >= rate
-        index, values = self.adj_index[:, kept], self.adj_values[kept] / (1.0 - rate)
-        shape = self.adj.shape
-        adj = torch.sparse_coo_tensor(index, values, shape, check_invariants=False)
-        adj_t = torch.sparse_coo_tensor(index.flip(0), values, shape, check_invariants=False)
-        return to_csr(adj), to_csr(adj_t)
+        rows, cols = self.adj_index
+        shape = (self.adj.shape[0], self.adj.shape[1])
+        adj_t_order = self.transpose_order[kept[self.transpose_order]]  # the kept entries by (col, row)
+        matrices = []
+        for order, (r, c) in ((kept.nonzero().squeeze(1), (rows, cols)), (adj_t_order, (cols, rows))):
+            values = self.adj_values.index_select(0, order) / (1.0 - rate)
+            matrices.append(csr_of_row_major(r.index_select(0, order), c.index_select(0, order), values, shape))
+        return matrices[0], matrices[1]
 
     def online(self, adj: Tensor | None = None, adj_t: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The encoder's user and item embeddings over ``adj`` (the full graph when None). Shapes: (U, d), (I, d)."""
