@@ -14,10 +14,12 @@ from rmm.data.graph import (
     KNNSpec,
     TrainGraph,
     combine_graphs,
+    csr_of_row_major,
     knn_edges,
     knn_graph,
     normalize_graph,
     row_norms,
+    to_csr,
     unit_rows,
     valid_rows,
 )
@@ -315,3 +317,17 @@ def test_row_normalised_adjacency_with_self_loops_and_its_transpose() -> None:
     assert graph.adjacency("sym", transpose=True) is graph.norm_adj()  # symmetric: the same matrix
     with pytest.raises(ValueError, match="adjacency normalization must be one of"):
         graph.adjacency("row")
+
+
+def test_csr_of_row_major_is_to_csr_of_any_subset_of_a_csr_matrix() -> None:
+    """Entries taken in stored order from a CSR matrix, any subset, give the matrix to_csr builds by sorting."""
+    generator = torch.Generator().manual_seed(0)
+    dense = torch.rand(7, 5, generator=generator) * (torch.rand(7, 5, generator=generator) < 0.5)
+    entries = dense.to_sparse_coo().coalesce()
+    kept = torch.rand(entries.values().shape, generator=generator) < 0.6
+    (rows, cols), values = entries.indices()[:, kept], entries.values()[kept]
+    expected = to_csr(torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (7, 5)))
+    built = csr_of_row_major(rows, cols, values, (7, 5))
+    for part in ("crow_indices", "col_indices", "values"):
+        assert torch.equal(getattr(built, part)(), getattr(expected, part)()), part
+    assert built.layout == torch.sparse_csr
