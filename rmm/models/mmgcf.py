@@ -4,6 +4,7 @@ modality features."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -155,8 +156,8 @@ class MMGCF(EmbeddingRecommender[MMGCFConfig]):
     def loss(self, batch: BPRBatch) -> Tensor:
         if self.masked_adj is None:  # a loop that never calls start_epoch still trains on a pruned graph
             self.start_epoch(0, 0)
-        user_emb, collaborative = lightgcn(self.masked_adj, self.user_embedding.weight, self.item_embedding.weight,
-                                           self.cfg.num_ui_layers)
+        user_emb, collaborative = lightgcn(cast(Tensor, self.masked_adj), self.user_embedding.weight,
+                                           self.item_embedding.weight, self.cfg.num_ui_layers)
         # Fusion is row-wise, so only the batch's distinct items are projected, not the catalogue: at 7k items x
         # 4,096-d image features the projections were two thirds of a step.
         rows, inverse = torch.unique(torch.cat([batch.pos_items, batch.neg_items]), return_inverse=True)

@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from rmm.models.base import BPRBatch, epoch_generator
-from rmm.models.layergcn import LayerGCN
+from rmm.models.layergcn import COSINE_EPS, LayerGCN, _EgoCosineScale
 from tests.models.history import (
     HISTORY,
     NUM_ITEMS,
@@ -159,3 +160,26 @@ def test_fidelity_layergcn_degree_sensitive_pruning_keeps_low_degree_edges_more_
     rate = {(u, i): counts[u, NUM_USERS + i].item() / 400 for u, i in pairs}
     assert rate[(4, 1)] > rate[(3, 5)] + 0.1  # degrees 2 x 3 against 4 x 3
     assert rate[(4, 0)] > rate[(0, 2)] + 0.1  # degrees 2 x 3 against 4 x 3
+
+
+def test_layer_refinement_backward_is_autograd_of_cosine_similarity() -> None:
+    """The hand-written backward of the cosine scaling: gradcheck in float64, and the same output and gradients
+    as autograd through ``F.cosine_similarity(h, ego) * h`` (MMRec's expression), a zero row included."""
+    generator = torch.Generator().manual_seed(0)
+    layer = torch.randn(6, 4, dtype=torch.float64, generator=generator)
+    layer[2] = 0.0
+    layer.requires_grad_(True)
+    ego = torch.randn(6, 4, dtype=torch.float64, generator=generator, requires_grad=True)
+
+    def refined(h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        return _EgoCosineScale.apply(h, F.normalize(e, dim=1, eps=COSINE_EPS))
+
+    assert torch.autograd.gradcheck(refined, (torch.randn(5, 3, dtype=torch.float64, requires_grad=True),
+                                              torch.randn(5, 3, dtype=torch.float64, requires_grad=True)))
+    grad = torch.randn(6, 4, dtype=torch.float64, generator=generator)
+    expected = F.cosine_similarity(layer, ego, dim=-1).unsqueeze(1) * layer
+    got = refined(layer, ego)
+    torch.testing.assert_close(got, expected)
+    for ours, theirs in zip(torch.autograd.grad(got, (layer, ego), grad),
+                            torch.autograd.grad(expected, (layer, ego), grad), strict=True):
+        torch.testing.assert_close(ours, theirs)
