@@ -39,7 +39,9 @@ thread, subnormals not flushed. ``epoch s`` = per-epoch work + sampler s + steps
 
 rmm cases: bench/train.py's own ``impl: rmm`` case (:func:`train.time_steps`: strict defaults, kNN cache, the
 training loop's sampler, fused Adam, subnormals flushed), plus a ``protocol mmrec`` row when the model's
-``protocol_defaults(cls, "mmrec")`` is non-empty. ``rmm / MMRec`` is the epoch ratio.
+``protocol_defaults(cls, "mmrec")`` is non-empty, and a ``protocol mmrec, MMRec's grid point`` row where rmm's
+defaults do more work per step than the grid point MMRec runs (:data:`MMREC_GRID_POINT`: more layers, less
+pruning): that row is the like-for-like one. ``rmm / MMRec`` is the epoch ratio.
 
 Run-time shims, each listed under the table when used (nothing is installed into the venv or pyproject):
 
@@ -107,6 +109,13 @@ COUNTERPARTS = {
     "dragon": ("DRAGON", "dragon", "MMRec"), "damrs": ("DAMRS", "damrs", "MMRec"), "pgl": ("PGL", "pgl", "MMRec"),
     "mmgcf": ("MMGCF", "mmgcf", "MMRec"), "mentor": ("MENTOR", "mentor", "MENTOR"),
     "cohesion": ("COHESION", "cohesion", "COHESION"),
+}
+#: rmm hyperparameters at the grid point MMRec runs (the first value of each of its grid lists), where rmm's
+#: defaults differ in a way that changes the work per step: these models also get a like-for-like row.
+MMREC_GRID_POINT: dict[str, dict[str, Any]] = {
+    "selfcf": {"num_layers": 1},  # SELFCFED_LGN.yaml n_layers [1, 2]
+    "mmgcf": {"num_ui_layers": 1, "dropout": 0.2},  # MMGCF.yaml n_ui_layers [1, 2, 3], dropout [0.2, ...]
+    "cohesion": {"num_layers": 1},  # COHESION.yaml num_layer [1, 2, 3, 4]
 }
 USER_GRAPH_MODELS = ("dualgnn", "dragon", "mentor", "cohesion")
 MMREC_SEED = 999  # overall.yaml's ``seed: [999]``
@@ -499,7 +508,10 @@ def zoo_table(args: argparse.Namespace, tmp: str) -> None:
             print(f"| {name} | rmm | not run: not in rmm.models.registry.MODELS |||||||| ", flush=True)
             continue
         mmrec = protocol_defaults(model_spec(name).config_class, "mmrec")
-        for label, params in [("rmm strict", {}), *([("rmm protocol mmrec", mmrec)] if mmrec else [])]:
+        rows = [("rmm strict", {}), *([("rmm protocol mmrec", mmrec)] if mmrec else [])]
+        if name in MMREC_GRID_POINT:
+            rows.append(("rmm protocol mmrec, MMRec's grid point", {**mmrec, **MMREC_GRID_POINT[name]}))
+        for label, params in rows:
             case = {"model": name, "impl": "rmm", "workers": 1, "steps": args.steps, "warmup": args.warmup,
                     "threads": args.threads, "data_dir": str(data_dir), "cache_dir": str(data_dir / "knn-cache"),
                     "params": params}

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from rmm.models.base import BPRBatch
-from rmm.models.damrs import DAMRS
+from rmm.models.damrs import DAMRS, symmetric_bernoulli_kl
 from rmm.models.hparams.damrs import DAMRSConfig
 from tests.models.history import (
     HISTORY,
@@ -249,3 +249,15 @@ def test_damrs_fidelity_candidate_pool_bounds_the_filter() -> None:
     wide_edges = full.get_buffer("view_adj_0").to_dense() > 0
     narrow_edges = narrow.get_buffer("view_adj_0").to_dense() > 0
     assert bool((narrow_edges <= wide_edges).all())
+
+
+def test_symmetric_bernoulli_kl_is_the_sum_of_both_kls() -> None:
+    """The closed form (sigma(a) - sigma(b))(a - b) against KL(p||q) + KL(q||p) written out in float64."""
+    a = torch.linspace(-6, 6, 25, dtype=torch.float64).unsqueeze(1)
+    b = torch.linspace(-5, 7, 25, dtype=torch.float64).unsqueeze(0)
+    p, q = torch.sigmoid(a), torch.sigmoid(b)
+
+    def kl(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x * torch.log(x / y) + (1 - x) * torch.log((1 - x) / (1 - y))
+
+    torch.testing.assert_close(symmetric_bernoulli_kl(a, b), kl(p, q) + kl(q, p))
