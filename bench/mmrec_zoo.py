@@ -40,7 +40,7 @@ thread, subnormals not flushed. ``epoch s`` = per-epoch work + sampler s + steps
 rmm cases: bench/train.py's own ``impl: rmm`` case (:func:`train.time_steps`: strict defaults, kNN cache, the
 training loop's sampler, fused Adam, subnormals flushed), plus a ``protocol mmrec`` row when the model's
 ``protocol_defaults(cls, "mmrec")`` is non-empty, and a ``protocol mmrec, MMRec's grid point`` row where rmm's
-defaults do more work per step than the grid point MMRec runs (:data:`MMREC_GRID_POINT`: more layers, less
+defaults change the work per step against the grid point MMRec runs (:data:`MMREC_GRID_POINT`: layers, edge
 pruning): that row is the like-for-like one. ``rmm / MMRec`` is the epoch ratio.
 
 Run-time shims, each listed under the table when used (nothing is installed into the venv or pyproject):
@@ -111,8 +111,10 @@ COUNTERPARTS = {
     "cohesion": ("COHESION", "cohesion", "COHESION"),
 }
 #: rmm hyperparameters at the grid point MMRec runs (the first value of each of its grid lists), where rmm's
-#: defaults differ in a way that changes the work per step: these models also get a like-for-like row.
+#: defaults change the work per step (more layers; more or less edge pruning): these models also get a
+#: like-for-like row.
 MMREC_GRID_POINT: dict[str, dict[str, Any]] = {
+    "layergcn": {"dropout": 0.0},  # LayerGCN.yaml dropout [0.0, 0.1, 0.2]: no pruning (rmm's default prunes 0.1)
     "selfcf": {"num_layers": 1},  # SELFCFED_LGN.yaml n_layers [1, 2]
     "mmgcf": {"num_ui_layers": 1, "dropout": 0.2},  # MMGCF.yaml n_ui_layers [1, 2, 3], dropout [0.2, ...]
     "cohesion": {"num_layers": 1},  # COHESION.yaml num_layer [1, 2, 3, 4]
