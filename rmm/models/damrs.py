@@ -159,10 +159,9 @@ class DAMRS(Recommender[DAMRSConfig]):
     only (MMRec's cosine is NaN); the behaviour graph is built from the train graph here, uncached (a chunked
     sparse product; MMRec reads it from ``item_graph_dict_2.npy``, made by DA-MRS's ``build_iib_graph.py`` from
     the same counts); its count ties broken towards the smaller id (MMRec: ``torch.topk``'s order); degrees carry
-    no ``+1e-7``; the BPR terms use log-sigmoids and the two KLs their closed sum (:func:`symmetric_bernoulli_kl`)
-    (equal values, no ``log(0)`` at saturation); n is at
-    most half the catalogue (MMRec fails on fewer than 2n items); MMRec's unused modality projections are not
-    built. No per-epoch randomness.
+    no ``+1e-7``; the BPR terms use log-sigmoids and the two KLs their closed sum (:func:`symmetric_bernoulli_kl`;
+    equal values, no ``log(0)`` at saturation); n is at most half the catalogue (MMRec fails on fewer than 2n
+    items); MMRec's unused modality projections are not built. No per-epoch randomness.
 
     Shapes:
         adj: sparse (U+I, U+I); view graphs: sparse (I, I) each; user/item embeddings: (U, d), (I, d).

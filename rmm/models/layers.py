@@ -499,6 +499,18 @@ def projected_bpr(users: Tensor, proj: nn.Linear, x: Tensor, pos: Tensor, neg: T
     return F.softplus(-gap).mean()
 
 
+def per_distinct(ids: Tensor, rows_of: Callable[[Tensor], Tensor]) -> Tensor:
+    """``rows_of(ids)`` for a row-wise ``rows_of``, computed once per distinct id (a batch's items repeat), then
+    spread back in ``ids``' order by ``index_select`` (its backward an ``index_add``, not a sorting
+    ``index_put``): a batch's items projected or fused without the whole catalogue.
+
+    Shapes:
+        ids: (n,) int64; ``rows_of``: (m,) -> (m, *) -> (n, *).
+    """
+    distinct, inverse = torch.unique(ids, return_inverse=True)
+    return rows_of(distinct).index_select(0, inverse)
+
+
 def row_difference(x: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
     """``x[pos] - x[neg]`` as one product with a sparse (B, N) matrix of +1/-1 entries, differentiable in ``x``:
     each output row reads its two rows once, without the two gathered (B, d_m) temporaries (~20% less time

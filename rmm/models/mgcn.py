@@ -150,12 +150,12 @@ class MGCN(EmbeddingRecommender[MGCNConfig]):
         nodes = torch.cat([batch.users, self.num_users + batch.pos_items, self.num_users + batch.neg_items])
         rows, inverse = torch.unique(nodes, return_inverse=True)
         behaviour, side = (x.index_select(0, inverse) for x in self.views(rows))  # (3B, d) each
-        final = behaviour + side
-        users, pos, neg = final.split(len(batch.users))  # (B, d) each
+        users, pos, neg = (behaviour + side).split(len(batch.users))  # (B, d) each
         ranking = bpr_loss((users * pos).sum(-1), (users * neg).sum(-1))
         contrast = torch.zeros((), device=users.device)
-        for part in (1, 0):  # the positive items', then the users' rows
-            anchor, positive = side.split(len(batch.users))[part], behaviour.split(len(batch.users))[part]
-            contrast = contrast + info_nce(anchor, positive, positive, self.cfg.temperature) / len(anchor)
+        sides, behaviours = side.split(len(batch.users)), behaviour.split(len(batch.users))  # users', pos', neg'
+        for part in (1, 0):  # the positive items' rows, then the users'
+            contrast = contrast + info_nce(sides[part], behaviours[part], behaviours[part],
+                                           self.cfg.temperature) / len(batch.users)
         reg = l2_reg(users, pos, neg, norm=self.cfg.reg_norm)
         return ranking + self.cfg.cl_weight * contrast + self.cfg.reg_weight * reg

@@ -22,6 +22,7 @@ from rmm.models.layers import (
     l2_reg,
     lightgcn,
     modules_of,
+    per_distinct,
     projections,
     reset_projections,
 )
@@ -137,7 +138,7 @@ class MMGCF(EmbeddingRecommender[MMGCFConfig]):
                                             strict=True)]  # M x (n, f)
         layers: list[ConcatFusion | None] = list(modules_of(self.concat_layers, ConcatFusion)) or [None, None]
         if self.cfg.weighting == "equal":
-            mixed = modal[0] if len(modal) == 1 else self.fuse(modal, layers[0])  # (I, f)
+            mixed = modal[0] if len(modal) == 1 else self.fuse(modal, layers[0])  # (n, f)
             return self.fuse([items, mixed], layers[-1])
         if self.cfg.weighting == "alpha":
             if self.alpha_logit is None:
@@ -160,9 +161,9 @@ class MMGCF(EmbeddingRecommender[MMGCFConfig]):
                                            self.item_embedding.weight, self.cfg.num_ui_layers)
         # Fusion is row-wise, so only the batch's distinct items are projected, not the catalogue: at 7k items x
         # 4,096-d image features the projections were two thirds of a step.
-        rows, inverse = torch.unique(torch.cat([batch.pos_items, batch.neg_items]), return_inverse=True)
-        pos, neg = self.fused_items(collaborative.index_select(0, rows), rows).index_select(0, inverse).split(
-            len(batch.pos_items))  # (B, d) each
+        items = torch.cat([batch.pos_items, batch.neg_items])
+        pos, neg = per_distinct(items, lambda rows: self.fused_items(collaborative.index_select(0, rows), rows)
+                                ).split(len(batch.pos_items))  # (B, d) each
         users = user_emb[batch.users]  # (B, d)
         ranking = bpr_loss((users * pos).sum(-1), (users * neg).sum(-1))
         reg = l2_reg(self.user_embedding.weight.index_select(0, batch.users),

@@ -91,12 +91,14 @@ class SelfCF(EmbeddingRecommender[SelfCFConfig]):
         kept = torch.rand(len(self.adj_values), device=self.adj_values.device) >= rate
         rows, cols = self.adj_index
         shape = (self.adj.shape[0], self.adj.shape[1])
-        adj_t_order = self.transpose_order[kept[self.transpose_order]]  # the kept entries by (col, row)
-        matrices = []
-        for order, (r, c) in ((kept.nonzero().squeeze(1), (rows, cols)), (adj_t_order, (cols, rows))):
+
+        def kept_csr(order: Tensor, row_of: Tensor, col_of: Tensor) -> Tensor:
+            """The kept entries listed in ``order`` (row-major in ``row_of``), rescaled, as CSR."""
             values = self.adj_values.index_select(0, order) / (1.0 - rate)
-            matrices.append(csr_of_row_major(r.index_select(0, order), c.index_select(0, order), values, shape))
-        return matrices[0], matrices[1]
+            return csr_of_row_major(row_of.index_select(0, order), col_of.index_select(0, order), values, shape)
+
+        by_col = self.transpose_order[kept[self.transpose_order]]  # the kept entries by (col, row)
+        return kept_csr(kept.nonzero().squeeze(1), rows, cols), kept_csr(by_col, cols, rows)
 
     def online(self, adj: Tensor | None = None, adj_t: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The encoder's user and item embeddings over ``adj`` (the full graph when None). Shapes: (U, d), (I, d)."""

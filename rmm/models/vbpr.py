@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from rmm.data.graph import TrainGraph
 from rmm.models.base import BPRBatch, EmbeddingRecommender
 from rmm.models.hparams.vbpr import VBPRConfig
-from rmm.models.layers import bpr_loss, build_fusion, deferred_init, l2_reg
+from rmm.models.layers import bpr_loss, build_fusion, deferred_init, l2_reg, per_distinct
 from rmm.models.registry import register
 
 
@@ -89,9 +89,8 @@ class VBPR(EmbeddingRecommender[VBPRConfig]):
     def loss(self, batch: BPRBatch) -> Tensor:
         """The BPR loss of :class:`EmbeddingRecommender`, projecting only the batch's distinct items (every
         fusion is row-wise), not the whole catalogue: at 7k items x 4480-d content that is most of a step."""
-        items, inverse = torch.unique(torch.cat([batch.pos_items, batch.neg_items]), return_inverse=True)
-        rows = self.item_rows(items).index_select(0, inverse)  # backward: index_add, not a sorting index_put
-        pos, neg = rows.split(len(batch.pos_items))  # (B, 2d) each
+        items = torch.cat([batch.pos_items, batch.neg_items])
+        pos, neg = per_distinct(items, self.item_rows).split(len(batch.pos_items))  # (B, 2d) each
         users = self.user_embedding(batch.users)
         ranking = bpr_loss((users * pos).sum(-1), (users * neg).sum(-1))
         return ranking + self.cfg.reg_weight * l2_reg(users, pos, neg, norm=self.cfg.reg_norm)

@@ -326,7 +326,7 @@ def test_csr_of_row_major_is_to_csr_of_any_subset_of_a_csr_matrix() -> None:
     entries = dense.to_sparse_coo().coalesce()
     kept = torch.rand(entries.values().shape, generator=generator) < 0.6
     (rows, cols), values = entries.indices()[:, kept], entries.values()[kept]
-    expected = to_csr(torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (7, 5)))
+    expected = to_csr(torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (7, 5), check_invariants=True))
     built = csr_of_row_major(rows, cols, values, (7, 5))
     for part in ("crow_indices", "col_indices", "values"):
         assert torch.equal(getattr(built, part)(), getattr(expected, part)()), part
