@@ -21,6 +21,7 @@ from rmm.models.layers import (
     l2_reg,
     lightgcn,
     modules_of,
+    per_distinct,
     projections,
     reset_projections,
     smooth,
@@ -157,9 +158,9 @@ class SMORE(EmbeddingRecommender[SMOREConfig]):
         return [torch.fft.irfft(spectrum * kernel, n=d, dim=1, norm="ortho")
                 for spectrum, kernel in zip([*spectra, reduce(operator.mul, spectra)], filters, strict=True)]
 
-    def forward_embeddings(self, train: bool) -> tuple[Tensor, Tensor]:
-        """Behavioural embeddings :math:`\\mathbf{E}_c` and side embeddings :math:`\\mathbf{E}_s`, users then
-        items; ``train`` applies the preference gates' dropout. Shapes: (U+I, d), (U+I, d)."""
+    def encode(self) -> tuple[Tensor, list[Tensor]]:
+        r"""Behavioural embeddings :math:`\mathbf{E}_c` and the views :math:`\mathbf{V}^v` (modalities, then the
+        fusion), users then items: everything that needs the whole graph. Shapes: (U+I, d), M + 1 x (U+I, d)."""
         item_id = self.item_embedding.weight
         content = torch.cat(lightgcn(self.adj, self.user_embedding.weight, item_id, self.cfg.num_ui_layers))
         views = []
@@ -168,29 +169,54 @@ class SMORE(EmbeddingRecommender[SMOREConfig]):
             items = smooth(getattr(self, f"item_adj_{v}"), item_id * torch.sigmoid(gate(conv)),
                            self.cfg.num_mm_layers, getattr(self, f"item_adj_t_{v}"))  # (I, d)
             views.append(torch.cat([sparse_matmul(self.interactions, items, self.interactions_t), items]))
+        return content, views
+
+    def gate_dropout(self, num_rows: int) -> list[Tensor] | None:
+        """The preference gates' training dropout as multiplicative masks (kept: 1 / (1 - p), else 0), one per
+        view, over all U+I rows: drawn in the shape and order MMRec draws them, whichever rows are then used.
+        None when ``dropout`` is 0. Shapes: M + 1 x (U+I, d)."""
+        if self.cfg.dropout == 0:
+            return None
+        ones = torch.ones(num_rows, self.cfg.embedding_dim, device=self.item_embedding.weight.device)
+        return [F.dropout(ones, self.cfg.dropout, training=True) for _ in range(self.num_views)]
+
+    def side(self, content: Tensor, views: Sequence[Tensor], masks: Sequence[Tensor] | None) -> Tensor:
+        r""":math:`\mathbf{E}_s` of some rows from their :math:`\mathbf{E}_c`, views and gate masks (row-wise:
+        any subset of the U+I rows). Shapes: (n, d), M + 1 x (n, d), M + 1 x (n, d) or None -> (n, d)."""
         fusion = views[-1]
-        gates = [F.dropout(torch.sigmoid(pref(content)), self.cfg.dropout, training=train)
-                 for pref in modules_of(self.preference_gates, nn.Linear)]
+        gates = [torch.sigmoid(pref(content)) for pref in modules_of(self.preference_gates, nn.Linear)]
+        if masks is not None:
+            gates = [gate * mask for gate, mask in zip(gates, masks, strict=True)]
         terms = [gate * torch.softmax(query(fusion), dim=-1) * view
                  for gate, query, view in zip(gates[:-1], modules_of(self.queries, nn.Sequential), views[:-1],
                                               strict=True)]
-        side = reduce(operator.add, [*terms, gates[-1] * fusion]) / self.num_views
-        return content, side
+        return reduce(operator.add, [*terms, gates[-1] * fusion]) / self.num_views
 
     def embeddings(self) -> tuple[Tensor, Tensor]:
-        content, side = self.forward_embeddings(train=False)
-        final = content + side
+        content, views = self.encode()
+        final = content + self.side(content, views, None)
         return final[: self.num_users], final[self.num_users:]
 
     def loss(self, batch: BPRBatch) -> Tensor:
-        content, side = self.forward_embeddings(train=True)
-        final = content + side
-        users = final[batch.users]  # (B, d)
-        pos, neg = final[self.num_users + batch.pos_items], final[self.num_users + batch.neg_items]
+        r"""The batch's losses from :math:`\mathbf{E}_c` and :math:`\mathbf{E}_s` of its own rows only: the
+        gates, queries and mixing are row-wise, so they run on the batch's distinct users and items, not on all
+        U+I rows as MMRec computes them (the same numbers)."""
+        content, views = self.encode()
+        masks = self.gate_dropout(len(content)) if self.training else None
+        size = len(batch.users)
+
+        def both(rows: Tensor) -> Tensor:  # (n,) -> (n, 2d): E_c | E_s
+            picked = content.index_select(0, rows)
+            return torch.cat([picked, self.side(picked, [view.index_select(0, rows) for view in views],
+                                                None if masks is None else [m.index_select(0, rows) for m in masks])],
+                             dim=1)
+
+        rows = torch.cat([batch.users, self.num_users + batch.pos_items, self.num_users + batch.neg_items])
+        behaviour, side = per_distinct(rows, both).split(self.cfg.embedding_dim, dim=1)  # (3B, d) each
+        users, pos, neg = (behaviour + side).split(size)
         ranking = bpr_loss((users * pos).sum(-1), (users * neg).sum(-1))
         reg = l2_reg(users, pos, neg, norm=self.cfg.reg_norm)
         contrast = torch.zeros((), device=users.device)
-        for rows in (self.num_users + batch.pos_items, batch.users):
-            anchor, positive = side[rows], content[rows]
-            contrast = contrast + info_nce(anchor, positive, positive, self.cfg.temperature) / len(rows)
+        for part in (slice(size, 2 * size), slice(0, size)):  # the positive items, then the users
+            contrast = contrast + info_nce(side[part], behaviour[part], behaviour[part], self.cfg.temperature) / size
         return ranking + self.cfg.reg_weight * reg + self.cfg.cl_weight * contrast
