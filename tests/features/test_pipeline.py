@@ -25,6 +25,7 @@ from rmm.config import (
     TorchvisionConfig,
     ViTConfig,
 )
+from rmm.data.schema import ITEMS_FILE
 from rmm.features.encoders import IMAGE_STATS_DIM
 from rmm.features.store import (
     DESCRIPTIONS_FILE,
@@ -100,6 +101,27 @@ def test_one_group_writes_every_feature_with_manifests(extracted: tuple[Config, 
     assert set(read_manifest(cfg.feature_root, "text_clip")["missing"]) == {str(EMPTY_TEXT_ITEM)}
     norms = np.linalg.norm(load_feature(cfg.feature_root, "text_minilm"), axis=1)
     np.testing.assert_allclose(np.delete(norms, EMPTY_TEXT_ITEM), 1.0, atol=1e-5)
+
+
+@pytest.mark.ray
+def test_ray_batches_are_cut_from_the_items_longest_text_first(extracted: tuple[Config, dict[str, Path]]) -> None:
+    """The catalogue interleaves short and long texts; each part (one Ray batch) must hold one band of lengths."""
+    cfg, paths = extracted
+    items = pd.read_parquet(cfg.dataset_dir / ITEMS_FILE)
+    lengths = (items["title"].str.len() + items["text"].str.len()).to_numpy()
+    assert len(set(lengths[:4])) > 1  # the first four items in catalogue order mix lengths
+    parts = [pd.read_parquet(part)["item_id"].to_numpy() for part in paths["text_minilm"].glob(PART_GLOB)]
+    bands = sorted((lengths[ids].min(), lengths[ids].max()) for ids in parts)
+    assert len(bands) >= 2
+    assert all(high <= next_low for (_, high), (next_low, _) in zip(bands, bands[1:], strict=False))
+
+
+def test_longest_text_first_orders_by_title_and_text_length_keeping_ties_in_order() -> None:
+    from rmm.features.pipeline import longest_text_first
+
+    items = pd.DataFrame({"title": ["ab", None, "abc", "", "abcd"], "text": ["cd", "xyz", None, "", "e"]},
+                         index=[10, 11, 12, 13, 14])
+    assert longest_text_first(items).tolist() == [4, 0, 1, 2, 3]  # lengths 4, 3, 3, 0, 5: the two 3s in input order
 
 
 @pytest.mark.ray
