@@ -226,6 +226,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     if case["steps"]:
         warm = batches[:case["warmup"]]
         batches = batches[case["warmup"]:case["warmup"] + case["steps"]]
+    if warm:
         _, warm_s, warm_cpu = timed(_train_epoch, model, optimizer, FirstBatches(warm), train_cfg, 1, 0, 1, "cpu")
     loss, steps_s, steps_cpu = timed(_train_epoch, model, optimizer, FirstBatches(batches), train_cfg, 1, 0, 1,
                                      "cpu")
