@@ -19,6 +19,7 @@ from rmm.models.layers import (
     l2_reg,
     lightgcn,
     modules_of,
+    per_distinct,
     projections,
     reset_projections,
     smooth,
@@ -148,8 +149,8 @@ class MGCN(EmbeddingRecommender[MGCNConfig]):
 
     def loss(self, batch: BPRBatch) -> Tensor:
         nodes = torch.cat([batch.users, self.num_users + batch.pos_items, self.num_users + batch.neg_items])
-        rows, inverse = torch.unique(nodes, return_inverse=True)
-        behaviour, side = (x.index_select(0, inverse) for x in self.views(rows))  # (3B, d) each
+        behaviour, side = per_distinct(nodes, lambda rows: torch.cat(self.views(rows), dim=1)).split(
+            self.cfg.embedding_dim, dim=1)  # (3B, d) each
         users, pos, neg = (behaviour + side).split(len(batch.users))  # (B, d) each
         ranking = bpr_loss((users * pos).sum(-1), (users * neg).sum(-1))
         contrast = torch.zeros((), device=users.device)
