@@ -9,19 +9,25 @@ Per kind (``sentence``: the shipped all-MiniLM-L6-v2; ``lvlm_embed`` and ``lvlm_
 
 - ``library, batched`` (the baseline): what a script using the library alone does. ``sentence``:
   sentence-transformers ``encode(texts, batch_size)``. ``lvlm_embed``: per batch of ``batch_size`` items in input
-  order, the processor on the batch (chat template, images, padding) and one forward pass, masked mean of the last
-  hidden layer. ``lvlm_describe``: the same batches through ``generate`` (greedy, ``max_new_tokens``), decoded,
-  then sentence-transformers ``encode`` of the answers (the description feature is their MiniLM embedding).
+  order, the items' image files read (the PNGs the Ray rows read), the processor on the batch (chat template,
+  images, padding) and one forward pass, masked mean of the last hidden layer. ``lvlm_describe``: the same
+  batches through ``generate`` (greedy, ``max_new_tokens``), decoded, then sentence-transformers ``encode`` of
+  all the answers in one call (the description feature is their MiniLM embedding).
 - ``library, per item``: the same with batches of one, on the first ``--per-item`` items (context: what a
   one-item-at-a-time script costs).
 - ``rmm extractor, one batch``: the extractor class that runs in a Ray actor, handed every item as one batch
-  (no Ray): length bucketing, model batches of ``batch_size``, status bookkeeping.
+  of decoded pixels (no Ray, no image files): length bucketing, model batches of ``batch_size``, status
+  bookkeeping.
 - ``rmm extract (Ray Data)``: the pipeline as ``rmm extract`` runs it (:func:`extract_features` on a dataset
   folder of ``--items`` synthetic items, one actor with ``num_cpus`` = threads, Ray already started), from the
   items file to the consolidated ``matrix.npy``, wall time: it counts the actor's start (worker, imports, model
   load) and Ray Data's work. ``twice the items``: the same on twice as many items (the same ones first).
 - ``rmm extract (Ray Data), steady state``: the difference of those two, i.e. what the second half of the items
-  cost once the actor runs (the one-off start cancels out): the figure to hold against the warm library loop.
+  cost once the actor runs (the one-off start cancels out), against the warm library loop; a difference of two
+  runs whose one-off starts vary by seconds, so noisy unless the items take much longer than that.
+- ``rmm extract (Ray Data), batches after the first``: the same once-running pipeline read off one run (the
+  ``twice the items`` one): items of every Ray batch after the first over the time from the first batch's part
+  file to the last one's (:func:`pipelined`); no start-up in it to cancel out.
   No CPU column for the Ray rows: their work runs in other processes, and Ray Data's per-task CPU times overlap
   (an actor's queued task counts the running one's CPU as well), so their sum measures nothing. The Ray Data
   stats of the last run are printed above the table (per operator: tasks, blocks, times).
@@ -50,6 +56,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
@@ -81,6 +88,7 @@ BASELINE, PER_ITEM = "library, batched", "library, per item"
 CLASS, RAY = "rmm extractor, one batch", "rmm extract (Ray Data)"
 RAY_TWICE = "rmm extract (Ray Data), twice the items"
 STEADY = "rmm extract (Ray Data), steady state"
+PIPELINED = "rmm extract (Ray Data), batches after the first"
 
 Batch = dict[str, np.ndarray]
 Runner = Callable[[Batch], object]
@@ -113,8 +121,23 @@ def head(batch: Batch, count: int) -> Batch:
 
 
 def images(batch: Batch) -> list[Image.Image]:
+    """The batch's pictures: read from its files where it has ``image_path`` (what a script over a catalogue on disk
+    does, and rmm's pipeline), else from its raw RGB columns."""
+    if "image_path" in batch:
+        pictures = []
+        for path in batch["image_path"]:
+            with Image.open(path) as opened:
+                pictures.append(opened.convert("RGB"))
+        return pictures
     return [Image.fromarray(np.frombuffer(raw, np.uint8).reshape(h, w, 3))
             for raw, h, w in zip(batch["image"], batch["image_height"], batch["image_width"], strict=True)]
+
+
+def on_disk(batch: Batch, root: Path) -> Batch:
+    """``batch`` with its images as the PNG files :func:`write_items` wrote under ``root`` instead of pixels."""
+    pixels = ("image", "image_height", "image_width", "image_reason")
+    rest = {key: values for key, values in batch.items() if key not in pixels}
+    return {**rest, "image_path": np.array([str(root / f"images/{i}.png") for i in batch["item_id"]], dtype=object)}
 
 
 def chunks(count: int, size: int) -> list[slice]:
@@ -219,7 +242,8 @@ def write_items(root: Path, batch: Batch) -> None:
 
 class RayExtract:
     """Runs ``rmm extract``'s pipeline for one extractor on a prepared dataset folder, in a fresh output each time
-    (a finished feature would be skipped), and keeps the Ray Data stats and task CPU seconds of the last run."""
+    (a finished feature would be skipped), and keeps the Ray Data stats of the last run and the best
+    :func:`pipelined` span over all runs."""
 
     def __init__(self, scratch: Path, batch: Batch, extractor: ExtractorConfig, ray_cfg: RayConfig) -> None:
         self.scratch, self.extractor, self.ray_cfg = scratch, extractor, ray_cfg
@@ -228,6 +252,7 @@ class RayExtract:
             write_items(self.data, batch)
         self.runs = 0
         self.stats = ""
+        self.pipelined = (0, math.inf)
 
     def __call__(self, batch: Batch) -> None:
         from rmm.features.pipeline import extract_features
@@ -240,7 +265,24 @@ class RayExtract:
         with _captured("rmm.features.pipeline") as records:
             extract_features(cfg)
         self.stats = "\n".join(r.getMessage() for r in records if r.getMessage().startswith("Ray Data stats"))
+        first_output = get_extractor(self.extractor.kind).output_names(self.extractor)[0]
+        span = pipelined(cfg.feature_root / first_output)
+        if span is not None and span[0] / span[1] > self.pipelined[0] / self.pipelined[1]:
+            self.pipelined = span
         shutil.rmtree(out)
+
+
+def pipelined(feature: Path) -> tuple[int, float] | None:
+    """Items and seconds from the first part file written to the last: the Ray batches after the first, i.e. the
+    pipeline once its actor runs (image decoding, transfers, the model, the sink and Ray Data's scheduling between
+    them), without the one-off start (worker, imports, model load, first batch) and the consolidation after.
+    Each Ray batch's rows are written as one part as soon as it is done, so the parts' times are its timeline.
+    None with fewer than 3 parts."""
+    parts = sorted((path.stat().st_mtime, pq.ParquetFile(path).metadata.num_rows)
+                   for path in feature.glob("part-*.parquet"))
+    if len(parts) < 3:
+        return None
+    return sum(rows for _, rows in parts[1:]), parts[-1][0] - parts[0][0]
 
 
 class _captured:
@@ -283,16 +325,17 @@ def best_times(runners: dict[str, tuple[Runner, Batch]], repeats: int) -> dict[s
 def bench_kind(kind: str, args: argparse.Namespace, scratch: Path, ray_cfg: RayConfig) -> list[tuple]:
     """Rows ``(kind, mode, batch size, items, wall s, items/s, per core, ratio, items per CPU-s, ratio)``."""
     items = make_items(args.items if kind == "sentence" else args.lvlm_items)
-    few = head(items, args.per_item)
     extractor_cfg = extractor_config(kind, args)
     baseline = library_runner(kind, args, args.batch_size)
     per_item = library_runner(kind, args, 1)
     extractor = get_extractor(kind)(extractor_cfg)
     ray_run = RayExtract(scratch, items, extractor_cfg, ray_cfg)
-    warmup = head(items, 4)
-    for run in (baseline, per_item, extractor):
-        run(warmup)
-    runners: dict[str, tuple[Runner, Batch]] = {BASELINE: (baseline, items), PER_ITEM: (per_item, few),
+    files = on_disk(items, ray_run.data)  # the library loops read the same image files as the pipeline
+    baseline(head(files, 4))
+    per_item(head(files, 4))
+    extractor(head(items, 4))
+    runners: dict[str, tuple[Runner, Batch]] = {BASELINE: (baseline, files),
+                                                PER_ITEM: (per_item, head(files, args.per_item)),
                                                 CLASS: (extractor, items), RAY: (ray_run, items)}
     twice = make_items(2 * len(items["item_id"]))  # the same items first, then as many again
     runners[RAY_TWICE] = (RayExtract(scratch, twice, extractor_cfg, ray_cfg), twice)
@@ -300,6 +343,13 @@ def bench_kind(kind: str, args: argparse.Namespace, scratch: Path, ray_cfg: RayC
     # the second half of the items alone: the one-off start and the tail of a run cancel out
     seconds[STEADY] = (seconds[RAY_TWICE][0] - seconds[RAY][0], math.nan)
     runners[STEADY] = runners[RAY]
+    twice_run = runners[RAY_TWICE][0]
+    assert isinstance(twice_run, RayExtract)
+    if not twice_run.pipelined[0]:
+        raise SystemExit(f"{kind}: fewer than 3 Ray batches in {len(twice['item_id'])} items; the pipelined rate "
+                         "needs more items or a smaller --batch-size / --bucket-window")
+    count, seconds[PIPELINED] = twice_run.pipelined[0], (twice_run.pipelined[1], math.nan)
+    runners[PIPELINED] = (twice_run, head(twice, count))
     print(f"\n<details><summary>Ray Data stats, {kind}</summary>\n\n```\n{ray_run.stats}\n```\n</details>\n",
           flush=True)
     rows = []

@@ -14,7 +14,9 @@ needs; zero row), ``failed`` (encoding raised; zero row) or ``skipped`` (not wri
 a ``done`` row notes a partial input ("text only: no image").
 
 Within a batch an extractor sorts items by input length (:meth:`Extractor.sort_keys`) and encodes them in model
-batches of ``batch_size``: length bucketing, so a batch pads to similar lengths. Everything here runs without
+batches of ``batch_size``: length bucketing, so a batch pads to similar lengths. A second model over the first's
+outputs (``lvlm_describe``'s sentence encoder over the answers) runs once over the whole batch
+(:meth:`Extractor.finish`), sorting a few hundred answers by length. Everything here runs without
 Ray; torch and transformers are imported on first use (they cost seconds per Ray worker, and image-decoding
 tasks never need them).
 """
@@ -167,9 +169,26 @@ ImageCfgT = TypeVar("ImageCfgT", bound=ImageExtractorConfig)
 EncoderCfgT = TypeVar("EncoderCfgT", bound=EncoderConfig)
 
 
+@dataclass
+class _Rows:
+    """What an extractor fills in for the rows of one Ray batch: output columns (vectors and extra strings), and
+    each row's status and reason."""
+
+    ids: np.ndarray
+    columns: dict[str, np.ndarray]
+    status: np.ndarray
+    reasons: np.ndarray
+
+    def fail(self, row: int, reason: str) -> None:
+        """Mark ``row`` failed, dropping whatever an earlier step wrote for it."""
+        self.status[row], self.reasons[row] = FAILED, reason
+        for column in self.columns.values():
+            column[row] = "" if column.dtype == object else 0
+
+
 class Extractor(ABC, Generic[CfgT]):
     """Base of all extractors: per-item bookkeeping, length bucketing and failure isolation around
-    :meth:`encode`.
+    :meth:`encode` (and :meth:`finish`).
 
     Args:
         cfg: this extractor's config, of its kind's config class.
@@ -186,6 +205,8 @@ class Extractor(ABC, Generic[CfgT]):
 
     def __init__(self, cfg: CfgT, cache_dir: str | None = None) -> None:
         self.cfg = cfg
+        #: Outputs that :meth:`finish` computes once per Ray batch instead of :meth:`encode` per model batch.
+        self.finished: tuple[str, ...] = ()
 
     @classmethod
     def output_names(cls, cfg: CfgT) -> tuple[str, ...]:
@@ -217,8 +238,20 @@ class Extractor(ABC, Generic[CfgT]):
         """Encode one model batch.
 
         Returns:
-            output name -> (len(items), dim) vectors, plus each of :attr:`extra_columns` -> (len(items),) str.
+            output name -> (len(items), dim) vectors for every output not in :attr:`finished`, plus each of
+            :attr:`extra_columns` -> (len(items),) str.
         """
+
+    def finish(self, items: list[Item], encoded: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The :attr:`finished` outputs of every item of a Ray batch that :meth:`encode` handled, given what it
+        returned for them (same order): for a second model over the first's outputs, which pads less when it
+        sorts a few hundred inputs by length than a model batch of them. Called only when :attr:`finished` is
+        set; an item it fails on fails alone, as in :meth:`encode`.
+
+        Returns:
+            each name of :attr:`finished` -> (len(items), dim) vectors.
+        """
+        raise NotImplementedError(f"{type(self).__name__} sets `finished` but has no finish()")
 
     def sort_keys(self, items: list[Item]) -> list[int]:
         """Length-bucketing keys (input tokens), one per item; items are encoded in key order, so model batches
@@ -244,36 +277,36 @@ class Extractor(ABC, Generic[CfgT]):
         items = [self._fit(item) for item in items_from_batch(batch)]
         size = len(items)
         todo_flags = batch.get(TODO_PREFIX + self.cfg.key)
-        status = np.full(size, DONE, dtype=object)
-        reasons = np.array([self.note(item) for item in items], dtype=object)
-        columns: dict[str, np.ndarray] = {name: np.zeros((size, dim), dtype=np.float32)
-                                          for name, dim in self.dims.items()}
-        columns.update({name: np.full(size, "", dtype=object) for name in self.extra_columns})
+        rows = _Rows(ids=np.asarray(batch["item_id"], dtype=np.int64),
+                     columns={name: np.zeros((size, dim), dtype=np.float32) for name, dim in self.dims.items()}
+                     | {name: np.full(size, "", dtype=object) for name in self.extra_columns},
+                     status=np.full(size, DONE, dtype=object),
+                     reasons=np.array([self.note(item) for item in items], dtype=object))
         todo = []
         for i, item in enumerate(items):
             if todo_flags is not None and not todo_flags[i]:
-                status[i], reasons[i] = SKIPPED, ""
+                rows.status[i], rows.reasons[i] = SKIPPED, ""
             elif why := self.missing_reason(item):
-                status[i], reasons[i] = MISSING, why
+                rows.status[i], rows.reasons[i] = MISSING, why
             else:
                 todo.append(i)
         keys = self._keys([items[i] for i in todo])
         todo = [i for _, i in sorted(zip(keys, todo, strict=True), key=lambda pair: pair[0])]
+        encoded = [name for name in rows.columns if name not in self.finished]
         for start in range(0, len(todo), self.cfg.batch_size):
-            chunk = todo[start:start + self.cfg.batch_size]
-            encoded, errors = self._encode_isolated([items[i] for i in chunk])
-            for name, values in encoded.items():
-                columns[name][chunk] = values
-            for i, error in zip(chunk, errors, strict=True):
-                if error:
-                    status[i], reasons[i] = FAILED, error
-        ids = np.asarray(batch["item_id"], dtype=np.int64)
+            self._isolated(todo[start:start + self.cfg.batch_size],
+                           lambda chunk: self.encode([items[i] for i in chunk]), encoded, rows)
+        if self.finished:
+            self._isolated([i for i in todo if rows.status[i] == DONE],
+                           lambda done: self.finish([items[i] for i in done],
+                                                    {name: rows.columns[name][done] for name in encoded}),
+                           self.finished, rows)
         tables = {}
         for index, name in enumerate(self.dims):
-            table = {"item_id": ids, "vector": columns[name], "status": status.astype(str),
-                     "reason": reasons.astype(str)}
+            table = {"item_id": rows.ids, "vector": rows.columns[name], "status": rows.status.astype(str),
+                     "reason": rows.reasons.astype(str)}
             if index == 0:
-                table.update({extra: columns[extra].astype(str) for extra in self.extra_columns})
+                table.update({extra: rows.columns[extra].astype(str) for extra in self.extra_columns})
             tables[name] = table
         return tables
 
@@ -298,36 +331,45 @@ class Extractor(ABC, Generic[CfgT]):
         picture.thumbnail((limit, limit))
         return Item(item.item_id, item.title, item.text, np.asarray(picture), item.image_reason)
 
-    def _encode_isolated(self, items: list[Item]) -> tuple[dict[str, np.ndarray], list[str]]:
-        """Encode a model batch; if it raises, retry item by item so only the culprit fails.
+    def _isolated(self, todo: list[int], compute: Callable[[list[int]], Mapping[str, np.ndarray]],
+                  names: Sequence[str], rows: _Rows) -> None:
+        """Store the columns ``names`` of ``compute(todo)`` (row positions in, one value per row out) into
+        ``rows``; if it raises, retry row by row so only the culprit fails.
 
         Broad ``except`` on purpose: a job over millions of items must not die on one odd input, and every
         failure is logged and recorded with its reason in the manifest.
         """
+        if not todo:
+            return
         try:
-            return self._checked(self.encode(items), len(items)), [""] * len(items)
+            values = self._checked(compute(todo), len(todo), names)
         except Exception as err:  # noqa: BLE001
-            if len(items) == 1:
-                log.warning("%s: item %d failed: %r", self.cfg.name, items[0].item_id, err)
-                empty = {name: np.zeros((1, dim), dtype=np.float32) for name, dim in self.dims.items()}
-                empty.update({name: np.array([""], dtype=object) for name in self.extra_columns})
-                return empty, [f"{type(err).__name__}: {err}"]
-            log.warning("%s: batch of %d failed (%r); retrying item by item", self.cfg.name, len(items), err)
-        results = [self._encode_isolated([item]) for item in items]
-        merged = {name: np.concatenate([encoded[name] for encoded, _ in results]) for name in results[0][0]}
-        return merged, [errors[0] for _, errors in results]
+            if len(todo) == 1:
+                log.warning("%s: item %d failed: %r", self.cfg.name, rows.ids[todo[0]], err)
+                rows.fail(todo[0], f"{type(err).__name__}: {err}")
+                return
+            log.warning("%s: batch of %d failed (%r); retrying item by item", self.cfg.name, len(todo), err)
+            for row in todo:
+                self._isolated([row], compute, names, rows)
+            return
+        for name, column in values.items():
+            rows.columns[name][todo] = column
 
-    def _checked(self, encoded: Mapping[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
+    def _checked(self, encoded: Mapping[str, np.ndarray], count: int, names: Sequence[str]) -> dict[str, np.ndarray]:
         out = {}
-        for name, dim in self.dims.items():
+        for name in names:
+            if name in self.extra_columns:
+                out[name] = np.asarray(encoded[name], dtype=object)
+                if out[name].shape != (count,):
+                    raise ValueError(f"encoder returned shape {out[name].shape} for {name}, expected {(count,)}")
+                continue
             vectors = np.asarray(encoded[name], dtype=np.float32)
-            if vectors.shape != (count, dim):
-                raise ValueError(f"encoder returned shape {vectors.shape} for {name}, expected {(count, dim)}")
+            if vectors.shape != (count, self.dims[name]):
+                raise ValueError(f"encoder returned shape {vectors.shape} for {name}, expected "
+                                 f"{(count, self.dims[name])}")
             if len(nonfinite_rows(vectors)):
                 raise ValueError(f"encoder returned non-finite values for {name} (try dtype float32)")
             out[name] = vectors
-        for name in self.extra_columns:
-            out[name] = np.asarray(encoded[name], dtype=object)
         return out
 
     # -------------------------------------------------------------------------------- driver side
@@ -499,6 +541,7 @@ class LVLMDescribeExtractor(Extractor[LVLMDescribeConfig]):
                                        device=self.device(), attn_implementation=cfg.attn_implementation)
         self.encoder = SentenceEncoder(cfg.text_encoder, device=self.device(), batch_size=cfg.batch_size)
         self.dims = {self.output_names(cfg)[0]: self.encoder.dim}
+        self.finished = tuple(self.dims)
 
     @classmethod
     def output_names(cls, cfg: LVLMDescribeConfig) -> tuple[str, ...]:
@@ -537,11 +580,15 @@ class LVLMDescribeExtractor(Extractor[LVLMDescribeConfig]):
     def encode(self, items: list[Item]) -> dict[str, np.ndarray]:
         texts = self.describer.describe([i.title for i in items], [i.text for i in items], [i.image for i in items])
         parsed = [structured.parse_description(text, self.template.slot_names) for text in texts]
-        inputs = [text or sentence_text(item.title, item.text) for text, item in zip(texts, items, strict=True)]
-        return {next(iter(self.dims)): self.encoder.encode(inputs),
-                "text": np.array(texts, dtype=object),
+        return {"text": np.array(texts, dtype=object),
                 "fields": np.array([p.fields_json for p in parsed], dtype=object),
                 "parse": np.array([p.status for p in parsed], dtype=object)}
+
+    def finish(self, items: list[Item], encoded: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The answers' sentence embeddings, in one call per Ray batch (the encoder sorts them by length)."""
+        inputs = [text or sentence_text(item.title, item.text) for text, item in zip(encoded["text"], items,
+                                                                                        strict=True)]
+        return {self.finished[0]: self.encoder.encode(inputs)}
 
     @classmethod
     def finalize(cls, feature_root: str | Path, cfg: LVLMDescribeConfig, num_items: int,

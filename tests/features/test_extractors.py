@@ -15,6 +15,7 @@ from rmm.config import (
     TorchvisionConfig,
     ViTConfig,
 )
+from rmm.features.encoders import SentenceEncoder, sentence_text
 from rmm.features.extractors import (
     EXTRACTORS,
     FAILED,
@@ -104,6 +105,43 @@ def test_an_item_that_raises_fails_alone_and_buckets_keep_row_order() -> None:
     np.testing.assert_array_equal(out["f_b"]["vector"][:, 0], [0, 10, 0, 30, 0])
 
 
+class _Finishing(_Fragile):
+    """:class:`_Fragile` whose ``f_b`` comes from :meth:`finish` (from a ``note`` that :meth:`encode` returns), once
+    per batch, which raises on item 3."""
+
+    extra_columns = ("note",)
+
+    def __init__(self, cfg: ExtractorConfig, cache_dir: str | None = None) -> None:
+        super().__init__(cfg, cache_dir)
+        self.finished = ("f_b",)
+        self.finish_calls: list[list[int]] = []
+
+    def encode(self, items: list[Item]) -> dict[str, np.ndarray]:
+        encoded = super().encode(items)
+        return {"f_a": encoded["f_a"], "note": np.array([f"n{item.item_id}" for item in items], dtype=object)}
+
+    def finish(self, items: list[Item], encoded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.finish_calls.append([item.item_id for item in items])
+        if any(item.item_id == 3 for item in items):
+            raise RuntimeError("cannot finish item 3")
+        return {"f_b": np.array([[10.0 * int(note[1:])] for note in encoded["note"]])}
+
+
+def test_finish_runs_once_per_batch_on_encoded_items_and_fails_items_alone() -> None:
+    batch = {"item_id": np.arange(5), "title": np.array(["a", "bbb", "c", "dddd", "ee"], dtype=object),
+             "text": np.array([""] * 5, dtype=object), "todo/fragile:f": np.array([True, True, True, True, False])}
+    extractor = _Finishing(ExtractorConfig(name="f", kind="fragile", batch_size=2))
+    out = extractor(batch)
+    # one call over every item encode handled (not item 2, which failed there), then item by item
+    assert extractor.finish_calls == [[3, 1, 0], [3], [1], [0]]
+    for name in ("f_a", "f_b"):
+        assert out[name]["status"].tolist() == ["done", "done", FAILED, FAILED, "skipped"]
+    assert out["f_a"]["reason"][3] == "RuntimeError: cannot finish item 3"
+    np.testing.assert_array_equal(out["f_a"]["vector"], [[0, 1], [1, 1], [0, 0], [0, 0], [0, 0]])  # 3's row cleared
+    np.testing.assert_array_equal(out["f_b"]["vector"][:, 0], [0, 10, 0, 0, 0])
+    assert out["f_a"]["note"].tolist() == ["n0", "n1", "", "", ""]
+
+
 def test_lvlm_extractor_notes_partial_inputs(tmp_path: Path, tiny_qwen2_vl: str) -> None:
     batch = _batch(make_dataset(tmp_path / "data", num_items=8))
     cfg = LVLMEmbedConfig(name="lvlm", model="tiny:qwen2-vl", pooling="image_mean")
@@ -115,6 +153,18 @@ def test_lvlm_extractor_notes_partial_inputs(tmp_path: Path, tiny_qwen2_vl: str)
     assert out["reason"][NO_IMAGE_ITEM] == "text only (no image); image_mean pooled all tokens"
     assert out["reason"][CORRUPT_ITEM].startswith("text only (unreadable image")
     assert out["reason"][EMPTY_TEXT_ITEM] == "image only (empty title and text)"
+
+
+@pytest.mark.slow  # loads MiniLM
+def test_describe_embeds_each_answer_whatever_batch_it_came_in(tmp_path: Path, tiny_qwen2_vl: str) -> None:
+    batch = _batch(make_dataset(tmp_path / "data", num_items=8))
+    cfg = LVLMDescribeConfig(name="d", model="tiny:qwen2-vl", max_new_tokens=6, batch_size=3)
+    out = get_extractor("lvlm_describe")(cfg)(batch)["d_desc_minilm"]
+    assert set(out["status"]) == {"done"}
+    items = items_from_batch(batch)
+    inputs = [text or sentence_text(item.title, item.text) for text, item in zip(out["text"], items, strict=True)]
+    alone = np.concatenate([SentenceEncoder().encode([text]) for text in inputs])  # each answer on its own
+    np.testing.assert_allclose(out["vector"], alone, atol=1e-5)
 
 
 def test_lvlm_config_errors_surface_in_describe() -> None:
