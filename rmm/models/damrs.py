@@ -22,7 +22,7 @@ from rmm.data.graph import (
 )
 from rmm.models.base import BPRBatch, Recommender, inner_product_scorer
 from rmm.models.hparams.damrs import DAMRSConfig
-from rmm.models.layers import lightgcn, smooth
+from rmm.models.layers import block_rows, lightgcn, product_logsumexp, smooth
 from rmm.models.registry import register
 
 
@@ -107,6 +107,39 @@ def symmetric_bernoulli_kl(logit_p: Tensor, logit_q: Tensor) -> Tensor:
     log-ratio terms of the two directions combine into the difference of the logits): five elementwise passes
     instead of two KLs' twenty over the batch's users x items, and no ``log(0)`` when a probability saturates."""
     return (torch.sigmoid(logit_p) - torch.sigmoid(logit_q)) * (logit_p - logit_q)
+
+
+@torch.no_grad()
+def pseudo_positives(anchors: Sequence[Tensor], units: Sequence[Tensor], count: int,
+                     temperature: float) -> list[tuple[Tensor, Tensor, Tensor]]:
+    r"""Per view :math:`v`, each anchor's multi-view pseudo-positives :math:`N^v_i` (the top ``count`` of
+    :math:`\sum_w \pi^w_i + \pi^v_i`), its single-view ones :math:`T^v_i` (the top ``count`` of :math:`\pi^v_i`
+    outside :math:`N^v_i`) and :math:`\log\sum_j e^{\hat{h}^v_i \cdot \hat{h}^v_j / \tau}`, all from one pass over
+    blocks of anchors: each block's V cosine matrices are made, used and dropped while in cache, where the whole
+    (I_b, I) matrices would be written and re-read about ten times (softmax, their sum, two top-k, the scores).
+
+    Shapes:
+        anchors: V x (I_b, d) unit rows; units: V x (I, d) unit rows -> V x ((I_b, count), (I_b, count), (I_b,)).
+    """
+    # float32 even under autocast: the logsumexp is the one product_logsumexp's backward remakes in float32
+    anchors = [anchor.float() for anchor in anchors]
+    units = [unit.float() for unit in units]
+    size = len(anchors[0])
+    multi = [torch.empty(size, count, dtype=torch.long, device=a.device) for a in anchors]
+    single = [torch.empty_like(m) for m in multi]
+    logsumexp = [a.new_empty(size) for a in anchors]
+    rows = block_rows(units[0])
+    with torch.autocast(units[0].device.type, enabled=False):
+        for start in range(0, size, rows):
+            block = slice(start, start + rows)
+            cosines = [anchor[block] @ unit.T for anchor, unit in zip(anchors, units, strict=True)]  # V x (rows, I)
+            probs = [torch.softmax(cosine, dim=1) for cosine in cosines]
+            every = reduce(operator.add, probs)
+            for v, (cosine, prob) in enumerate(zip(cosines, probs, strict=True)):
+                multi[v][block] = torch.topk(every + prob, count, dim=1).indices
+                single[v][block] = torch.topk(prob.scatter_(1, multi[v][block], 0.0), count, dim=1).indices
+                logsumexp[v][block] = torch.logsumexp(cosine.div_(temperature), dim=1)
+    return list(zip(multi, single, logsumexp, strict=True))
 
 
 @register("damrs")
@@ -250,22 +283,20 @@ class DAMRS(Recommender[DAMRSConfig]):
         """:math:`\\mathcal{L}_{AI}`: each view's anchors against pseudo-positives graded by all views. Shapes:
         item_ids (I_b,), views V x (I, d) -> ()."""
         count = max(1, min(self.cfg.num_pseudo_positives, self.num_items // 2))
+        temperature = self.cfg.temperature
         units = [F.normalize(h, dim=1) for h in views]
         anchors = [unit.index_select(0, item_ids) for unit in units]  # V x (I_b, d)
-        cosines = [anchor @ unit.T for anchor, unit in zip(anchors, units, strict=True)]  # V x (I_b, I)
-        with torch.no_grad():
-            probs = [torch.softmax(c, dim=1) for c in cosines]
-            every = reduce(operator.add, probs)  # no (V, I_b, I) stack
-        total = cosines[0].new_zeros(())
-        for anchor, unit, cosine, prob in zip(anchors, units, cosines, probs, strict=True):
-            multi = torch.topk(every + prob, count, dim=1).indices  # (I_b, n)
-            single = torch.topk(prob.scatter_(1, multi, 0.0), count, dim=1).indices
-            everyone = torch.exp(cosine / self.cfg.temperature).sum(1)  # (I_b,)
+        positives = pseudo_positives(anchors, units, count, temperature)
+        total = anchors[0].new_zeros(())
+        for anchor, unit, (multi, single, logsumexp) in zip(anchors, units, positives, strict=True):
+            # sum_j s_ij, differentiated by blocks too (the (I_b, I) scores are never kept)
+            everyone = product_logsumexp(anchor / temperature, unit, logsumexp).exp()  # (I_b,)
             # the pseudo-positives' scores from their rows (as MMRec): a gather from the (I_b, I) scores would
             # scatter its gradient back into a zeroed (I_b, I) matrix; index_select's backward is an index_add
             multi_sum, single_sum = (
                 torch.exp(torch.einsum("bd,bnd->bn", anchor, unit.index_select(0, picked.view(-1)).view(
-                    *picked.shape, -1)) / self.cfg.temperature).sum(1) for picked in (multi, single))
+                    *picked.shape, -1)) / temperature).sum(1) for picked in (multi, single))
             total = total + (-torch.log(multi_sum / everyone + 1e-9)
                              - torch.log(single_sum / (everyone - multi_sum) + 1e-9)).mean()
         return total / len(views)
+

@@ -543,8 +543,7 @@ def low_rank_info_nce(anchor: Tensor, positive: Tensor, memberships: Tensor, lat
     squared_norms = ((memberships @ (latent @ latent.T)) * memberships).sum(-1)  # (N,): ||h_n L||^2
     keys = memberships / squared_norms.clamp_min(0).sqrt().clamp_min(1e-12).unsqueeze(1)  # (N, H), F.normalize's eps
     queries = anchor @ latent.T / temperature  # (B, H)
-    dtype = torch.promote_types(torch.promote_types(queries.dtype, keys.dtype), torch.float32)  # bf16 -> fp32
-    return (_ProductLogSumExp.apply(queries.to(dtype), keys.to(dtype)) - positive_logit).sum()
+    return (product_logsumexp(queries, keys) - positive_logit).sum()
 
 
 def all_pairs_info_nce(anchor: Tensor, positive: Tensor, temperature: float) -> Tensor:
@@ -558,9 +557,19 @@ def all_pairs_info_nce(anchor: Tensor, positive: Tensor, temperature: float) -> 
     """
     anchor, positive = F.normalize(anchor, dim=-1), F.normalize(positive, dim=-1)
     positive_logit = (anchor * positive).sum(-1) / temperature  # (N,)
-    dtype = torch.promote_types(torch.promote_types(anchor.dtype, positive.dtype), torch.float32)  # bf16 -> fp32
-    logsumexp = _ProductLogSumExp.apply((anchor / temperature).to(dtype), positive.to(dtype))  # (N,)
-    return (logsumexp - positive_logit).mean()
+    return (product_logsumexp(anchor / temperature, positive) - positive_logit).mean()
+
+
+def product_logsumexp(queries: Tensor, keys: Tensor, known: Tensor | None = None) -> Tensor:
+    """Row-wise ``logsumexp(queries @ keys.T)`` without the (B, N) matrix (:class:`_ProductLogSumExp`), in at
+    least float32 (bf16 inputs are promoted). ``known``: the values, when the caller already made them in its own
+    pass over the same blocks (only the backward is then done here).
+
+    Shapes:
+        queries: (B, H); keys: (N, H); known: (B,) or None -> (B,).
+    """
+    dtype = torch.promote_types(torch.promote_types(queries.dtype, keys.dtype), torch.float32)
+    return _ProductLogSumExp.apply(queries.to(dtype), keys.to(dtype), known)
 
 
 class _ProductLogSumExp(torch.autograd.Function):
@@ -574,33 +583,37 @@ class _ProductLogSumExp(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, queries: Tensor, keys: Tensor) -> Tensor:
-        rows = _block_rows(keys)
-        with torch.autocast(queries.device.type, enabled=False):
-            out = torch.cat([torch.logsumexp(queries[s:s + rows] @ keys.T, dim=1)
-                             for s in range(0, len(queries), rows)])
+    def forward(ctx: Any, queries: Tensor, keys: Tensor, known: Tensor | None) -> Tensor:
+        if known is None:
+            rows = block_rows(keys)
+            with torch.autocast(queries.device.type, enabled=False):
+                out = torch.cat([torch.logsumexp(queries[s:s + rows] @ keys.T, dim=1)
+                                 for s in range(0, len(queries), rows)])
+        else:
+            out = known.to(queries.dtype, copy=True)
         ctx.save_for_backward(queries, keys, out)
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None]:
         queries, keys, out = ctx.saved_tensors
         grad_queries, grad_keys = torch.empty_like(queries), torch.zeros_like(keys)
-        rows = _block_rows(keys)
+        rows = block_rows(keys)
         for s in range(0, len(queries), rows):
             block = slice(s, s + rows)
             # softmax of the block's logits times the rows' gradients: d out_b / d logits_bn
             weights = (queries[block] @ keys.T).sub_(out[block, None]).exp_().mul_(grad[block, None])  # (rows, N)
             grad_queries[block] = weights @ keys
             grad_keys.addmm_(weights.T, queries[block])
-        return grad_queries, grad_keys
+        return grad_queries, grad_keys, None
 
 
 #: Logits per block of :class:`_ProductLogSumExp` (4 MiB of float32: a block stays in a core's cache).
 _BLOCK_ELEMENTS = 2**20
 
 
-def _block_rows(keys: Tensor) -> int:
+def block_rows(keys: Tensor) -> int:
+    """Rows of a block of products with every row of ``keys`` that holds about ``_BLOCK_ELEMENTS`` values."""
     return max(1, _BLOCK_ELEMENTS // max(1, len(keys)))
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 
+from rmm.models import layers
 from rmm.models.base import BPRBatch
 from rmm.models.damrs import DAMRS, symmetric_bernoulli_kl
 from rmm.models.hparams.damrs import DAMRSConfig
@@ -229,6 +230,14 @@ def test_damrs_fidelity_loss_and_gradients(protocol: str, names: tuple[str, ...]
     assert reference.user.grad is not None and reference.item.grad is not None
     assert_close_grad(model.user_embedding.weight.grad, reference.user.grad, "user_embedding")
     assert_close_grad(model.item_embedding.weight.grad, reference.item.grad, "item_embedding")
+
+
+def test_damrs_fidelity_relation_alignment_by_blocks_of_two_anchors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pseudo-positives and their scores go through blocks of anchor rows (two rows each here: the batch's
+    items span several blocks, the last one short), in the forward pass and in the backward, with the same
+    loss and gradients as the dense reference."""
+    monkeypatch.setattr(layers, "_BLOCK_ELEMENTS", 2 * NUM_ITEMS)
+    test_damrs_fidelity_loss_and_gradients("mmrec", ("image", "text"), 3, {"num_pseudo_positives": 3})
 
 
 def test_damrs_fidelity_protocol_defaults() -> None:
