@@ -299,4 +299,3 @@ class DAMRS(Recommender[DAMRSConfig]):
             total = total + (-torch.log(multi_sum / everyone + 1e-9)
                              - torch.log(single_sum / (everyone - multi_sum) + 1e-9)).mean()
         return total / len(views)
-
