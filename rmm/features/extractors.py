@@ -16,7 +16,7 @@ a ``done`` row notes a partial input ("text only: no image").
 Within a batch an extractor sorts items by input length (:meth:`Extractor.sort_keys`) and encodes them in model
 batches of ``batch_size``: length bucketing, so a batch pads to similar lengths. A second model over the first's
 outputs (``lvlm_describe``'s sentence encoder over the answers) runs once over the whole batch
-(:meth:`Extractor.finish`), sorting a few hundred answers by length. Everything here runs without
+(:meth:`Extractor.second_pass`), sorting a few hundred answers by length. Everything here runs without
 Ray; torch and transformers are imported on first use (they cost seconds per Ray worker, and image-decoding
 tasks never need them).
 """
@@ -188,7 +188,7 @@ class _Rows:
 
 class Extractor(ABC, Generic[CfgT]):
     """Base of all extractors: per-item bookkeeping, length bucketing and failure isolation around
-    :meth:`encode` (and :meth:`finish`).
+    :meth:`encode` (and :meth:`second_pass`).
 
     Args:
         cfg: this extractor's config, of its kind's config class.
@@ -205,8 +205,8 @@ class Extractor(ABC, Generic[CfgT]):
 
     def __init__(self, cfg: CfgT, cache_dir: str | None = None) -> None:
         self.cfg = cfg
-        #: Outputs that :meth:`finish` computes once per Ray batch instead of :meth:`encode` per model batch.
-        self.finished: tuple[str, ...] = ()
+        #: Outputs that :meth:`second_pass` computes once per Ray batch instead of :meth:`encode` per model batch.
+        self.second_pass_outputs: tuple[str, ...] = ()
 
     @classmethod
     def output_names(cls, cfg: CfgT) -> tuple[str, ...]:
@@ -238,20 +238,20 @@ class Extractor(ABC, Generic[CfgT]):
         """Encode one model batch.
 
         Returns:
-            output name -> (len(items), dim) vectors for every output not in :attr:`finished`, plus each of
+            output name -> (len(items), dim) vectors for every output not in :attr:`second_pass_outputs`, plus each of
             :attr:`extra_columns` -> (len(items),) str.
         """
 
-    def finish(self, items: list[Item], encoded: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The :attr:`finished` outputs of every item of a Ray batch that :meth:`encode` handled, given what it
+    def second_pass(self, items: list[Item], encoded: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The :attr:`second_pass_outputs` of every item of a Ray batch that :meth:`encode` handled, given what it
         returned for them (same order): for a second model over the first's outputs, which pads less when it
-        sorts a few hundred inputs by length than a model batch of them. Called only when :attr:`finished` is
-        set; an item it fails on fails alone, as in :meth:`encode`.
+        sorts a few hundred inputs by length than a model batch of them. Called only when
+        :attr:`second_pass_outputs` is set; an item it fails on fails alone, as in :meth:`encode`.
 
         Returns:
-            each name of :attr:`finished` -> (len(items), dim) vectors.
+            each name of :attr:`second_pass_outputs` -> (len(items), dim) vectors.
         """
-        raise NotImplementedError(f"{type(self).__name__} sets `finished` but has no finish()")
+        raise NotImplementedError(f"{type(self).__name__} sets `second_pass_outputs` but has no second_pass()")
 
     def sort_keys(self, items: list[Item]) -> list[int]:
         """Length-bucketing keys (input tokens), one per item; items are encoded in key order, so model batches
@@ -292,15 +292,15 @@ class Extractor(ABC, Generic[CfgT]):
                 todo.append(i)
         keys = self._keys([items[i] for i in todo])
         todo = [i for _, i in sorted(zip(keys, todo, strict=True), key=lambda pair: pair[0])]
-        encoded = [name for name in rows.columns if name not in self.finished]
+        encoded = [name for name in rows.columns if name not in self.second_pass_outputs]
         for start in range(0, len(todo), self.cfg.batch_size):
             self._isolated(todo[start:start + self.cfg.batch_size],
                            lambda chunk: self.encode([items[i] for i in chunk]), encoded, rows)
-        if self.finished:
+        if self.second_pass_outputs:
             self._isolated([i for i in todo if rows.status[i] == DONE],
-                           lambda done: self.finish([items[i] for i in done],
-                                                    {name: rows.columns[name][done] for name in encoded}),
-                           self.finished, rows)
+                           lambda done: self.second_pass([items[i] for i in done],
+                                                         {name: rows.columns[name][done] for name in encoded}),
+                           self.second_pass_outputs, rows)
         tables = {}
         for index, name in enumerate(self.dims):
             table = {"item_id": rows.ids, "vector": rows.columns[name], "status": rows.status.astype(str),
@@ -541,7 +541,7 @@ class LVLMDescribeExtractor(Extractor[LVLMDescribeConfig]):
                                        device=self.device(), attn_implementation=cfg.attn_implementation)
         self.encoder = SentenceEncoder(cfg.text_encoder, device=self.device(), batch_size=cfg.batch_size)
         self.dims = {self.output_names(cfg)[0]: self.encoder.dim}
-        self.finished = tuple(self.dims)
+        self.second_pass_outputs = tuple(self.dims)
 
     @classmethod
     def output_names(cls, cfg: LVLMDescribeConfig) -> tuple[str, ...]:
@@ -584,11 +584,11 @@ class LVLMDescribeExtractor(Extractor[LVLMDescribeConfig]):
                 "fields": np.array([p.fields_json for p in parsed], dtype=object),
                 "parse": np.array([p.status for p in parsed], dtype=object)}
 
-    def finish(self, items: list[Item], encoded: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def second_pass(self, items: list[Item], encoded: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The answers' sentence embeddings, in one call per Ray batch (the encoder sorts them by length)."""
         inputs = [text or sentence_text(item.title, item.text) for text, item in zip(encoded["text"], items,
                                                                                         strict=True)]
-        return {self.finished[0]: self.encoder.encode(inputs)}
+        return {self.second_pass_outputs[0]: self.encoder.encode(inputs)}
 
     @classmethod
     def finalize(cls, feature_root: str | Path, cfg: LVLMDescribeConfig, num_items: int,

@@ -105,38 +105,38 @@ def test_an_item_that_raises_fails_alone_and_buckets_keep_row_order() -> None:
     np.testing.assert_array_equal(out["f_b"]["vector"][:, 0], [0, 10, 0, 30, 0])
 
 
-class _Finishing(_Fragile):
-    """:class:`_Fragile` whose ``f_b`` comes from :meth:`finish` (from a ``note`` that :meth:`encode` returns), once
-    per batch, which raises on item 3."""
+class _TwoPass(_Fragile):
+    """:class:`_Fragile` whose ``f_b`` comes from :meth:`second_pass` (from a ``note`` that :meth:`encode` returns),
+    once per batch, which raises on item 3."""
 
     extra_columns = ("note",)
 
     def __init__(self, cfg: ExtractorConfig, cache_dir: str | None = None) -> None:
         super().__init__(cfg, cache_dir)
-        self.finished = ("f_b",)
-        self.finish_calls: list[list[int]] = []
+        self.second_pass_outputs = ("f_b",)
+        self.second_pass_calls: list[list[int]] = []
 
     def encode(self, items: list[Item]) -> dict[str, np.ndarray]:
         encoded = super().encode(items)
         return {"f_a": encoded["f_a"], "note": np.array([f"n{item.item_id}" for item in items], dtype=object)}
 
-    def finish(self, items: list[Item], encoded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.finish_calls.append([item.item_id for item in items])
+    def second_pass(self, items: list[Item], encoded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.second_pass_calls.append([item.item_id for item in items])
         if any(item.item_id == 3 for item in items):
-            raise RuntimeError("cannot finish item 3")
+            raise RuntimeError("no second pass for item 3")
         return {"f_b": np.array([[10.0 * int(note[1:])] for note in encoded["note"]])}
 
 
-def test_finish_runs_once_per_batch_on_encoded_items_and_fails_items_alone() -> None:
+def test_second_pass_runs_once_per_batch_on_encoded_items_and_fails_items_alone() -> None:
     batch = {"item_id": np.arange(5), "title": np.array(["a", "bbb", "c", "dddd", "ee"], dtype=object),
              "text": np.array([""] * 5, dtype=object), "todo/fragile:f": np.array([True, True, True, True, False])}
-    extractor = _Finishing(ExtractorConfig(name="f", kind="fragile", batch_size=2))
+    extractor = _TwoPass(ExtractorConfig(name="f", kind="fragile", batch_size=2))
     out = extractor(batch)
     # one call over every item encode handled (not item 2, which failed there), then item by item
-    assert extractor.finish_calls == [[3, 1, 0], [3], [1], [0]]
+    assert extractor.second_pass_calls == [[3, 1, 0], [3], [1], [0]]
     for name in ("f_a", "f_b"):
         assert out[name]["status"].tolist() == ["done", "done", FAILED, FAILED, "skipped"]
-    assert out["f_a"]["reason"][3] == "RuntimeError: cannot finish item 3"
+    assert out["f_a"]["reason"][3] == "RuntimeError: no second pass for item 3"
     np.testing.assert_array_equal(out["f_a"]["vector"], [[0, 1], [1, 1], [0, 0], [0, 0], [0, 0]])  # 3's row cleared
     np.testing.assert_array_equal(out["f_b"]["vector"][:, 0], [0, 10, 0, 0, 0])
     assert out["f_a"]["note"].tolist() == ["n0", "n1", "", "", ""]
