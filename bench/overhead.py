@@ -1,7 +1,9 @@
-"""Ray's fixed cost: the same small training run as a plain in-process call of ``rmm.train.loop.fit`` (no Ray)
-and through ``rmm train`` (a local Ray, Ray Train), wall time, CPU time and peak PSS of each, interleaved.
+"""rmm's fixed cost: the same small one-worker training run as a plain call of ``rmm.train.loop.fit`` in a script
+(no Ray), through ``rmm train`` (which trains a one-worker run on a local machine in its own process,
+``train.scaling.launcher: auto``) and through ``rmm train`` in Ray Train (``launcher: ray_train``: a local Ray,
+Ray Train's controller and worker); wall time, CPU time and peak PSS of each, interleaved.
 
-    .venv/bin/python bench/overhead.py                       # 3 repeats: fit, rmm train
+    .venv/bin/python bench/overhead.py                       # 3 repeats: fit, rmm train, rmm train in Ray Train
     .venv/bin/python bench/overhead.py --other-ray --variant "dashboard on=--set ray.dashboard=true" \
         --baseline /tmp/rmm-head                             # + a variant, another Ray running, an older rmm
     .venv/bin/python bench/overhead.py --floor               # + Ray's own floor, no rmm in it
@@ -197,13 +199,14 @@ def measure(command: list[str], checkout: Path, extra_env: dict[str, str], env: 
 
 def variants(config: Path, extra: list[str], baseline: Path | None,
              floor: bool = False) -> dict[str, tuple[list[str], Path, dict]]:
-    """Variant name -> (command, rmm checkout it runs, environment it adds): the plain ``fit`` call, ``rmm
-    train``, each ``--variant NAME=ARGS`` and ``rmm train`` of the ``--baseline`` checkout, with
-    ``RAY_ADDRESS=local`` (an older rmm would otherwise join, and fail on, another Ray on the machine); with
-    ``floor``, Ray's own floor (:data:`RAY_FLOOR`, :data:`RAY_TRAIN_FLOOR`)."""
+    """Variant name -> (command, rmm checkout it runs, environment it adds): the plain ``fit`` call, ``rmm train`` (in
+    process), ``rmm train`` in Ray Train, each ``--variant NAME=ARGS`` and ``rmm train`` of the ``--baseline``
+    checkout, with ``RAY_ADDRESS=local`` (an older rmm would otherwise join, and fail on, another Ray on the
+    machine); with ``floor``, Ray's own floor (:data:`RAY_FLOOR`, :data:`RAY_TRAIN_FLOOR`)."""
     python = sys.executable
     train = [python, "-m", "rmm.cli", "train", str(config), "--fresh"]
-    found = {"fit (no Ray)": ([python, "-c", FIT_SCRIPT, str(config)], REPO, {}), "rmm train": (train, REPO, {})}
+    found = {"fit (no Ray)": ([python, "-c", FIT_SCRIPT, str(config)], REPO, {}), "rmm train": (train, REPO, {}),
+             "rmm train, Ray Train": ([*train, "--set", "train.scaling.launcher=ray_train"], REPO, {})}
     for spec in extra:
         name, _, rest = spec.partition("=")
         found[f"rmm train, {name}"] = ([*train, *rest.split()], REPO, {})

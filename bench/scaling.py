@@ -9,15 +9,15 @@ and 384-d text features), written as an rmm dataset directory and feature store.
 train pairs, so each user gets one valid and one test item drawn uniformly from the items they did not train on:
 evaluation costs what it would (every user ranks every item), its metrics mean nothing.
 
-Each case (model, worker count) runs in a fresh interpreter that calls
-:func:`rmm.train.ray_trainer.train_model` with its own local Ray (``1`` CPU per worker, so 1 torch thread each;
-``--gpus``: also one GPU each) and ``--epochs`` epochs, evaluated after each. What is reported, from the run's
+Each case (model, worker count) runs in a fresh interpreter that calls :func:`rmm.train.run.train_model` in Ray
+Train (one worker too: ``launcher: ray_train``) with its own local Ray (``1`` CPU per worker, so 1 torch thread
+each; ``--gpus``: also one GPU each) and ``--epochs`` epochs, evaluated after each. What is reported, from the run's
 history: every epoch's training time (``epoch s``, the steps and per-epoch work only; the first epoch also pays
-DDP's first-step set-up), the evaluation time and the whole ``train_model`` call (Ray start-up, data load,
-worker start, training, evaluation, test and record). ``speed-up`` is the first worker count's (1 by default)
-last epoch time over this case's, per model. A case that fails (e.g. a worker killed by Ray's memory monitor on a
-crowded machine) is a ``failed`` row and the others still run. On a machine with fewer cores than workers the
-workers share cores: 4 workers on 2 cores cannot beat 2.
+DDP's first-step set-up), the evaluation time and the whole ``train_model`` call (Ray start-up, data load, worker
+start, training, evaluation, test and record). ``speed-up`` is the first worker count's (1 by default) last epoch
+time over this case's, per model. A case that fails (e.g. a worker killed by Ray's memory monitor on a crowded
+machine) is a ``failed`` row and the others still run. On a machine with fewer cores than workers the workers share
+cores: 4 workers on 2 cores cannot beat 2.
 """
 
 from __future__ import annotations
@@ -101,12 +101,13 @@ def held_out_pairs(users: np.ndarray, items: np.ndarray, num_users: int, num_ite
 def run_case(case: dict[str, Any]) -> dict[str, Any]:
     """In the case's own interpreter: one ``train_model`` call with its own local Ray."""
     from rmm.models.registry import model_spec
-    from rmm.train.ray_trainer import train_model
+    from rmm.train.run import train_model
 
     workers, gpus = case["workers"], case["gpus"]
     base = Config(output=OutputConfig(dir=case["out"]))
     train_cfg = TrainConfig(epochs=case["epochs"], eval=EvalConfig(every=1, patience=case["epochs"]),
-                            scaling=ScalingConfig(num_workers=workers, cpus_per_worker=1, use_gpu=gpus),
+                            scaling=ScalingConfig(num_workers=workers, cpus_per_worker=1, use_gpu=gpus,
+                                                  launcher="ray_train"),
                             fault_tolerance=FaultToleranceConfig(checkpoint_every=1000))
     cfg = dataclasses.replace(base, train=train_cfg,
                               ray=RayConfig(num_cpus=workers + 1, num_gpus=workers if gpus else 0))

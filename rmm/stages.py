@@ -56,7 +56,7 @@ def run_train(cfg: Config, fresh: bool = False) -> list[RunRecord]:
     started side by side would wait for the same CPUs or GPUs rather than finish sooner.
     """
     from rmm.train.identity import seed_group
-    from rmm.train.ray_trainer import train_model
+    from rmm.train.run import train_model
 
     if not cfg.model:
         raise ConfigError("no model to train: add a `model:` section to the config")

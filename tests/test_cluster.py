@@ -105,12 +105,12 @@ def test_training_on_a_local_ray_starts_no_idle_helper_actors(ray_cluster, tmp_p
     from ray._private.state import actors
 
     from rmm.config import Config, EvalConfig, ModelConfig, OutputConfig, ScalingConfig, TrainConfig
-    from rmm.train.ray_trainer import train_model
+    from rmm.train.run import train_model
     from tests.train.planted import write_planted_dataset
 
     cfg = Config(output=OutputConfig(dir=str(tmp_path / "out")),
                  train=TrainConfig(epochs=1, batch_size=64, eval=EvalConfig(topk=(5,), metric="recall@5"),
-                                   scaling=ScalingConfig(num_workers=1, cpus_per_worker=0.5)))
+                                   scaling=ScalingConfig(num_workers=1, cpus_per_worker=0.5, launcher="ray_train")))
     write_planted_dataset(cfg.dataset_dir)
     before = set(actors())
     train_model(cfg, ModelConfig("bprmf"))

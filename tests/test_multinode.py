@@ -37,7 +37,8 @@ from rmm.data.schema import load_dataset
 from rmm.features.encoders import IMAGE_STATS_DIM
 from rmm.features.store import load_feature, read_manifest, write_feature
 from rmm.storage import RAY_RESULTS_DIR
-from rmm.train.ray_trainer import last_checkpoint_epoch, train_model
+from rmm.train.run import train_model
+from rmm.train.worker import last_checkpoint_epoch
 from tests.conftest import start_session_ray
 from tests.features.helpers import make_dataset
 from tests.train.planted import write_planted_dataset

@@ -59,7 +59,7 @@ def write_titled_dataset(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A trained run laid out as ``ray_trainer`` writes it: fit in-process, then run.json, per-user metrics,
+    """A trained run laid out as ``train_model`` writes it: fit in this process, then run.json, per-user metrics,
     weights and config in ``runs/<run>/``, the record in results.json."""
     out = tmp_path_factory.mktemp("recommend")
     model_cfg = ModelConfig("vbpr", features=("image_tiny",))

@@ -77,13 +77,15 @@ def config(out: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A tripwire: every error here must come before training joins or starts Ray."""
+    """A tripwire: every error here must come before training starts, in this process or in Ray."""
     import rmm.train.ray_trainer
+    import rmm.train.run
 
     def tripped(*args: object, **kwargs: object) -> None:
-        raise AssertionError("Ray work started before the bad value was refused")
+        raise AssertionError("training started before the bad value was refused")
 
     monkeypatch.setattr(rmm.train.ray_trainer, "init_ray", tripped)
+    monkeypatch.setattr(rmm.train.run, "fit_in_process", tripped)
 
 
 def _fails_in_one_line(config: Path, overrides: list[str], expected: str,

@@ -20,6 +20,8 @@ MMREC_TRAIN: Mapping[str, Any] = {
     "eval": {"every": 1, "patience": 21, "topk": (5, 10, 20, 50), "metric": "recall@20", "test_masks_valid": False},
 }
 NEGATIVES = ("all_items", "train_items")
+#: ``train.scaling.launcher`` values (:class:`ScalingConfig`).
+LAUNCHERS = ("auto", "in_process", "ray_train")
 #: Full-ranking metric names (``rmm.eval.metrics.METRICS`` computes exactly these), each asked for as ``<name>@K``.
 METRIC_NAMES = ("recall", "ndcg", "precision", "hit_rate", "map")
 #: What to do instead of combining ``train.seeds`` with ``rmm tune``.
@@ -65,15 +67,27 @@ class ScalingConfig:
         num_workers: data-parallel workers (DDP), each sampling its shard of every epoch's batches.
         use_gpu: one whole GPU per worker.
         cpus_per_worker: the CPUs Ray reserves for each worker (its torch threads).
+        launcher: where a run trains. ``in_process``: in the command's own process, without Ray (one worker;
+            the same ``fit``, checkpoints, resume and record as a Ray Train run, without the seconds and the
+            GB of a Ray Train job: its controller, worker and their imports). ``ray_train``: in Ray Train
+            workers. ``auto``: in process when it can be, i.e. one worker, a local Ray (no ``ray.address``), no
+            automatic restarts (``fault_tolerance.max_failures: 0``) and not a sweep's trial; Ray Train
+            otherwise.
     """
 
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 0.5
+    launcher: str = "auto"
 
     def __post_init__(self) -> None:
         require_at_least(self, 1, "num_workers")
         require_positive(self, "cpus_per_worker")
+        if self.launcher not in LAUNCHERS:
+            raise ValueError(f"launcher must be one of {list(LAUNCHERS)}, got {self.launcher!r}")
+        if self.launcher == "in_process" and self.num_workers != 1:
+            raise ValueError(f"launcher in_process trains one worker, got num_workers {self.num_workers}; set "
+                             f"num_workers: 1 or launcher: ray_train")
 
 
 @dataclass(frozen=True)
@@ -143,3 +157,7 @@ class TrainConfig:
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
         require_positive(self, "learning_rate")
+        if self.scaling.launcher == "in_process" and self.fault_tolerance.max_failures != 0:
+            raise ValueError("scaling.launcher in_process cannot restart a failed run itself; set "
+                             "fault_tolerance.max_failures: 0 (a rerun resumes from the last checkpoint) or "
+                             "scaling.launcher: ray_train")

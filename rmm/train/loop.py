@@ -1,9 +1,9 @@
 """The training loop in plain torch: BPR epochs, full-ranking validation, early stopping, final test.
 
-No Ray here: ``rmm.train.ray_trainer`` runs :func:`fit` inside Ray Train workers, where
-``torch.distributed`` is initialised. Under a process group each rank trains on its shard of every epoch
-(DDP averages the gradients) and evaluates its share of the users; per-user results are summed across ranks
-into one table, so the metrics do not depend on the number of workers.
+No Ray here: ``rmm.train.ray_trainer`` runs :func:`fit` inside Ray Train workers, where ``torch.distributed`` is
+initialised, and ``rmm.train.in_process`` runs a one-worker run in the command's own process. Under a process group
+each rank trains on its shard of every epoch (DDP averages the gradients) and evaluates its share of the users;
+per-user results are summed across ranks into one table, so the metrics do not depend on the number of workers.
 """
 
 from __future__ import annotations

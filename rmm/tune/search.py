@@ -183,8 +183,9 @@ def trial_train(cfg: Config, train: TrainConfig) -> tuple[TrainConfig, float | N
     """A trial's train settings (``tune.num_workers`` workers, on GPUs when ``tune.gpus_per_trial`` > 0) and the
     GPU share of each of its workers (None: CPU, or ``train.scaling.use_gpu``'s whole GPU per worker)."""
     gpus = cfg.tune.gpus_per_trial
+    # A trial reports to Tune through Ray Train's callbacks, so it always trains in Ray Train workers.
     scaling = dataclasses.replace(train.scaling, num_workers=cfg.tune.num_workers,
-                                  use_gpu=train.scaling.use_gpu or gpus > 0)
+                                  use_gpu=train.scaling.use_gpu or gpus > 0, launcher="ray_train")
     train = dataclasses.replace(train, scaling=scaling)
     return train, (gpus / cfg.tune.num_workers if gpus > 0 else None)
 
@@ -192,7 +193,7 @@ def trial_train(cfg: Config, train: TrainConfig) -> tuple[TrainConfig, float | N
 def _trial(config: dict[str, Any], base: Config, models: tuple[ModelConfig, ...], fresh: bool) -> None:
     """One trial: train the model entry its grid point names with the trial's values applied (a run that
     already finished with the same inputs is reused), then report the run's name with its validation metrics."""
-    from rmm.train.ray_trainer import train_model
+    from rmm.train.run import train_model
 
     entry, params = trial_params(config)
     cfg, trial_model = apply_params(base, models[entry], params)
@@ -214,7 +215,7 @@ def tune_models(cfg: Config, fresh: bool = False) -> list[RunRecord]:
     searched values (``search``) and the cell's trials. ``fresh``: start the sweep anew and retrain every trial
     even where a run with the same inputs finished before. ``train.seeds`` is refused (ConfigError): a sweep
     trains each point with one seed; train the chosen configurations with seeds afterwards (``rmm train``)."""
-    from rmm.train.ray_trainer import check_inputs
+    from rmm.train.run import check_inputs
 
     require_search_alg(cfg.tune.search_alg)
     models = tuned_models(cfg)

@@ -1,4 +1,5 @@
-"""A worker failure injected through ``train_model(wrap_report=...)``, for the fault-tolerance tests.
+"""A worker failure injected through ``train_model(wrap_report=...)``, for the fault-tolerance tests (Ray Train
+workers and runs trained in process alike).
 
 The wrapper travels to the Ray Train workers pickled by reference: they import this module (a local Ray's
 workers search the driver's checkout first, so ``tests`` is importable there).
@@ -9,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from rmm.train.loop import ReportFn
+from rmm.train.loop import ReportFn, rank_and_world
 
 
 class InjectedFailure(RuntimeError):
@@ -29,15 +30,12 @@ class FailOnceAt:
     marker: Path
 
     def __call__(self, report: ReportFn) -> ReportFn:
-        import ray.train
-
         def report_or_fail(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
-            context = ray.train.get_context()
-            last_rank = context.get_world_rank() == context.get_world_size() - 1
-            if metrics["epoch"] == self.epoch and last_rank and not self.marker.exists():
+            rank, world_size = rank_and_world()  # (0, 1) in a run trained in process
+            if metrics["epoch"] == self.epoch and rank == world_size - 1 and not self.marker.exists():
                 self.marker.parent.mkdir(parents=True, exist_ok=True)
                 self.marker.touch()
-                raise InjectedFailure(f"worker {context.get_world_rank()} fails at epoch {self.epoch}")
+                raise InjectedFailure(f"worker {rank} fails at epoch {self.epoch}")
             report(metrics, checkpoint_dir)
 
         return report_or_fail

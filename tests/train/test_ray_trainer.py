@@ -18,7 +18,7 @@ from rmm.config import Config, EvalConfig, FaultToleranceConfig, ModelConfig, Ou
 from rmm.data.schema import TEST, load_dataset
 from rmm.features.store import write_feature
 from rmm.runs import PER_USER_FILE, RUN_FILE, RunRecord
-from rmm.train.ray_trainer import train_model
+from rmm.train.run import train_model
 from tests.train.faults import FailOnceAt
 from tests.train.planted import write_planted_dataset
 

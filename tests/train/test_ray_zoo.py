@@ -32,7 +32,7 @@ from rmm.data.schema import load_dataset
 from rmm.features.store import write_feature
 from rmm.models import MODELS, get_model_class
 from rmm.stages import run_data
-from rmm.train.ray_trainer import worker_config
+from rmm.train.worker import worker_config
 from tests.train.planted import write_mmrec_folder
 
 pytestmark = pytest.mark.ray
