@@ -19,21 +19,24 @@ Per kind (``sentence``: the shipped all-MiniLM-L6-v2; ``lvlm_embed`` and ``lvlm_
   of decoded pixels (no Ray, no image files): length bucketing, model batches of ``batch_size``, status
   bookkeeping.
 - ``rmm extract (Ray Data)``: the pipeline as ``rmm extract`` runs it (:func:`extract_features` on a dataset
-  folder of ``--items`` synthetic items, one actor with ``num_cpus`` = threads, Ray already started), from the
+  folder of ``--items`` synthetic items, a pool of ``--actors`` actors sharing the ``--threads`` CPUs, by default
+  one single-thread actor per core, Ray already started), from the
   items file to the consolidated ``matrix.npy``, wall time: it counts the actor's start (worker, imports, model
   load) and Ray Data's work. ``twice the items``: the same on twice as many items (the same ones first).
 - ``rmm extract (Ray Data), steady state``: the difference of those two, i.e. what the second half of the items
   cost once the actor runs (the one-off start cancels out), against the warm library loop; a difference of two
   runs whose one-off starts vary by seconds, so noisy unless the items take much longer than that.
-- ``rmm extract (Ray Data), batches after the first``: the same once-running pipeline read off one run (the
-  ``twice the items`` one): items of every Ray batch after the first over the time from the first batch's part
-  file to the last one's (:func:`pipelined`); no start-up in it to cancel out.
+- ``rmm extract (Ray Data), once running``: the same once-running pipeline read off one run (the
+  ``twice the items`` one): items of the Ray batches after the first quarter (at least one per actor) over the
+  time from the last of those to the last part file (:func:`pipelined`); no start-up in it to cancel out.
+- ``rmm extract (Ray Data), one actor x N threads, once running``: the same with one actor holding
+  every CPU instead (with ``--actors`` > 1): how the pool's shape matters.
   No CPU column for the Ray rows: their work runs in other processes, and Ray Data's per-task CPU times overlap
   (an actor's queued task counts the running one's CPU as well), so their sum measures nothing. The Ray Data
   stats of the last run are printed above the table (per operator: tasks, blocks, times).
 
 Every row takes the best of ``--repeats`` interleaved rounds (in-process rows after a warm-up call). Items/s per
-core divides by the threads (Ray: the actor's CPUs). Ratios are against ``library, batched``; >= 1 means rmm is at
+core divides by the threads (Ray: the pool's CPUs). Ratios are against ``library, batched``; >= 1 means rmm is at
 least as fast. CPU time (of all threads of the process) is what the work costs whatever the neighbours do, so on
 a shared box the CPU ratio is the robust one; wall time is what a user waits on an idle one.
 """
@@ -88,7 +91,8 @@ BASELINE, PER_ITEM = "library, batched", "library, per item"
 CLASS, RAY = "rmm extractor, one batch", "rmm extract (Ray Data)"
 RAY_TWICE = "rmm extract (Ray Data), twice the items"
 STEADY = "rmm extract (Ray Data), steady state"
-PIPELINED = "rmm extract (Ray Data), batches after the first"
+PIPELINED = "rmm extract (Ray Data), once running"
+ONE_ACTOR = "rmm extract (Ray Data), one actor x {threads} threads, once running"
 
 Batch = dict[str, np.ndarray]
 Runner = Callable[[Batch], object]
@@ -217,13 +221,14 @@ def library_runner(kind: str, args: argparse.Namespace, batch_size: int) -> Runn
 
 # --------------------------------------------------------------------------------------------------- rmm paths
 
-def extractor_config(kind: str, args: argparse.Namespace) -> ExtractorConfig:
-    """The extractor both rmm rows run: the bench's batch size, one actor holding ``--threads`` CPUs (and the
-    GPU with ``--device cuda``); ``--model``, ``--dtype`` and ``--max-new-tokens`` where the kind has them."""
+def extractor_config(kind: str, args: argparse.Namespace, actors: int) -> ExtractorConfig:
+    """The extractor the rmm rows run: the bench's batch size, ``actors`` actors sharing ``--threads`` CPUs (and
+    the GPU with ``--device cuda``); ``--model``, ``--dtype`` and ``--max-new-tokens`` where the kind has them."""
     cls = EXTRACTOR_CONFIGS[kind]
     model = {"model": None} if kind == "sentence" else {"model": args.model, "dtype": args.dtype}
     decoding = {"max_new_tokens": args.max_new_tokens} if cls is LVLMDescribeConfig else {}
-    return cls(name="bench", batch_size=args.batch_size, bucket_window=args.bucket_window, num_cpus=args.threads,
+    return cls(name="bench", batch_size=args.batch_size, bucket_window=args.bucket_window,
+               num_cpus=args.threads / actors, concurrency=actors,
                num_gpus=1.0 if args.device == "cuda" else 0.0, **model, **decoding)
 
 
@@ -266,23 +271,26 @@ class RayExtract:
             extract_features(cfg)
         self.stats = "\n".join(r.getMessage() for r in records if r.getMessage().startswith("Ray Data stats"))
         first_output = get_extractor(self.extractor.kind).output_names(self.extractor)[0]
-        span = pipelined(cfg.feature_root / first_output)
+        concurrency = self.extractor.concurrency
+        span = pipelined(cfg.feature_root / first_output, concurrency if isinstance(concurrency, int) else 1)
         if span is not None and span[0] / span[1] > self.pipelined[0] / self.pipelined[1]:
             self.pipelined = span
         shutil.rmtree(out)
 
 
-def pipelined(feature: Path) -> tuple[int, float] | None:
-    """Items and seconds from the first part file written to the last: the Ray batches after the first, i.e. the
-    pipeline once its actor runs (image decoding, transfers, the model, the sink and Ray Data's scheduling between
-    them), without the one-off start (worker, imports, model load, first batch) and the consolidation after.
-    Each Ray batch's rows are written as one part as soon as it is done, so the parts' times are its timeline.
-    None with fewer than 3 parts."""
+def pipelined(feature: Path, actors: int) -> tuple[int, float] | None:
+    """Items and seconds from the ``skip``-th part file written to the last, ``skip`` the larger of ``actors`` and
+    a quarter of the parts: the pipeline once it runs (image decoding, transfers, the model, the sink and Ray
+    Data's scheduling between them), without the one-off start (workers, imports, model loads, first batches) and
+    the consolidation after. Each Ray batch's rows are written as one part when done, so the parts' times are its
+    timeline, once the writer runs: the first writes also wait for the sink's worker to start, which would shorten
+    a span measured from the first part. None with fewer than ``skip`` + 2 parts."""
     parts = sorted((path.stat().st_mtime, pq.ParquetFile(path).metadata.num_rows)
                    for path in feature.glob("part-*.parquet"))
-    if len(parts) < 3:
+    skip = max(actors, len(parts) // 4)
+    if len(parts) < skip + 2:
         return None
-    return sum(rows for _, rows in parts[1:]), parts[-1][0] - parts[0][0]
+    return sum(rows for _, rows in parts[skip:]), parts[-1][0] - parts[skip - 1][0]
 
 
 class _captured:
@@ -325,7 +333,7 @@ def best_times(runners: dict[str, tuple[Runner, Batch]], repeats: int) -> dict[s
 def bench_kind(kind: str, args: argparse.Namespace, scratch: Path, ray_cfg: RayConfig) -> list[tuple]:
     """Rows ``(kind, mode, batch size, items, wall s, items/s, per core, ratio, items per CPU-s, ratio)``."""
     items = make_items(args.items if kind == "sentence" else args.lvlm_items)
-    extractor_cfg = extractor_config(kind, args)
+    extractor_cfg = extractor_config(kind, args, args.actors)
     baseline = library_runner(kind, args, args.batch_size)
     per_item = library_runner(kind, args, 1)
     extractor = get_extractor(kind)(extractor_cfg)
@@ -339,6 +347,9 @@ def bench_kind(kind: str, args: argparse.Namespace, scratch: Path, ray_cfg: RayC
                                                 CLASS: (extractor, items), RAY: (ray_run, items)}
     twice = make_items(2 * len(items["item_id"]))  # the same items first, then as many again
     runners[RAY_TWICE] = (RayExtract(scratch, twice, extractor_cfg, ray_cfg), twice)
+    one_actor = ONE_ACTOR.format(threads=args.threads)
+    if args.actors > 1:
+        runners[one_actor] = (RayExtract(scratch, twice, extractor_config(kind, args, 1), ray_cfg), twice)
     seconds = best_times(runners, args.repeats)
     # the second half of the items alone: the one-off start and the tail of a run cancel out
     seconds[STEADY] = (seconds[RAY_TWICE][0] - seconds[RAY][0], math.nan)
@@ -350,6 +361,11 @@ def bench_kind(kind: str, args: argparse.Namespace, scratch: Path, ray_cfg: RayC
                          "needs more items or a smaller --batch-size / --bucket-window")
     count, seconds[PIPELINED] = twice_run.pipelined[0], (twice_run.pipelined[1], math.nan)
     runners[PIPELINED] = (twice_run, head(twice, count))
+    if one_actor in runners:  # its whole run was timed; its row is its pipelined rate, as PIPELINED's
+        one_actor_run = runners.pop(one_actor)[0]
+        assert isinstance(one_actor_run, RayExtract)
+        count, seconds[one_actor] = one_actor_run.pipelined[0], (one_actor_run.pipelined[1], math.nan)
+        runners[one_actor] = (one_actor_run, head(twice, count))
     print(f"\n<details><summary>Ray Data stats, {kind}</summary>\n\n```\n{ray_run.stats}\n```\n</details>\n",
           flush=True)
     rows = []
@@ -374,9 +390,13 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", help="LVLM weights (bfloat16 on a GPU)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="torch threads of every row (the Ray actor reserves as many CPUs)")
+                        help="torch threads of the library rows; CPUs of the Ray pool")
+    parser.add_argument("--actors", type=int, default=None,
+                        help="actors of the Ray pool, each with threads/actors CPUs and torch threads (default: "
+                             "one per thread); with more than one, a row with one actor holding every CPU too")
     parser.add_argument("--repeats", type=int, default=2, help="timed rounds; the best counts")
     args = parser.parse_args()
+    args.actors = args.actors or args.threads
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     from rmm.cluster import init_ray
@@ -391,8 +411,9 @@ def main() -> None:
             rows += bench_kind(kind, args, Path(scratch), ray_cfg)
     print(f"\nsentence model all-MiniLM-L6-v2 ({args.items} items), LVLM {args.model} ({args.lvlm_items} items), "
           f"batch size {args.batch_size}, bucket window {args.bucket_window}, describe max_new_tokens "
-          f"{args.max_new_tokens}, {args.dtype} on {args.device}, {args.threads} torch threads per row (Ray: one actor "
-          f"with num_cpus {args.threads}); Ray start-up {ray_start:.1f} s, not counted")
+          f"{args.max_new_tokens}, {args.dtype} on {args.device}, {args.threads} torch threads per library row (Ray: "
+          f"{args.actors} actor(s) of {args.threads / args.actors:g} CPUs and torch threads each); Ray start-up "
+          f"{ray_start:.1f} s, not counted")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"Python {platform.python_version()}; load average at the end {os.getloadavg()[0]:.1f}\n")
     print("| kind | mode | batch | items | wall s | items/s | items/s per core | vs library | items per CPU-s "

@@ -30,8 +30,10 @@ class ExtractorConfig:
     How it runs (runtime fields; changing them never invalidates a feature):
         batch_size (model batch), bucket_window (a Ray batch holds ``bucket_window`` model batches, sorted by
         input length so each model batch pads little), concurrency (actors: a number or a ``[min, max]``
-        autoscaling range), num_cpus / num_gpus per actor, group (extractors with the same group share one
-        actor pool, one read of the items and one load of a model they have in common).
+        autoscaling range), num_cpus / num_gpus per actor (its torch threads are its CPUs; on a CPU box one
+        single-thread actor per core is fastest where the model fits that many times in memory), group
+        (extractors with the same group share one actor pool, one read of the items and one load of a model they
+        have in common).
     """
 
     name: str

@@ -282,8 +282,8 @@ def _extract(feature_root: str, dataset_dir: str, items: pd.DataFrame, plans: li
 
     A group runs with the largest ``batch_rows``, ``num_cpus``, ``num_gpus`` and ``concurrency`` of its members;
     each actor runs torch on as many threads as the CPUs it reserved. Image decoding and the sink reserve no CPU:
-    an actor pool holding every CPU of the node (``num_cpus`` = the node's cores, the fastest way to run one model
-    on a CPU box) would otherwise leave them waiting until the pool is done, so images would never be decoded
+    an actor pool holding every CPU of the node (on a CPU box the fastest way to run a model: one single-thread
+    actor per core) would otherwise leave them waiting until the pool is done, so images would never be decoded
     and parts would not be written batch by batch. Both are cheap next to a model (they run between its batches).
 
     A CPU actor takes one batch at a time. Ray Data's default queues a second task on each actor, whose block is
