@@ -79,11 +79,38 @@ class SentenceEncoder:
                               "sentence-transformers model whose last module sets one")
         self.dim = dim
 
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens the model reads of each text (special tokens included, truncated at its ``max_seq_length``)."""
+        return token_counts(self.model.tokenizer, texts, self.model.max_seq_length)
+
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Shapes: returns (len(texts), dim)."""
-        vectors = self.model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-                                    convert_to_numpy=True, show_progress_bar=False)
-        return vectors.astype(np.float32)
+        """Encode in batches of ``batch_size``, longest in tokens first.
+
+        sentence-transformers' own ``encode`` sorts by characters, which leaves batches padded ~14% above their
+        tokens on short product texts against ~1% when sorted by tokens: a tenth of the model's work (it is
+        compute-bound on a CPU). Counting the tokens costs ~2% of encoding them, so a single batch is passed
+        as is (an extractor hands its model batches already sorted by :meth:`token_counts`).
+
+        Shapes: returns (len(texts), dim).
+        """
+        texts = list(texts)
+        order = (np.argsort(-np.asarray(self.token_counts(texts)), kind="stable") if len(texts) > self.batch_size
+                 else np.arange(len(texts)))
+        vectors = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(texts), self.batch_size):
+            batch = order[start:start + self.batch_size]
+            vectors[batch] = self.model.encode([texts[i] for i in batch], batch_size=self.batch_size,
+                                               normalize_embeddings=True, convert_to_numpy=True,
+                                               show_progress_bar=False)
+        return vectors
+
+
+def token_counts(tokenizer: Any, texts: Sequence[str], max_length: int | None) -> list[int]:
+    """Tokens of each text as ``tokenizer`` encodes it for a model of context ``max_length``: the length-bucketing
+    key of text encoders (characters per token vary with the vocabulary and the words)."""
+    ids = tokenizer(list(texts), truncation=True, max_length=max_length, return_attention_mask=False,
+                    return_token_type_ids=False)["input_ids"]
+    return [len(row) for row in ids]
 
 
 def image_stats(image: np.ndarray) -> np.ndarray:
@@ -287,6 +314,10 @@ class CLIPEncoder:
         with torch.inference_mode():
             out = self.model.get_image_features(pixel_values=pixels["pixel_values"].to(self.device, self.model.dtype))
         return _normalised(out.pooler_output)
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens the text tower reads of each text (truncated at its context)."""
+        return token_counts(self.processor.tokenizer, texts, self.max_length)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Texts truncated to the text tower's context (77 tokens for the real models); returns (N, dim)."""

@@ -585,7 +585,7 @@ class LVLMDescribeExtractor(Extractor[LVLMDescribeConfig]):
                 "parse": np.array([p.status for p in parsed], dtype=object)}
 
     def second_pass(self, items: list[Item], encoded: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The answers' sentence embeddings, in one call per Ray batch (the encoder sorts them by length)."""
+        """The answers' sentence embeddings, in one call per Ray batch (the encoder sorts them by tokens)."""
         inputs = [text or sentence_text(item.title, item.text) for text, item in zip(encoded["text"], items,
                                                                                         strict=True)]
         return {self.second_pass_outputs[0]: self.encoder.encode(inputs)}
@@ -650,7 +650,7 @@ class SentenceExtractor(Extractor[SentenceConfig]):
                 "pooling": "model's own (sentence-transformers), L2-normalised", "input": "title. text"}
 
     def sort_keys(self, items: list[Item]) -> list[int]:
-        return [len(item.title) + len(item.text) for item in items]
+        return self.encoder.token_counts([sentence_text(i.title, i.text) for i in items])
 
     def encode(self, items: list[Item]) -> dict[str, np.ndarray]:
         return {self.cfg.name: self.encoder.encode([sentence_text(i.title, i.text) for i in items])}
@@ -775,7 +775,7 @@ class CLIPTextExtractor(_CLIPExtractor[CLIPTextConfig]):
     """CLIP text tower over ``title. text`` (truncated to the tower's context)."""
 
     def sort_keys(self, items: list[Item]) -> list[int]:
-        return [len(item.title) + len(item.text) for item in items]
+        return self.encoder.token_counts([sentence_text(i.title, i.text) for i in items])
 
     def encode(self, items: list[Item]) -> dict[str, np.ndarray]:
         return {self.cfg.name: self.encoder.encode_texts([sentence_text(i.title, i.text) for i in items])}
