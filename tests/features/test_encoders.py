@@ -95,3 +95,5 @@ def test_tiny_vit_and_clip_towers(tiny_model: Callable[[str], str]) -> None:
     image, text = clip.encode_images(images), clip.encode_texts(["red circle", "a green square " * 40])
     assert image.shape == text.shape == (2, 16)
     np.testing.assert_allclose(np.linalg.norm(np.concatenate([image, text]), axis=1), 1.0, atol=1e-5)
+    short, long = clip.token_counts(["red circle", "a green square " * 40])  # the sort keys: truncated tokens
+    assert 2 < short < long == clip.max_length
