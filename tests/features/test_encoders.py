@@ -36,7 +36,6 @@ def test_sentence_encoder_gives_normalised_384d_vectors() -> None:
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]
 
 
-
 @pytest.mark.slow  # loads MiniLM
 def test_sentence_encoder_batches_by_tokens_and_keeps_each_text_s_vector() -> None:
     encoder = SentenceEncoder("minilm", batch_size=2)
@@ -47,6 +46,7 @@ def test_sentence_encoder_batches_by_tokens_and_keeps_each_text_s_vector() -> No
     assert counts[1] > 3 and len(texts[1]) > len(texts[0]) and counts[1] < counts[0]
     alone = np.concatenate([encoder.encode([text]) for text in texts])
     np.testing.assert_allclose(encoder.encode(texts), alone, atol=1e-5)
+
 
 def test_sentence_model_aliases() -> None:
     local = resolve_sentence_model(None)
